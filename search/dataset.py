@@ -1,0 +1,115 @@
+"""Datasets on the command line: generate the synthetic benchmark, convert release layouts, check.
+
+    python search/dataset.py synth --preset small --out data/small
+    python search/dataset.py convert --layout msrl --root /data --collection tvr \
+        --visual-feature i3d_resnet --out data/tvr
+    python search/dataset.py convert --layout amdnet --root /data --collection tvr --out data/tvr-clip
+    python search/dataset.py export-msrl --dataset data/small --root /tmp/msrl --collection small
+    python search/dataset.py verify data/tvr
+    python search/dataset.py info data/tvr
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from search.cli import run_main
+from trainables.data.importers import LAYOUTS, export_msrl
+from trainables.data.manifest import read_manifest
+from trainables.data.store import FeatureStore
+from trainables.data.synthetic import PRESETS, ensure_synthetic, generate
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="search/dataset.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="generate a synthetic PRVR benchmark",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    synth.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    synth.add_argument("--out", type=Path, help="output folder (default: the preset's cache folder)")
+    synth.add_argument("--seed", type=int, help="override the preset's seed")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+
+    convert = sub.add_parser("convert", help="convert a release layout into shards",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    convert.add_argument("--layout", choices=sorted(LAYOUTS), required=True,
+                         help="msrl: MS-SL/GMMFormer release (RoBERTa HDF5 + BigFile); amdnet: AMDNet CLIP HDF5")
+    convert.add_argument("--root", type=Path, required=True, help="folder that holds <collection>/")
+    convert.add_argument("--collection", required=True, help="e.g. tvr, activitynet, charades")
+    convert.add_argument("--visual-feature", help="msrl only: FeatureData/<name>, e.g. i3d_resnet")
+    convert.add_argument("--out", type=Path, required=True)
+    convert.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+    convert.add_argument("--dtype", choices=["float16", "float32"], default="float32")
+    convert.add_argument("--videos-per-shard", type=int, default=1000)
+    convert.add_argument("--queries-per-shard", type=int, default=5000)
+    convert.add_argument("--overwrite", action="store_true")
+
+    export = sub.add_parser("export-msrl", help="write a dataset in the MS-SL release layout (parity runs)")
+    export.add_argument("--dataset", type=Path, required=True)
+    export.add_argument("--root", type=Path, required=True)
+    export.add_argument("--collection", required=True)
+    export.add_argument("--visual-feature", default="synthetic")
+
+    verify = sub.add_parser("verify", help="check every shard's size and sha256 against the manifest")
+    verify.add_argument("dataset", type=Path)
+
+    info = sub.add_parser("info", help="print a dataset's manifest summary")
+    info.add_argument("dataset", type=Path)
+    return parser
+
+
+def _convert(args: argparse.Namespace) -> Path:
+    options = dict(splits=tuple(args.splits), dtype=args.dtype, videos_per_shard=args.videos_per_shard,
+                   queries_per_shard=args.queries_per_shard, overwrite=args.overwrite)
+    if args.layout == "msrl":
+        if not args.visual_feature:
+            raise ValueError("--visual-feature is required for --layout msrl (e.g. i3d_resnet)")
+        options["visual_feature"] = args.visual_feature
+    return LAYOUTS[args.layout](args.root, args.collection, args.out, **options)
+
+
+def _synth(args: argparse.Namespace) -> Path:
+    if args.out is None and args.seed is None:
+        return ensure_synthetic(args.preset)
+    if args.out is None:
+        raise ValueError("--seed needs --out (the cache holds the presets as they are)")
+    config = PRESETS[args.preset]
+    if args.seed is not None:
+        config = dataclasses.replace(config, seed=args.seed)
+    return generate(config, args.out, overwrite=args.overwrite)
+
+
+def describe(location: Path) -> str:
+    """A few lines that say what a dataset holds."""
+    m = read_manifest(location)
+    lines = [f"{m.name}: {m.num_videos} videos ({m.num_frames} frames, {m.video_dim}-d), "
+             f"{m.num_queries} queries ({m.num_tokens} tokens, {m.query_dim}-d), {m.dtype}, "
+             f"{len(m.shards)} files, l2_normalize={m.l2_normalize}"]
+    lines += [f"  {name}: {info.num_videos} videos, {info.num_queries} queries" for name, info in m.splits.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "synth":
+        print(f"wrote {_synth(args)}")
+    elif args.command == "convert":
+        out = _convert(args)
+        print(f"wrote {out}\n{describe(out)}")
+    elif args.command == "export-msrl":
+        print(f"wrote {export_msrl(args.dataset, args.root, args.collection, visual_feature=args.visual_feature)}")
+    elif args.command == "verify":
+        FeatureStore(args.dataset).verify()
+        print(f"ok: every file of {args.dataset} matches its manifest")
+    elif args.command == "info":
+        print(describe(args.dataset))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,60 @@
+"""Shared test fixtures: small hand-made datasets in the store format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainables.data.writer import DatasetWriter
+
+
+def write_dataset(
+    out: Path,
+    *,
+    num_videos: int = 7,
+    queries_per_video: int = 2,
+    video_dim: int = 8,
+    query_dim: int = 4,
+    dtype: str = "float32",
+    sentence_dim: int | None = None,
+    videos_per_shard: int = 3,
+    queries_per_shard: int = 4,
+    seed: int = 0,
+) -> tuple[Path, dict, dict]:
+    """A random dataset; returns (folder, {video: frames}, {query: (video, tokens, sentence)}).
+
+    Split ``train`` holds videos 0..4 (queries listed in reverse), ``test`` videos 4..end, so video 4's
+    queries belong to both.
+    """
+    rng = np.random.default_rng(seed)
+    videos = {f"vid{i}": rng.normal(size=(int(rng.integers(1, 40)), video_dim)).astype(dtype)
+              for i in range(num_videos)}
+    queries = {}
+    for i in range(num_videos):
+        for k in range(queries_per_video):
+            sentence = None if sentence_dim is None else rng.normal(size=sentence_dim).astype(dtype)
+            tokens = rng.normal(size=(int(rng.integers(1, 40)), query_dim)).astype(dtype)
+            queries[f"vid{i}#enc#{k}"] = (f"vid{i}", tokens, sentence)
+    with DatasetWriter(out, name="handmade", video_dim=video_dim, query_dim=query_dim, dtype=dtype,
+                       videos_per_shard=videos_per_shard, queries_per_shard=queries_per_shard,
+                       sentence_dim=sentence_dim) as writer:
+        for vid, frames in videos.items():
+            writer.add_video(vid, frames)
+        for qid, (vid, tokens, sentence) in queries.items():
+            writer.add_query(qid, vid, tokens, text=f"text of {qid}", sentence=sentence)
+        writer.set_split("train", [q for q, v in queries.items() if int(v[0][3:]) <= 4][::-1])
+        writer.set_split("test", [q for q, v in queries.items() if int(v[0][3:]) >= 4])
+    return out, videos, queries
+
+
+@pytest.fixture
+def make_dataset(tmp_path: Path) -> Callable[..., tuple[Path, dict, dict]]:
+    counter = iter(range(1000))
+
+    def make(**kwargs):
+        return write_dataset(tmp_path / f"ds{next(counter)}", **kwargs)
+
+    return make
