@@ -50,6 +50,15 @@ def write_dataset(
     return out, videos, queries
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test reads or writes the user's dataset cache (~/.cache/prvr)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRVR_DATA_DIR", str(tmp_path_factory.mktemp("prvr-data")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def make_dataset(tmp_path: Path) -> Callable[..., tuple[Path, dict, dict]]:
     counter = iter(range(1000))

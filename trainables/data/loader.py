@@ -19,11 +19,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from trainables.data.protocol import Protocol, prepare_query, prepare_video
-from trainables.data.store import FeatureStore, RawSplit
+from trainables.data.store import FeatureStore, RaggedSplit, RawSplit
 
 
 @dataclass
-class PreparedSplit:
+class PreparedSplit(RaggedSplit):
     """A split after the protocol: fixed clips, capped frames, normalised and truncated tokens."""
 
     name: str
@@ -38,20 +38,6 @@ class PreparedSplit:
     token_offsets: np.ndarray
     protocol: Protocol
     sentence: np.ndarray | None = None
-
-    @property
-    def num_videos(self) -> int:
-        return len(self.video_ids)
-
-    @property
-    def num_queries(self) -> int:
-        return len(self.query_ids)
-
-    def video_frames(self, i: int) -> np.ndarray:
-        return self.frames[self.frame_offsets[i] : self.frame_offsets[i + 1]]
-
-    def query_tokens(self, i: int) -> np.ndarray:
-        return self.tokens[self.token_offsets[i] : self.token_offsets[i + 1]]
 
     def queries_of_video(self) -> list[np.ndarray]:
         """For each video, the indices of its queries in split order."""

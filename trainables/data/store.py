@@ -12,8 +12,33 @@ from trainables.data.errors import DatasetError
 from trainables.data.manifest import SPLITS_FILE, Manifest, ShardInfo, manifest_path, read_manifest, sha256_file
 
 
+class RaggedSplit:
+    """Accessors shared by raw and prepared splits: variable-length rows stored with offsets."""
+
+    video_ids: list[str]
+    query_ids: list[str]
+    frames: np.ndarray
+    frame_offsets: np.ndarray
+    tokens: np.ndarray
+    token_offsets: np.ndarray
+
+    def video_frames(self, i: int) -> np.ndarray:
+        return self.frames[self.frame_offsets[i] : self.frame_offsets[i + 1]]
+
+    def query_tokens(self, i: int) -> np.ndarray:
+        return self.tokens[self.token_offsets[i] : self.token_offsets[i + 1]]
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.video_ids)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.query_ids)
+
+
 @dataclass
-class RawSplit:
+class RawSplit(RaggedSplit):
     """One split's raw features in memory, before the loader's resampling and normalisation.
 
     ``video_ids`` follow the first appearance of each video among the split's queries (the
@@ -32,19 +57,15 @@ class RawSplit:
     token_offsets: np.ndarray  # (num queries + 1,)
     sentence: np.ndarray | None = None  # (num queries, sentence_dim)
 
-    def video_frames(self, i: int) -> np.ndarray:
-        return self.frames[self.frame_offsets[i] : self.frame_offsets[i + 1]]
 
-    def query_tokens(self, i: int) -> np.ndarray:
-        return self.tokens[self.token_offsets[i] : self.token_offsets[i + 1]]
+@dataclass
+class _Rows:
+    """Rows read from shards: id -> row, variable-length data chunks, per-row strings and matrices."""
 
-    @property
-    def num_videos(self) -> int:
-        return len(self.video_ids)
-
-    @property
-    def num_queries(self) -> int:
-        return len(self.query_ids)
+    found: dict[str, int]
+    chunks: list[tuple[np.ndarray, np.ndarray]]
+    strings: dict[str, list[str]]
+    extra: list[np.ndarray]
 
 
 def _strings(handle: h5py.File, key: str) -> list[str]:
@@ -146,83 +167,61 @@ class FeatureStore:
                                f"{self.manifest.splits[split].num_queries}")
         return ids
 
-    def _load_queries(self, wanted: list[str], verify: bool) -> tuple[dict[str, int], list, list, list, list]:
-        position = {q: i for i, q in enumerate(wanted)}
-        found: dict[str, int] = {}
-        texts: list[str] = []
-        video_ids: list[str] = []
-        chunks: list[tuple[np.ndarray, np.ndarray]] = []
-        sentences: list[np.ndarray] = []
-        m = self.manifest
-        for shard in m.shards_of("queries"):
+    def _collect(self, kind: str, key: str, dim: int, wanted: dict[str, int], verify: bool,
+                 strings: tuple[str, ...] = (), extra: tuple[str, int] | None = None) -> _Rows:
+        """Read the rows of ``wanted`` ids from every shard of ``kind``, in shard order."""
+        rows = _Rows({}, [], {name: [] for name in strings}, [])
+        for shard in self.manifest.shards_of(kind):
             path, handle = self._open(shard, verify)
             with handle:
                 ids = _strings(handle, "ids")
-                rows = [i for i, q in enumerate(ids) if q in position]
-                if not rows:
+                picked = np.asarray([i for i, item in enumerate(ids) if item in wanted], dtype=np.int64)
+                if not picked.size:
                     continue
-                tokens = self._read_matrix(path, handle, "tokens", m.query_dim)
-                offsets = _offsets(handle, path, len(ids), tokens.shape[0])
-                shard_videos, shard_text = _strings(handle, "video_ids"), _strings(handle, "text")
-                sentence = None
-                if m.sentence_dim is not None:
-                    sentence = self._read_matrix(path, handle, "sentence", m.sentence_dim)
-            base = sum(len(c[1]) - 1 for c in chunks)
-            sel = np.asarray(rows)
-            chunks.append(_select(tokens, offsets, sel))
-            for j, r in enumerate(rows):
-                found[ids[r]] = base + j
-                texts.append(shard_text[r])
-                video_ids.append(shard_videos[r])
-            if sentence is not None:
-                sentences.append(sentence[sel])
-        missing = [q for q in wanted if q not in found]
-        if missing:
-            raise DatasetError(f"{self.manifest_file}: query {missing[0]!r} of the split is in no query shard")
-        return found, texts, video_ids, chunks, sentences
+                data = self._read_matrix(path, handle, key, dim)
+                offsets = _offsets(handle, path, len(ids), data.shape[0])
+                for name in strings:
+                    values = _strings(handle, name)
+                    rows.strings[name] += [values[i] for i in picked]
+                if extra is not None:
+                    rows.extra.append(self._read_matrix(path, handle, *extra)[picked])
+            base = sum(len(offsets) - 1 for _, offsets in rows.chunks)
+            rows.chunks.append(_select(data, offsets, picked))
+            rows.found.update({ids[i]: base + j for j, i in enumerate(picked)})
+        return rows
 
     def load_split(self, split: str, verify: bool = False) -> RawSplit:
         """Load one split's queries and videos into memory, checking them against the manifest."""
         m = self.manifest
         query_ids = self.split_query_ids(split, verify)
-        found, texts, query_videos, chunks, sentences = self._load_queries(query_ids, verify)
-        order = np.asarray([found[q] for q in query_ids], dtype=np.int64)
-        tokens, token_offsets = _gather(chunks, order)
-        query_videos = [query_videos[i] for i in order]
-        texts = [texts[i] for i in order]
+        sentence = None if m.sentence_dim is None else ("sentence", m.sentence_dim)
+        queries = self._collect("queries", "tokens", m.query_dim, dict.fromkeys(query_ids, 0), verify,
+                                strings=("video_ids", "text"), extra=sentence)
+        missing = [q for q in query_ids if q not in queries.found]
+        if missing:
+            raise DatasetError(f"{self.manifest_file}: query {missing[0]!r} of the split is in no query shard")
+        order = np.asarray([queries.found[q] for q in query_ids], dtype=np.int64)
+        tokens, token_offsets = _gather(queries.chunks, order)
+        query_videos = [queries.strings["video_ids"][i] for i in order]
         video_ids = list(dict.fromkeys(query_videos))
         video_index = {v: i for i, v in enumerate(video_ids)}
 
-        video_found: dict[str, int] = {}
-        video_chunks: list[tuple[np.ndarray, np.ndarray]] = []
-        for shard in m.shards_of("videos"):
-            path, handle = self._open(shard, verify)
-            with handle:
-                ids = _strings(handle, "ids")
-                rows = [i for i, v in enumerate(ids) if v in video_index]
-                if not rows:
-                    continue
-                features = self._read_matrix(path, handle, "features", m.video_dim)
-                offsets = _offsets(handle, path, len(ids), features.shape[0])
-            base = sum(len(c[1]) - 1 for c in video_chunks)
-            video_chunks.append(_select(features, offsets, np.asarray(rows)))
-            for j, r in enumerate(rows):
-                video_found[ids[r]] = base + j
-        absent = [v for v in video_ids if v not in video_found]
+        videos = self._collect("videos", "features", m.video_dim, video_index, verify)
+        absent = [v for v in video_ids if v not in videos.found]
         if absent:
             q = query_ids[query_videos.index(absent[0])]
             raise DatasetError(f"{self.manifest_file}: query {q!r} refers to video {absent[0]!r}, "
                                f"which is in no video shard")
-        frames, frame_offsets = _gather(video_chunks, np.asarray([video_found[v] for v in video_ids]))
+        frames, frame_offsets = _gather(videos.chunks, np.asarray([videos.found[v] for v in video_ids]))
         return RawSplit(
             name=split,
             video_ids=video_ids,
             frames=frames,
             frame_offsets=frame_offsets,
             query_ids=query_ids,
-            query_text=texts,
+            query_text=[queries.strings["text"][i] for i in order],
             query_video=np.asarray([video_index[v] for v in query_videos], dtype=np.int64),
             tokens=tokens,
             token_offsets=token_offsets,
-            sentence=np.concatenate(sentences)[order] if sentences else None,
+            sentence=np.concatenate(queries.extra)[order] if queries.extra else None,
         )
