@@ -23,6 +23,7 @@ def write_dataset(
     videos_per_shard: int = 3,
     queries_per_shard: int = 4,
     seed: int = 0,
+    max_frames: int = 40,
 ) -> tuple[Path, dict, dict]:
     """A random dataset; returns (folder, {video: frames}, {query: (video, tokens, sentence)}).
 
@@ -30,7 +31,7 @@ def write_dataset(
     queries belong to both.
     """
     rng = np.random.default_rng(seed)
-    videos = {f"vid{i}": rng.normal(size=(int(rng.integers(1, 40)), video_dim)).astype(dtype)
+    videos = {f"vid{i}": rng.normal(size=(int(rng.integers(1, max_frames)), video_dim)).astype(dtype)
               for i in range(num_videos)}
     queries = {}
     for i in range(num_videos):

@@ -12,19 +12,21 @@ from trainables.data.protocol import Protocol, prepare_query, prepare_video
 
 
 def test_prepared_split_applies_the_protocol_to_every_item(make_dataset):
-    root, videos, queries = make_dataset(num_videos=6, video_dim=5, query_dim=3)
-    split = load_split(root, "train")
-    assert split.clips.shape == (split.num_videos, 32, 5)
-    for i, vid in enumerate(split.video_ids):
-        clips, frames = prepare_video(videos[vid])
-        np.testing.assert_array_equal(split.clips[i], clips)
-        np.testing.assert_array_equal(split.video_frames(i), frames)
-        norms = np.linalg.norm(split.video_frames(i), axis=1)
-        np.testing.assert_allclose(norms, 1.0, atol=1e-4)
-    for i, qid in enumerate(split.query_ids):
-        tokens = split.query_tokens(i)
-        assert tokens.shape[0] == min(30, queries[qid][1].shape[0])
-        np.testing.assert_array_equal(tokens, prepare_query(queries[qid][1]))
+    root, videos, queries = make_dataset(num_videos=12, video_dim=5, query_dim=3, max_frames=300, seed=3)
+    lengths = [f.shape[0] for f in videos.values()]
+    assert max(lengths) > 128 and min(lengths) < 32  # both pooling paths and frame repetition
+    for name in ("train", "test"):
+        split = load_split(root, name)
+        assert split.clips.shape == (split.num_videos, 32, 5)
+        for i, vid in enumerate(split.video_ids):
+            clips, frames = prepare_video(videos[vid])  # the item-by-item reference (numpy)
+            np.testing.assert_allclose(split.clips[i], clips, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(split.video_frames(i), frames, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(np.linalg.norm(split.video_frames(i), axis=1), 1.0, atol=1e-4)
+        for i, qid in enumerate(split.query_ids):
+            tokens = split.query_tokens(i)
+            assert tokens.shape[0] == min(30, queries[qid][1].shape[0])
+            np.testing.assert_array_equal(tokens, prepare_query(queries[qid][1]))
 
 
 def test_manifest_can_turn_normalisation_off(make_dataset):

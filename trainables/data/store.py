@@ -60,12 +60,12 @@ class RawSplit(RaggedSplit):
 
 @dataclass
 class _Rows:
-    """Rows read from shards: id -> row, variable-length data chunks, per-row strings and matrices."""
+    """The rows of the wanted ids, in wanted order: variable-length data, per-row strings and matrix."""
 
-    found: dict[str, int]
-    chunks: list[tuple[np.ndarray, np.ndarray]]
+    data: np.ndarray
+    offsets: np.ndarray
     strings: dict[str, list[str]]
-    extra: list[np.ndarray]
+    extra: np.ndarray | None
 
 
 def _strings(handle: h5py.File, key: str) -> list[str]:
@@ -80,20 +80,12 @@ def _offsets(handle: h5py.File, where: str, count: int, rows: int) -> np.ndarray
     return offsets
 
 
-def _select(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The variable-length rows ``rows`` of ``data`` (row i is ``data[offsets[i]:offsets[i+1]]``)."""
-    lengths = np.diff(offsets)[rows]
-    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    index = np.repeat(offsets[:-1][rows] - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
-    return data[index], new_offsets
+class _Missing(Exception):
+    """An id asked for is in no shard (turned into a DatasetError that says what referred to it)."""
 
-
-def _gather(chunks: list[tuple[np.ndarray, np.ndarray]], order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate chunks of variable-length rows, then take the rows in ``order``."""
-    data = np.concatenate([c[0] for c in chunks])
-    bases = np.cumsum([0] + [c[0].shape[0] for c in chunks[:-1]])
-    offsets = np.concatenate([c[1][:-1] + b for c, b in zip(chunks, bases)] + [[data.shape[0]]])
-    return _select(data, offsets, order)
+    def __init__(self, item: str) -> None:
+        super().__init__(item)
+        self.item = item
 
 
 class FeatureStore:
@@ -136,16 +128,20 @@ class FeatureStore:
             raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
         return path, handle
 
-    def _read_matrix(self, path: Path, handle: h5py.File, key: str, dim: int | None) -> np.ndarray:
+    def _matrix(self, path: Path, handle: h5py.File, key: str, dim: int) -> h5py.Dataset:
+        """The 2-D dataset ``key`` of a shard, checked against the manifest's width (not read yet)."""
         if key not in handle:
             raise DatasetError(f"{path}: has no '{key}' dataset")
+        matrix = handle[key]
+        if matrix.ndim != 2 or matrix.shape[1] != dim:
+            raise DatasetError(f"{path}: '{key}' has shape {matrix.shape}, the manifest says width {dim}")
+        return matrix
+
+    def _read(self, path: Path, handle: h5py.File, key: str, dim: int) -> np.ndarray:
         try:
-            data = handle[key][()]
+            return self._matrix(path, handle, key, dim)[()]
         except OSError as exc:
             raise DatasetError(f"{path}: '{key}' cannot be read ({exc})") from None
-        if data.ndim != 2 or (dim is not None and data.shape[1] != dim):
-            raise DatasetError(f"{path}: '{key}' has shape {data.shape}, the manifest says width {dim}")
-        return data
 
     # -- splits --------------------------------------------------------------------------------
     def split_query_ids(self, split: str, verify: bool = False) -> list[str]:
@@ -167,61 +163,80 @@ class FeatureStore:
                                f"{self.manifest.splits[split].num_queries}")
         return ids
 
-    def _collect(self, kind: str, key: str, dim: int, wanted: dict[str, int], verify: bool,
+    def _collect(self, kind: str, key: str, dim: int, wanted: list[str], verify: bool,
                  strings: tuple[str, ...] = (), extra: tuple[str, int] | None = None) -> _Rows:
-        """Read the rows of ``wanted`` ids from every shard of ``kind``, in shard order."""
-        rows = _Rows({}, [], {name: [] for name in strings}, [])
+        """Read the rows of the ``wanted`` ids (unique) from the shards of ``kind``, in wanted order.
+
+        Two passes keep memory at the result plus one shard: the first reads only ids, offsets and
+        strings to size the result, the second copies each shard's rows straight into place.
+        """
+        position = {item: i for i, item in enumerate(wanted)}
+        lengths = np.zeros(len(wanted), dtype=np.int64)
+        found = np.zeros(len(wanted), dtype=bool)
+        values: dict[str, list[str]] = {name: [""] * len(wanted) for name in strings}
+        plan = []
         for shard in self.manifest.shards_of(kind):
             path, handle = self._open(shard, verify)
             with handle:
                 ids = _strings(handle, "ids")
-                picked = np.asarray([i for i, item in enumerate(ids) if item in wanted], dtype=np.int64)
-                if not picked.size:
+                picked = [(row, position[item]) for row, item in enumerate(ids) if item in position]
+                if not picked:
                     continue
-                data = self._read_matrix(path, handle, key, dim)
-                offsets = _offsets(handle, path, len(ids), data.shape[0])
+                offsets = _offsets(handle, path, len(ids), self._matrix(path, handle, key, dim).shape[0])
                 for name in strings:
-                    values = _strings(handle, name)
-                    rows.strings[name] += [values[i] for i in picked]
+                    column = _strings(handle, name)
+                    for row, pos in picked:
+                        values[name][pos] = column[row]
+            rows, positions = (np.asarray(x, dtype=np.int64) for x in zip(*picked))
+            twice = positions[found[positions]]
+            if twice.size:
+                raise DatasetError(f"{path}: {kind} id {wanted[twice[0]]!r} is also in another shard")
+            found[positions] = True
+            lengths[positions] = np.diff(offsets)[rows]
+            plan.append((shard, rows, positions, offsets))
+        if not found.all():
+            raise _Missing(wanted[int(np.flatnonzero(~found)[0])])
+        out_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        out = np.empty((int(out_offsets[-1]), dim), dtype=self.manifest.dtype)
+        out_extra = None if extra is None else np.empty((len(wanted), extra[1]), dtype=self.manifest.dtype)
+        for shard, rows, positions, offsets in plan:
+            path, handle = self._open(shard, verify=False)  # checked in the first pass
+            with handle:
+                data = self._read(path, handle, key, dim)
+                for row, pos in zip(rows, positions):
+                    out[out_offsets[pos] : out_offsets[pos + 1]] = data[offsets[row] : offsets[row + 1]]
                 if extra is not None:
-                    rows.extra.append(self._read_matrix(path, handle, *extra)[picked])
-            base = sum(len(offsets) - 1 for _, offsets in rows.chunks)
-            rows.chunks.append(_select(data, offsets, picked))
-            rows.found.update({ids[i]: base + j for j, i in enumerate(picked)})
-        return rows
+                    out_extra[positions] = self._read(path, handle, *extra)[rows]
+        return _Rows(out, out_offsets, values, out_extra)
 
     def load_split(self, split: str, verify: bool = False) -> RawSplit:
         """Load one split's queries and videos into memory, checking them against the manifest."""
         m = self.manifest
         query_ids = self.split_query_ids(split, verify)
         sentence = None if m.sentence_dim is None else ("sentence", m.sentence_dim)
-        queries = self._collect("queries", "tokens", m.query_dim, dict.fromkeys(query_ids, 0), verify,
-                                strings=("video_ids", "text"), extra=sentence)
-        missing = [q for q in query_ids if q not in queries.found]
-        if missing:
-            raise DatasetError(f"{self.manifest_file}: query {missing[0]!r} of the split is in no query shard")
-        order = np.asarray([queries.found[q] for q in query_ids], dtype=np.int64)
-        tokens, token_offsets = _gather(queries.chunks, order)
-        query_videos = [queries.strings["video_ids"][i] for i in order]
+        try:
+            queries = self._collect("queries", "tokens", m.query_dim, query_ids, verify,
+                                    strings=("video_ids", "text"), extra=sentence)
+        except _Missing as missing:
+            raise DatasetError(f"{self.manifest_file}: query {missing.item!r} of the split is in no query shard") from None
+        query_videos = queries.strings["video_ids"]
         video_ids = list(dict.fromkeys(query_videos))
+        try:
+            videos = self._collect("videos", "features", m.video_dim, video_ids, verify)
+        except _Missing as missing:
+            q = query_ids[query_videos.index(missing.item)]
+            raise DatasetError(f"{self.manifest_file}: query {q!r} refers to video {missing.item!r}, "
+                               f"which is in no video shard") from None
         video_index = {v: i for i, v in enumerate(video_ids)}
-
-        videos = self._collect("videos", "features", m.video_dim, video_index, verify)
-        absent = [v for v in video_ids if v not in videos.found]
-        if absent:
-            q = query_ids[query_videos.index(absent[0])]
-            raise DatasetError(f"{self.manifest_file}: query {q!r} refers to video {absent[0]!r}, "
-                               f"which is in no video shard")
-        frames, frame_offsets = _gather(videos.chunks, np.asarray([videos.found[v] for v in video_ids]))
         return RawSplit(
             name=split,
             video_ids=video_ids,
-            frames=frames,
-            frame_offsets=frame_offsets,
+            frames=videos.data,
+            frame_offsets=videos.offsets,
             query_ids=query_ids,
-            query_text=[queries.strings["text"][i] for i in order],
+            query_text=queries.strings["text"],
             query_video=np.asarray([video_index[v] for v in query_videos], dtype=np.int64),
-            tokens=tokens,
-            token_offsets=token_offsets,
-            sentence=np.concatenate(queries.extra)[order] if queries.extra else None,
+            tokens=queries.data,
+            token_offsets=queries.offsets,
+            sentence=queries.extra,
         )
