@@ -65,6 +65,16 @@ def reference_rows(location: Path, split: str) -> dict[str, dict[str, float]]:
     return rows
 
 
+def load_summary(location: Path, split: str) -> str:
+    """Load and prepare one split (freed on return) and say what it holds and how long it took."""
+    start = time.perf_counter()
+    prepared = load_split(location, split)
+    frames = np.diff(prepared.frame_offsets)
+    return (f"{split}: {prepared.num_videos} videos x {prepared.clips.shape[1]} clips, "
+            f"{frames.min()}-{frames.max()} frames, {prepared.num_queries} queries "
+            f"in {time.perf_counter() - start:.2f}s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     location = resolve_dataset(args.data)
@@ -72,12 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         FeatureStore(location).verify()
     print(describe(location))
     for split in FeatureStore(location).splits:
-        start = time.perf_counter()
-        prepared = load_split(location, split)
-        frames = np.diff(prepared.frame_offsets)
-        print(f"  loaded {split}: {prepared.num_videos} videos x {prepared.clips.shape[1]} clips, "
-              f"{frames.min()}-{frames.max()} frames, {prepared.num_queries} queries "
-              f"in {time.perf_counter() - start:.2f}s")
+        print(f"  loaded {load_summary(location, split)}")
     print(f"\nreference scorers on the full {args.split} corpus (ties count against the scorer):")
     print(format_table(reference_rows(location, args.split)))
     print(f"\ndata: {location.parent}")

@@ -177,7 +177,7 @@ def test_empty_split(make_dataset):
 
 def test_unknown_split_lists_available(make_dataset):
     root, _, _ = make_dataset()
-    with pytest.raises(DatasetError, match=r"no split 'val' \(available: test, train\)"):
+    with pytest.raises(DatasetError, match=r"no split 'val' \(available: train, test\)"):
         FeatureStore(root).load_split("val")
 
 
@@ -237,3 +237,8 @@ def test_writer_refuses_to_overwrite_unless_asked(make_dataset):
         writer.set_split("test", ["q"])
     assert read_manifest(root).name == "new"
     assert _leftovers(root.parent) == []
+
+
+def test_a_writer_that_never_writes_leaves_nothing(tmp_path):
+    DatasetWriter(tmp_path / "ds", name="x", video_dim=3, query_dim=2)
+    assert list(tmp_path.iterdir()) == []

@@ -79,7 +79,7 @@ class Manifest:
         return asdict(self)
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def sha256(self) -> str:
         """Hash of the manifest's content: identifies the exact data a run used."""

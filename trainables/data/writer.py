@@ -93,8 +93,7 @@ class DatasetWriter:
         self.l2_normalize = l2_normalize
         self.source = dict(source or {})
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp_dir.mkdir()
+        self._tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
         self._shards: list[ShardInfo] = []
         self._video_ids: set[str] = set()
         self._query_video: dict[str, str] = {}
@@ -104,6 +103,12 @@ class DatasetWriter:
         self._num_frames = 0
         self._num_tokens = 0
         self._closed = False
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The hidden folder shards are written to, created on first use (so an unused writer leaves nothing)."""
+        self._tmp_dir.mkdir(exist_ok=True)
+        return self._tmp_dir
 
     # -- records -------------------------------------------------------------------------------
     def add_video(self, video_id: str, frames: np.ndarray) -> None:
@@ -264,7 +269,7 @@ class DatasetWriter:
     def abort(self) -> None:
         """Discard everything written so far."""
         self._closed = True
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
     def __enter__(self) -> DatasetWriter:
         return self
