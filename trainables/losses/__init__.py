@@ -1,0 +1,1 @@
+"""Losses shared by the backbones: triplet ranking, InfoNCE, and the family-specific terms."""

@@ -1,0 +1,161 @@
+"""What every backbone provides, its config, and the registry that builds one by name.
+
+A backbone is an ``nn.Module`` with four methods the training loop and the evaluator rely on:
+
+* ``encode_videos(clips, frames, frames_mask) -> dict`` of per-video tensors (leading dim = videos;
+  frame-level tensors padded to the batch's longest video, with ``frames_mask``);
+* ``encode_queries(tokens, tokens_mask) -> dict`` of per-query tensors (leading dim = queries);
+* ``score(queries, videos) -> dict`` of (queries x videos) cosine-based score matrices, one per branch
+  (``clip``, ``frame``, ...) plus ``fused``, the score that model selection and the metrics use;
+* ``training_losses(batch, context) -> dict`` of weighted loss terms for one training batch (the loop
+  sums them); ``context`` carries the epoch, whether hard negatives are on, and a seeded generator.
+
+Backbones register themselves with ``@register("name")``; ``create_backbone(name, dims, **options)``
+builds one from a flat dict of options, validated by the backbone's ``Config`` dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Input feature sizes of a dataset."""
+
+    video_dim: int
+    query_dim: int
+
+
+@dataclass
+class LossContext:
+    """What a training step's losses need besides the batch."""
+
+    epoch: int
+    hard_negatives: bool
+    hard_pool_size: int
+    generator: torch.Generator
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Settings every backbone has; backbones subclass it with their own fields and defaults.
+
+    ``alpha`` is the fusion weight of the clip-scale score: fused = alpha * clip + (1 - alpha) * frame.
+    """
+
+    hidden_size: int = 384
+    n_heads: int = 4
+    input_drop: float = 0.1
+    drop: float = 0.1
+    max_desc_l: int = 30
+    max_ctx_l: int = 128
+    map_size: int = 32
+    margin: float = 0.2
+    alpha: float = 0.7
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first out-of-range key."""
+        positive = ("hidden_size", "n_heads", "max_desc_l", "max_ctx_l", "map_size")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("input_drop", "drop"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of n_heads {self.n_heads}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], backbone: str) -> BackboneConfig:
+        """Build from a flat dict; unknown keys are an error naming the key and the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"{backbone}: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**dict(options))
+        except ValueError as exc:
+            raise ValueError(f"{backbone}: {exc}") from None
+
+
+class Backbone(nn.Module):
+    """Base class of the PRVR backbones (see the module docstring for the contract)."""
+
+    Config: ClassVar[type[BackboneConfig]] = BackboneConfig
+    #: training defaults of the paper's TVR setup (lr, epochs, patience, hard-negative start, seed)
+    training_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: BackboneConfig, dims: Dims) -> None:
+        super().__init__()
+        self.config = config
+        self.dims = dims
+
+    def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor) -> Tensors:
+        raise NotImplementedError
+
+    def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
+        raise NotImplementedError
+
+    def score(self, queries: Tensors, videos: Tensors) -> Tensors:
+        raise NotImplementedError
+
+    def training_losses(self, batch: Tensors, context: LossContext) -> Tensors:
+        raise NotImplementedError
+
+
+B = TypeVar("B", bound=type[Backbone])
+_REGISTRY: dict[str, type[Backbone]] = {}
+
+
+def register(name: str) -> Callable[[B], B]:
+    """Class decorator: make a backbone buildable by ``name``."""
+
+    def add(cls: B) -> B:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        _REGISTRY[name] = cls
+        cls.name = name  # type: ignore[attr-defined]
+        return cls
+
+    return add
+
+
+def backbone_class(name: str) -> type[Backbone]:
+    """The class registered as ``name``, or a ValueError listing the available names."""
+    import trainables.models  # noqa: F401  (registers every backbone)
+
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r} (available: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[name]
+
+
+def list_backbones() -> list[str]:
+    import trainables.models  # noqa: F401
+
+    return sorted(_REGISTRY)
+
+
+def create_backbone(name: str, dims: Dims, **options: Any) -> Backbone:
+    """Build backbone ``name`` for inputs of ``dims`` with ``options`` (its Config's fields)."""
+    cls = backbone_class(name)
+    return cls(cls.Config.from_options(options, name), dims)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,150 @@
+"""Building blocks shared by the PRVR backbones (the release code's ``model_components``).
+
+* ``LinearLayer``: LayerNorm(in) -> Dropout -> Linear(in -> out) -> ReLU, the input projection.
+* ``TrainablePositionalEncoding``: learned position table, x <- Dropout(LayerNorm(x + P[pos])).
+* ``SelfAttention`` / ``BertAttention``: one multi-head self-attention (scaled dot product, additive
+  -1e4 on padded keys, dropout on the probabilities) followed by Linear -> Dropout -> LayerNorm(residual).
+  There is no feed-forward block (the release's ``intermediate_size`` is unused). Optional
+  multiplicative ``logit_weights`` (broadcast to ``(batch, heads, Lq, L)``) scale the attention logits
+  before masking, which is how GMMFormer's Gaussian windows and AMDNet's moment masks are applied.
+* ``AttentionPooling``: Linear(H, 1, no bias) scores, masked softmax over tokens, weighted sum
+  (the release's "modularized query").
+* ``init_weights``: Linear/Embedding ~ N(0, 0.02), zero bias, LayerNorm (1, 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASK_VALUE = -1e4  # additive mask of padded keys in attention, as released
+POOL_MASK_VALUE = -1e10  # mask of padded tokens in attention pooling, as released
+
+
+class LinearLayer(nn.Module):
+    """LayerNorm -> Dropout -> Linear -> ReLU (each norm/ReLU optional)."""
+
+    def __init__(self, in_size: int, out_size: int, *, dropout: float, layer_norm: bool = True, relu: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_size) if layer_norm else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_size, out_size)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(self.dropout(self.norm(x)))
+        return F.relu(x) if self.relu else x
+
+
+class TrainablePositionalEncoding(nn.Module):
+    """x + a learned position embedding, then LayerNorm and Dropout."""
+
+    def __init__(self, max_positions: int, hidden_size: int, dropout: float):
+        super().__init__()
+        self.position_embeddings = nn.Embedding(max_positions, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        return self.dropout(self.norm(x + self.position_embeddings(positions)))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head scaled dot-product attention with optional multiplicative logit weights."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {num_heads}")
+        self.num_heads, self.head_size = num_heads, hidden_size // num_heads
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], self.num_heads, self.head_size).transpose(1, 2)  # (N, h, L, d)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        logit_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``queries`` (N, Lq, H), ``keys`` (N, L, H) (also the values), ``mask`` (N, L) 1 = valid."""
+        q, k, v = self._heads(self.query(queries)), self._heads(self.key(keys)), self._heads(self.value(keys))
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_size)  # (N, h, Lq, L)
+        if logit_weights is not None:
+            logits = logits * logit_weights
+        if mask is not None:
+            logits = logits + (1.0 - mask[:, None, None, :].to(logits.dtype)) * MASK_VALUE
+        probs = self.dropout(logits.softmax(dim=-1))
+        out = (probs @ v).transpose(1, 2)  # (N, Lq, h, d)
+        return out.reshape(*out.shape[:2], -1)
+
+
+class BertAttention(nn.Module):
+    """Self-attention followed by Linear -> Dropout -> LayerNorm(residual); no feed-forward block."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.attention = SelfAttention(hidden_size, num_heads, dropout)
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, logit_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        attended = self.attention(x, x, mask, logit_weights)
+        return self.norm(self.dropout(self.dense(attended)) + x)
+
+
+class AttentionPooling(nn.Module):
+    """One vector per sequence: softmax over tokens of a learned linear score, padding masked."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.score = nn.Linear(hidden_size, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        scores = self.score(x).squeeze(-1)  # (N, L)
+        if mask is not None:
+            scores = scores * mask + (1.0 - mask) * POOL_MASK_VALUE
+        return torch.einsum("nl,nld->nd", scores.softmax(dim=-1), x)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """The release initialisation: N(0, std) for Linear and Embedding weights, zero biases, LayerNorm (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            m.weight.data.normal_(mean=0.0, std=std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            m.bias.data.zero_()
+        elif isinstance(m, nn.LayerNorm):
+            m.weight.data.fill_(1.0)
+            m.bias.data.zero_()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """All-pairs cosine similarity of the rows of ``a`` (..., M, H) and ``b`` (..., N, H)."""
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)
+
+
+class TokenEncoder(nn.Module):
+    """input projection -> positional encoding -> one BertAttention: the release's ``encode_input``."""
+
+    def __init__(self, in_size: int, hidden_size: int, num_heads: int, max_positions: int,
+                 input_drop: float, drop: float):
+        super().__init__()
+        self.proj = LinearLayer(in_size, hidden_size, dropout=input_drop)
+        self.pos = TrainablePositionalEncoding(max_positions, hidden_size, input_drop)
+        self.encoder = BertAttention(hidden_size, num_heads, drop)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(self.pos(self.proj(x)), mask)

@@ -1,0 +1,1 @@
+"""Training: the optimiser and schedule of the release code, the loop, checkpoints."""
