@@ -11,6 +11,7 @@ most first, like the release's ``collate_train``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,10 @@ def load_split(
     return prepare_split(store.load_split(split, verify=verify), protocol, dtype)
 
 
-def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad variable-length (n_i x D) arrays to (B x max n x D) with a 0/1 float mask."""
-    longest = max(a.shape[0] for a in arrays)
+def _pad(arrays: list[np.ndarray], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad variable-length (n_i x D) arrays to (B x length x D) with a 0/1 float mask
+    (``length`` defaults to the longest array)."""
+    longest = length if length is not None else max(a.shape[0] for a in arrays)
     out = torch.zeros(len(arrays), longest, arrays[0].shape[1])
     mask = torch.zeros(len(arrays), longest)
     for i, a in enumerate(arrays):
@@ -188,8 +190,9 @@ class EvalVideos(Dataset):
         return {"video_index": i, "clips": self.split.clips[i], "frames": self.split.video_frames(i)}
 
 
-def collate_videos(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    frames, mask = _pad([item["frames"] for item in items])
+def collate_videos(items: list[dict[str, Any]], pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Batch videos; frames padded to ``pad_to`` (so batches of one split concatenate) or the batch max."""
+    frames, mask = _pad([item["frames"] for item in items], pad_to)
     return {
         "clip_video_features": torch.from_numpy(np.stack([item["clips"] for item in items]).astype(np.float32)),
         "frame_video_features": frames,
@@ -229,6 +232,10 @@ def train_loader(split: PreparedSplit, batch_size: int, *, seed: int = 0, shuffl
 
 
 def eval_loaders(split: PreparedSplit, video_batch: int = 128, query_batch: int = 50) -> tuple[DataLoader, DataLoader]:
-    """(videos, queries) loaders in split order; queries in batches of 50 as the release evaluates."""
-    return (DataLoader(EvalVideos(split), batch_size=video_batch, collate_fn=collate_videos),
+    """(videos, queries) loaders in split order; queries in batches of 50 as the release evaluates.
+
+    Every video batch is padded to the split's longest video, so encodings concatenate across batches.
+    """
+    longest = int(np.diff(split.frame_offsets).max())
+    return (DataLoader(EvalVideos(split), batch_size=video_batch, collate_fn=partial(collate_videos, pad_to=longest)),
             DataLoader(EvalQueries(split), batch_size=query_batch, collate_fn=collate_queries))

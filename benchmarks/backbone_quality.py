@@ -1,0 +1,63 @@
+"""Retrieval quality of every backbone on the synthetic `small` preset, mean +- std over seeds.
+
+    python benchmarks/backbone_quality.py                     # all backbones, seeds 0 1 2, 30 epochs
+    python benchmarks/backbone_quality.py --backbones mssl meanpool --seeds 0 --epochs 10
+
+Each backbone trains with its published defaults (lr, margin, dropout, loss weights; batch 128
+videos), for at most ``--epochs`` epochs with early stopping on val SumR (patience 10), and the best
+epoch's weights are evaluated on the test split. Prints test R@1/R@5/R@10/R@100/SumR per backbone and
+per score branch (MS-SL's fused score beside its clip and frame branches), and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from trainables.data.datasets import resolve_dataset
+from trainables.evaluation.metrics import RECALL_KS
+from trainables.models.base import list_backbones
+from trainables.training.loop import load_data, train
+
+COLUMNS = [f"R@{k}" for k in RECALL_KS] + ["SumR"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="small")
+    parser.add_argument("--backbones", nargs="+", default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    data = load_data(resolve_dataset(args.data).parent)
+    runs: dict[str, list[dict]] = {}
+    for name in args.backbones or list_backbones():
+        for seed in args.seeds:
+            start = time.perf_counter()
+            result = train({"backbone": name, "epochs": args.epochs, "patience": 10, "seed": seed}, data)
+            runs.setdefault(name, []).append({"seed": seed, "best_epoch": result.best_epoch,
+                                              "seconds": time.perf_counter() - start, "test": result.test})
+            print(f"{name} seed {seed}: best epoch {result.best_epoch}, test SumR "
+                  f"{result.test['fused']['SumR']:.1f} ({time.perf_counter() - start:.0f}s)", flush=True)
+    print(f"\ntest split of {args.data}, mean +- std over seeds {args.seeds}, at most {args.epochs} epochs")
+    print(f"{'backbone':<12}{'branch':<8}" + "".join(f"{c:>15}" for c in COLUMNS) + f"{'epochs':>8}{'s/run':>7}")
+    for name, results in runs.items():
+        for branch in results[0]["test"]:
+            cells = []
+            for column in COLUMNS:
+                values = np.array([r["test"][branch][column] for r in results])
+                cells.append(f"{values.mean():>8.1f} +-{values.std():>4.1f}")
+            epochs = np.mean([r["best_epoch"] for r in results])
+            seconds = np.mean([r["seconds"] for r in results])
+            print(f"{name:<12}{branch:<8}" + "".join(f"{c:>15}" for c in cells) + f"{epochs:>8.1f}{seconds:>7.0f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(runs, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

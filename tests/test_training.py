@@ -1,0 +1,139 @@
+"""The training loop: resume equals an uninterrupted run, early stopping, NaN losses, bad configs,
+weights-only checkpoints, and full-corpus evaluation."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.data.synthetic import ensure_synthetic
+from trainables.evaluation.evaluate import evaluate
+from trainables.evaluation.metrics import retrieval_metrics
+from trainables.models.base import create_backbone
+from trainables.training.checkpoint import load_checkpoint
+from trainables.training.config import TrainConfig
+from trainables.training.loop import DataSplits, NonFiniteLoss, Trainer, load_data, train
+
+SMALL_MODEL = {"hidden_size": 32, "n_heads": 4}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> DataSplits:
+    return load_data(ensure_synthetic("tiny"))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _config(backbone: str = "mssl", **overrides) -> dict:
+    return {"backbone": backbone, "epochs": 4, "batch_size": 16, "lr": 1e-3, "patience": 10,
+            "hard_negative_start_epoch": 2, "seed": 7, **SMALL_MODEL, **overrides}
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(tiny, tmp_path):
+    full = train(_config(), tiny)
+
+    def crash_after_second_epoch(report):
+        if report.epoch == 2:
+            report.save_checkpoint(tmp_path / "ckpt")
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(_config(), tiny, on_epoch=crash_after_second_epoch)
+    assert load_checkpoint(tmp_path / "ckpt")["epoch"] == 2
+    epochs_run = []
+    resumed = train(_config(), tiny, resume_from=tmp_path / "ckpt", on_epoch=lambda r: epochs_run.append(r.epoch))
+    assert epochs_run == [3, 4]  # continues, never restarts from epoch 1
+    assert resumed.history == full.history  # identical losses and val metrics, epoch by epoch
+    assert resumed.test == full.test and resumed.best_epoch == full.best_epoch
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_resume_refuses_another_config(tiny, tmp_path):
+    trainer = Trainer(TrainConfig.from_dict(_config(epochs=1)), tiny)
+    trainer.run()
+    trainer.save(tmp_path)
+    with pytest.raises(ValueError, match=r"checkpoint was made with another config \(lr=0\.001, now 0\.002\)"):
+        train(_config(epochs=1, lr=2e-3), tiny, resume_from=tmp_path)
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny):
+    # lr 1e-12: nothing changes after the first epoch, so no later epoch improves val SumR
+    result = train(_config("meanpool", lr=1e-12, patience=1, epochs=10), tiny)
+    assert result.stopped_early and result.best_epoch == 1
+    assert len(result.history) == 3  # best at 1, then patience + 1 epochs without gain
+    assert result.val == result.history[0]["val"]
+
+
+def test_nan_loss_stops_with_the_epoch_and_term(tiny, monkeypatch):
+    model_cls = type(create_backbone("meanpool", tiny.dims, **SMALL_MODEL))
+    original = model_cls.training_losses
+
+    def poisoned(self, batch, context):
+        terms = original(self, batch, context)
+        if context.epoch == 1:
+            name = next(iter(terms))
+            terms[name] = terms[name] * float("nan")
+        return terms
+
+    monkeypatch.setattr(model_cls, "training_losses", poisoned)
+    reported = []
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2, batch 1: loss term '\w+' is nan"):
+        train(_config("meanpool"), tiny, on_epoch=reported.append)
+    assert [r.epoch for r in reported] == [1] and np.isfinite(reported[0].score)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"backbone": "nope"}, r"unknown backbone 'nope' \(available: .*mssl"),
+    ({"lr": -1.0}, r"lr must be > 0, got -1\.0"),
+    ({"cluster_num": 600}, r"cluster_num"),
+    ({"no_such_option": 1}, r"mssl: unknown option 'no_such_option'"),
+    ({"batch_size": 1}, r"batch_size must be >= 2"),
+])
+def test_bad_configs_fail_before_training(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(_config(**overrides))
+
+
+def test_dims_that_disagree_with_the_dataset(tiny):
+    with pytest.raises(ValueError, match=r"video_dim 512 disagrees with the dataset's 64"):
+        train(_config(video_dim=512), tiny)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    payload = _Payload()
+    payload.marker = str(tmp_path / "PWNED")
+    (tmp_path / "checkpoint.pt").write_bytes(pickle.dumps({"format": 1, "model": payload}))
+    torch.save({"format": 1, "evil": payload}, tmp_path / "evil.pt")
+    for path in (tmp_path / "checkpoint.pt", tmp_path / "evil.pt"):
+        with pytest.raises(ValueError, match="not a loadable weights-only checkpoint"):
+            load_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_evaluation_equals_an_independent_full_matrix(tiny):
+    torch.manual_seed(0)
+    model = create_backbone("meanpool", tiny.dims, **SMALL_MODEL).eval()
+    split = tiny.test
+    chunked = evaluate(model, split, query_chunk=7, video_batch=5)
+    with torch.no_grad():
+        from trainables.evaluation.evaluate import encode_videos
+        videos = encode_videos(model, split, torch.device("cpu"), batch_size=1000)
+        tokens = [torch.from_numpy(split.query_tokens(i)) for i in range(split.num_queries)]
+        text = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(t)) for t in tokens], batch_first=True)
+        full = model.score(model.encode_queries(text, mask), videos)["fused"].numpy()
+    expected = retrieval_metrics(full, split.query_video)
+    for key, value in expected.items():
+        assert chunked["fused"][key] == pytest.approx(value)

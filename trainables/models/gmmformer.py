@@ -1,0 +1,259 @@
+"""GMMFormer (Wang et al., AAAI'24): Gaussian-window attention for implicit clip modelling.
+
+Reference: huangmozhi9527/GMMFormer, ``src/Models/gmmformer/`` and ``src/Losses/loss.py``.
+
+* Text: projection -> positional encoding -> one BertAttention -> attention pooling (as MS-SL).
+* GMMBlock: parallel BertAttention layers on the same input, averaged: one global and one per Gaussian
+  width w, whose scaled attention logits are multiplied by a Gaussian window (``gaussian_window``)
+  before masking and softmax.
+* Clip branch: 32 clips -> projection -> positional encoding -> 2 GMMBlocks -> 32 tokens;
+  S_c = max over tokens of cos(query, token).
+* Frame branch: frames -> projection -> positional encoding -> 2 masked GMMBlocks -> attention pooling
+  -> one vector per video; S_f = cos(query, vector).
+* Losses: lambda1 NCE_c + Trip_c + lambda2 NCE_f + Trip_f + lambda3 QDL. Both branches use the clip-form
+  (query x video) NCE on raw dot products and triplet on cosines.
+
+Release behaviours kept: the Gaussian windows of the frame branch are built for the padded length of the
+batch, i.e. its longest video (``encode_videos`` cuts any extra padding, so the encoding depends on the
+batch's longest video as in the release, not on an evaluator's padding); QDL is computed on a second,
+independent forward pass of the query encoder (its own dropout draw, ``second_query_pass``).
+``checkpoint_branches`` recomputes the attention branches in backward (less memory, same numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from trainables.losses.diversity import query_diverse_loss
+from trainables.losses.ranking import clip_nce, clip_triplet
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, register
+from trainables.models.components import (
+    AttentionPooling,
+    BertAttention,
+    LinearLayer,
+    TokenEncoder,
+    TrainablePositionalEncoding,
+    cosine,
+    init_weights,
+)
+
+#: largest (queries x videos x tokens) block of similarities materialised at once by ``max_token_score``
+SCORE_BLOCK = 1 << 23
+NORM_EPS = 1e-12  # as F.normalize
+
+
+def gaussian_window(length: int, width: float, *, device: torch.device | None = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(length, length) Gaussian attention window of the GMMFormer release, each row peaking at 1.
+
+    Row i is centred at i / length, positions are linspace(0, 1, length) (a single 0 when length is 1),
+    sigma = max(width, 0.01) / 9. Computed in log space relative to the row maximum, which equals the
+    release's density / row-max without its 0/0 when every entry of a row underflows.
+    """
+    centres = torch.arange(length, dtype=torch.float64) / length
+    positions = torch.linspace(0.0, 1.0, length, dtype=torch.float64)
+    sigma = max(width, 1e-2) / 9.0
+    log_density = -((positions[None, :] - centres[:, None]) ** 2) / (2.0 * sigma**2)
+    window = (log_density - log_density.max(dim=1, keepdim=True).values).exp()
+    return window.to(device=device, dtype=dtype)
+
+
+def max_token_score(queries: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
+                    normalize: bool = True, block: int = SCORE_BLOCK) -> torch.Tensor:
+    """(Nq, Nv) max over each video's tokens of cos(query, token) (or the raw dot product).
+
+    ``tokens`` (Nv, L, H); ``mask`` (Nv, L) 1 = valid token, masked tokens never win. Videos are processed
+    in blocks of at most ``block`` similarities, and cosines are raw dot products divided by the token norms
+    (no normalised copy of the tokens), so memory stays O(block) for a whole corpus.
+    """
+    if normalize:
+        queries = F.normalize(queries, dim=-1, eps=NORM_EPS)
+    nq, (nv, length, hidden) = len(queries), tokens.shape
+    step = max(1, block // max(1, nq * length))
+    scores = []
+    for start in range(0, nv, step):
+        chunk = tokens[start:start + step]
+        sims = (queries @ chunk.reshape(-1, hidden).t()).view(nq, len(chunk), length)
+        if normalize:
+            sims = sims.div_(chunk.norm(dim=-1).clamp_min(NORM_EPS))
+        if mask is not None:
+            sims = sims.masked_fill_(mask[None, start:start + step] == 0, float("-inf"))
+        scores.append(sims.max(dim=-1).values)
+    return torch.cat(scores, dim=1)
+
+
+def windows(widths: Sequence[float | None], length: int, like: torch.Tensor) -> list[torch.Tensor | None]:
+    """One Gaussian window per width (None for a global branch), on ``like``'s device and dtype."""
+    return [None if w is None else gaussian_window(length, w, device=like.device, dtype=like.dtype) for w in widths]
+
+
+def maybe_checkpoint(module: nn.Module, *args: torch.Tensor | None, enabled: bool) -> torch.Tensor:
+    """``module(*args)``; when enabled and grad is on, its activations are recomputed in backward instead of
+    stored (dropout draws are replayed), trading about a third more compute for much less memory."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
+
+
+def fuse(clip: torch.Tensor, frame: torch.Tensor, alpha: float) -> Tensors:
+    """The score dict of the contract: both branches and alpha * clip + (1 - alpha) * frame."""
+    return {"clip": clip, "frame": frame, "fused": alpha * clip + (1.0 - alpha) * frame}
+
+
+def ranking_terms(raw: Tensors, cos: Tensors, labels: torch.Tensor, nce_weights: Sequence[float], margin: float,
+                  context: LossContext) -> Tensors:
+    """Weighted clip-form NCE (raw scores) and triplet (cosines) of the clip and frame branches, as released."""
+    terms: Tensors = {}
+    for branch, weight in zip(("clip", "frame"), nce_weights):
+        terms[f"{branch}_nce"] = weight * clip_nce(raw[branch], labels)
+        terms[f"{branch}_triplet"] = clip_triplet(cos[branch], labels, margin, context.hard_negatives,
+                                                  context.hard_pool_size, context.generator)
+    return terms
+
+
+def as_float_tuple(config: Any, key: str, length: int | None = None) -> None:
+    """Coerce a list option (e.g. from YAML) of a frozen config to a tuple of floats, checking its length."""
+    value = tuple(float(v) for v in getattr(config, key))
+    if length is not None and len(value) != length:
+        raise ValueError(f"{key} must have {length} values, got {len(value)}")
+    object.__setattr__(config, key, value)
+
+
+class GMMBlock(nn.Module):
+    """Mean of a global BertAttention and one Gaussian-windowed BertAttention per width."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float, widths: Sequence[float],
+                 global_branch: bool = True, checkpoint_branches: bool = False):
+        super().__init__()
+        self.widths: tuple[float | None, ...] = ((None,) if global_branch else ()) + tuple(widths)
+        self.branches = nn.ModuleList(BertAttention(hidden_size, num_heads, dropout) for _ in self.widths)
+        self.checkpoint_branches = checkpoint_branches
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        outputs = [maybe_checkpoint(branch, x, mask, window, enabled=self.checkpoint_branches)
+                   for branch, window in zip(self.branches, windows(self.widths, x.shape[1], x))]
+        return torch.stack(outputs).mean(dim=0)
+
+
+class GMMEncoder(nn.Module):
+    """Projection -> positional encoding -> a stack of GMMBlocks."""
+
+    def __init__(self, in_size: int, config: GMMFormer.Config):
+        super().__init__()
+        h = config.hidden_size
+        self.proj = LinearLayer(in_size, h, dropout=config.input_drop)
+        self.pos = TrainablePositionalEncoding(config.max_ctx_l, h, config.input_drop)
+        self.blocks = nn.ModuleList(
+            GMMBlock(h, config.n_heads, config.drop, config.widths, config.global_branch, config.checkpoint_branches)
+            for _ in range(config.n_blocks)
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.pos(self.proj(x))
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
+@register("gmmformer")
+class GMMFormer(Backbone):
+    """GMMFormer: Gaussian-window clip and frame branches, pooled frame vector, query diverse loss."""
+
+    @dataclass(frozen=True)
+    class Config(BackboneConfig):
+        """TVR defaults of the release (``src/Configs/tvr.py``)."""
+
+        input_drop: float = 0.2
+        drop: float = 0.2
+        margin: float = 0.1
+        #: weights of (clip NCE, frame NCE, query diverse loss); the triplets have weight 1
+        loss_factor: tuple[float, ...] = (0.05, 0.04, 0.001)
+        qdl_alpha: float = 32.0
+        qdl_delta: float = 0.15
+        #: Gaussian widths of the windowed branches of every GMMBlock
+        widths: tuple[float, ...] = (0.5, 1.0, 5.0)
+        #: whether each GMMBlock also has an unconstrained (global) branch
+        global_branch: bool = True
+        #: GMMBlocks per branch
+        n_blocks: int = 2
+        #: release: QDL on a second query-encoder pass (own dropout); False reuses the scoring pass
+        second_query_pass: bool = True
+        #: recompute each attention branch in backward instead of storing its activations (memory knob)
+        checkpoint_branches: bool = False
+
+        def __post_init__(self) -> None:
+            as_float_tuple(self, "loss_factor", 3)
+            as_float_tuple(self, "widths")
+            super().__post_init__()
+
+        def validate(self) -> None:
+            super().validate()
+            if any(w < 0 for w in self.loss_factor):
+                raise ValueError(f"loss_factor must be >= 0, got {self.loss_factor}")
+            if any(w <= 0 for w in self.widths):
+                raise ValueError(f"widths must be > 0, got {self.widths}")
+            if not self.widths and not self.global_branch:
+                raise ValueError("a GMMBlock needs at least one branch (widths or global_branch)")
+            if self.n_blocks < 1:
+                raise ValueError(f"n_blocks must be >= 1, got {self.n_blocks}")
+            if self.qdl_alpha <= 0:
+                raise ValueError(f"qdl_alpha must be > 0, got {self.qdl_alpha}")
+
+    training_defaults: ClassVar[dict[str, Any]] = {
+        "lr": 3e-4, "epochs": 100, "patience": 10, "hard_negative_start_epoch": 30, "seed": 9527, "batch_size": 128,
+    }
+
+    def __init__(self, config: GMMFormer.Config, dims: Dims) -> None:
+        super().__init__(config, dims)
+        h = config.hidden_size
+        self.query_encoder = TokenEncoder(dims.query_dim, h, config.n_heads, config.max_desc_l,
+                                          config.input_drop, config.drop)
+        self.query_pool = AttentionPooling(h)
+        self.clip_encoder = GMMEncoder(dims.video_dim, config)
+        self.frame_encoder = GMMEncoder(dims.video_dim, config)
+        self.frame_pool = AttentionPooling(h)
+        init_weights(self)
+
+    def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor) -> Tensors:
+        """{"clip": (B, 32, H) clip tokens, "frame": (B, H) pooled frame vector}.
+
+        Frames are first cut to the longest valid video of the batch: the frame Gaussian windows depend on
+        the sequence length, and the release pads each batch to its longest video, so extra padding (an
+        evaluator padding to the split's longest video) must not change the encoding.
+        """
+        longest = max(1, int(frames_mask.sum(dim=1).max().item()))
+        frames, frames_mask = frames[:, :longest], frames_mask[:, :longest]
+        encoded_frames = self.frame_encoder(frames, frames_mask)
+        return {"clip": self.clip_encoder(clips), "frame": self.frame_pool(encoded_frames, frames_mask)}
+
+    def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
+        """{"query": (Nq, H)} attention-pooled query vectors."""
+        return {"query": self.query_pool(self.query_encoder(tokens, tokens_mask), tokens_mask)}
+
+    def score(self, queries: Tensors, videos: Tensors) -> Tensors:
+        q = queries["query"]
+        return fuse(max_token_score(q, videos["clip"]), cosine(q, videos["frame"]), self.config.alpha)
+
+    def training_losses(self, batch: Tensors, context: LossContext) -> Tensors:
+        cfg: GMMFormer.Config = self.config  # type: ignore[assignment]
+        videos = self.encode_videos(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"])
+        query = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"]
+        labels = batch["text_labels"]
+        raw = {"clip": max_token_score(query, videos["clip"], normalize=False), "frame": query @ videos["frame"].t()}
+        cos = {"clip": max_token_score(query, videos["clip"]), "frame": cosine(query, videos["frame"])}
+        terms = ranking_terms(raw, cos, labels, cfg.loss_factor[:2], cfg.margin, context)
+        diverse = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"] if cfg.second_query_pass \
+            else query
+        terms["qdl"] = cfg.loss_factor[2] * query_diverse_loss(diverse, labels, alpha=cfg.qdl_alpha,
+                                                                delta=cfg.qdl_delta)
+        return terms
+
+
+__all__ = ["GMMBlock", "GMMEncoder", "GMMFormer", "gaussian_window", "max_token_score"]

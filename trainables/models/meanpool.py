@@ -1,0 +1,90 @@
+"""Plain text-to-video retrieval baseline: one vector per video, one per query, cosine score.
+
+The reference point for the PRVR backbones (it ignores that a query matches only part of a video):
+
+* **Video**: frames -> projection -> learned positions -> one BertAttention (masked) -> masked mean
+  over the valid frames (``pooling="mean"``) or attention pooling (``pooling="attention"``) -> v.
+* **Query**: TokenEncoder + attention pooling -> q, as in MS-SL.
+* **Score**: cos(q, v); ``score`` returns it as ``fused`` (the only branch).
+* **Loss**: ``trip`` = the MS-SL clip-scale triplet loss on the cosine scores (random, then hard
+  negatives) and ``nce`` = nce_weight (0.02) x the multi-positive InfoNCE on the raw dot products q . v,
+  i.e. exactly MS-SL's clip-branch objective with the 528 proposals replaced by one whole-video
+  vector, so differences to MS-SL measure the multi-scale/partial-relevance modelling alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trainables.losses.ranking import clip_nce, clip_triplet
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, register
+from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
+
+POOLINGS = ("mean", "attention")
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, H) mean of the valid tokens of (N, L, H) ``tokens`` under a 0/1 (N, L) ``mask``."""
+    weights = mask.to(tokens.dtype)
+    return torch.einsum("nl,nlh->nh", weights, tokens) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+@register("meanpool")
+class MeanPool(Backbone):
+    """Whole-video embedding baseline (see the module docstring)."""
+
+    @dataclass(frozen=True)
+    class Config(BackboneConfig):
+        """MS-SL's TVR settings; ``alpha`` and ``map_size`` are unused (single branch)."""
+
+        margin: float = 0.1
+        nce_weight: float = 0.02
+        pooling: str = "mean"
+
+        def validate(self) -> None:
+            super().validate()
+            if self.nce_weight < 0:
+                raise ValueError(f"nce_weight must be >= 0, got {self.nce_weight}")
+            if self.pooling not in POOLINGS:
+                raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+
+    training_defaults = {"lr": 2.5e-4, "epochs": 100, "patience": 10, "hard_negative_start_epoch": 20,
+                         "seed": 2018, "batch_size": 128}
+
+    config: Config
+
+    def __init__(self, config: Config, dims: Dims) -> None:
+        super().__init__(config, dims)
+        c, h = config, config.hidden_size
+        self.query_encoder = TokenEncoder(dims.query_dim, h, c.n_heads, c.max_desc_l, c.input_drop, c.drop)
+        self.query_pool = AttentionPooling(h)
+        self.video_encoder = TokenEncoder(dims.video_dim, h, c.n_heads, c.max_ctx_l, c.input_drop, c.drop)
+        self.video_pool = AttentionPooling(h) if c.pooling == "attention" else None
+        init_weights(self)
+
+    def _video(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.video_encoder(frames, mask)
+        return self.video_pool(tokens, mask) if self.video_pool is not None else masked_mean(tokens, mask)
+
+    def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor) -> Tensors:
+        """{"video": (V, H)} one vector per video (the clip features are not used)."""
+        return {"video": self._video(frames, frames_mask)}
+
+    def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
+        """{"query": (Nq, H)} attention-pooled query vectors."""
+        return {"query": self.query_pool(self.query_encoder(tokens, tokens_mask), tokens_mask)}
+
+    def score(self, queries: Tensors, videos: Tensors) -> Tensors:
+        """{"fused": (Nq, V) cosine scores}."""
+        return {"fused": cosine(queries["query"], videos["video"])}
+
+    def training_losses(self, batch: Tensors, context: LossContext) -> Tensors:
+        """{"nce", "trip"} weighted loss terms of one batch."""
+        v = self._video(batch["frame_video_features"], batch["videos_mask"])
+        q = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"]
+        labels = batch["text_labels"]
+        trip = clip_triplet(cosine(q, v), labels, self.config.margin, context.hard_negatives,
+                            context.hard_pool_size, context.generator)
+        return {"nce": self.config.nce_weight * clip_nce(q @ v.t(), labels), "trip": trip}

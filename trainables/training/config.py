@@ -1,0 +1,103 @@
+"""A trial's configuration: the backbone, its options, and the training settings.
+
+A trial arrives as one flat dict (what an Optuna space samples)::
+
+    {"backbone": "mssl", "lr": 2.5e-4, "epochs": 20, "cluster_num": 32, "margin": 0.1, ...}
+
+``TrainConfig.from_dict`` splits it: keys that are ``TrainConfig`` fields are training settings, every
+other key is an option of the backbone, validated by the backbone's own ``Config`` (so an unknown key
+or an out-of-range value fails before training with a message naming the key). Training settings left
+unset take the backbone's published TVR defaults (``Backbone.training_defaults``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainables.models.base import BackboneConfig, backbone_class
+
+FALLBACK_DEFAULTS: dict[str, Any] = {
+    "lr": 2.5e-4, "epochs": 100, "patience": 10, "hard_negative_start_epoch": 20, "seed": 2018, "batch_size": 128,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs besides the data. ``None`` means "the backbone's default"."""
+
+    backbone: str
+    options: dict[str, Any] = field(default_factory=dict)
+    lr: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    patience: int | None = None
+    hard_negative_start_epoch: int | None = None
+    seed: int | None = None
+    hard_pool_size: int = 20
+    weight_decay: float = 0.01
+    warmup_proportion: float = 0.01
+    max_grad_norm: float = 1.0
+    device: str = "auto"
+    bf16: bool = False
+    eval_query_chunk: int = 100
+    eval_video_batch: int = 256
+    video_dim: int | None = None
+    query_dim: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        """Split a flat trial dict into training settings and backbone options, then validate."""
+        if "backbone" not in raw:
+            raise ValueError("config has no 'backbone' key")
+        own = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        settings = {k: v for k, v in raw.items() if k in own}
+        options = {k: v for k, v in raw.items() if k not in own}
+        return cls(options=options, **settings).resolved()
+
+    def resolved(self) -> TrainConfig:
+        """Fill unset settings from the backbone's defaults and validate everything."""
+        defaults = {**FALLBACK_DEFAULTS, **backbone_class(self.backbone).training_defaults}
+        filled = {k: (defaults[k] if getattr(self, k) is None else getattr(self, k)) for k in FALLBACK_DEFAULTS}
+        config = dataclasses.replace(self, **filled)
+        config.validate()
+        return config
+
+    def backbone_config(self) -> BackboneConfig:
+        cls = backbone_class(self.backbone)
+        return cls.Config.from_options(self.options, self.backbone)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad key (the backbone's options included)."""
+        checks = [
+            ("lr", self.lr is not None and self.lr > 0, "must be > 0"),
+            ("batch_size", self.batch_size is not None and self.batch_size >= 2, "must be >= 2"),
+            ("epochs", self.epochs is not None and self.epochs >= 1, "must be >= 1"),
+            ("patience", self.patience is not None and self.patience >= 0, "must be >= 0"),
+            ("hard_negative_start_epoch", self.hard_negative_start_epoch is not None
+             and self.hard_negative_start_epoch >= 0, "must be >= 0"),
+            ("hard_pool_size", self.hard_pool_size >= 1, "must be >= 1"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("warmup_proportion", 0 < self.warmup_proportion < 1, "must be in (0, 1)"),
+            ("max_grad_norm", self.max_grad_norm >= 0, "must be >= 0"),
+            ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             "must be 'auto', 'cpu' or 'cuda[:N]'"),
+            ("eval_query_chunk", self.eval_query_chunk >= 1, "must be >= 1"),
+            ("eval_video_batch", self.eval_video_batch >= 1, "must be >= 1"),
+        ]
+        for key, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{key} {rule}, got {getattr(self, key)!r}")
+        self.backbone_config()
+
+    def check_dims(self, video_dim: int, query_dim: int, where: str) -> None:
+        """Dims pinned in the config must equal the dataset's."""
+        for key, value, actual in (("video_dim", self.video_dim, video_dim), ("query_dim", self.query_dim, query_dim)):
+            if value is not None and value != actual:
+                raise ValueError(f"{key} {value} disagrees with the dataset's {actual} ({where})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form (inverse of ``from_dict``)."""
+        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        return {**flat, **self.options}
