@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="search/run.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="small",
-                        help="a synthetic preset (tiny, small, tvr-like) or a dataset folder (default: small)")
+                        help="a synthetic preset (tiny, small, ci, tvr-like) or a dataset folder (default: small)")
     parser.add_argument("--split", default="test", help="split to evaluate on (default: test)")
     parser.add_argument("--verify", action="store_true", help="check every shard's sha256 first")
     return parser

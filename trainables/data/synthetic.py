@@ -224,6 +224,14 @@ PRESETS: dict[str, SyntheticConfig] = {
         moment_fraction_max=0.2, background_fraction=0.2, noise=0.6, ambiguity=0.4, num_filler_words=12,
         distractor_rate=0.5, videos_per_shard=250, queries_per_shard=1000,
     ),
+    # `small`'s difficulty at a size a CI test can train on in seconds (160/60/60 videos, dims 64/48)
+    "ci": SyntheticConfig(
+        name="ci", train_videos=160, val_videos=60, test_videos=60, queries_per_video=4,
+        frames_min=24, frames_max=64, video_dim=64, query_dim=48, tokens_min=8, tokens_max=16,
+        latent_dim=16, num_concepts=64, moments_min=2, moments_max=4, moment_fraction_min=0.08,
+        moment_fraction_max=0.2, background_fraction=0.2, noise=0.6, ambiguity=0.4, num_filler_words=12,
+        distractor_rate=0.5, videos_per_shard=100, queries_per_shard=400, seed=11,
+    ),
     "tvr-like": SyntheticConfig(
         name="tvr-like", train_videos=4000, val_videos=500, test_videos=2179, queries_per_video=5,
         frames_min=40, frames_max=100, video_dim=3072, query_dim=768, tokens_min=10, tokens_max=20,

@@ -126,6 +126,16 @@ def as_float_tuple(config: Any, key: str, length: int | None = None) -> None:
     object.__setattr__(config, key, value)
 
 
+def check_gaussian_branches(config: Any, block: str) -> None:
+    """The checks GMMFormer v1 and v2 share: loss weights, widths, and at least one branch per block."""
+    if any(w < 0 for w in config.loss_factor):
+        raise ValueError(f"loss_factor must be >= 0, got {config.loss_factor}")
+    if any(w <= 0 for w in config.widths):
+        raise ValueError(f"widths must be > 0, got {config.widths}")
+    if not config.widths and not config.global_branch:
+        raise ValueError(f"a {block} needs at least one branch (widths or global_branch)")
+
+
 class GMMBlock(nn.Module):
     """Mean of a global BertAttention and one Gaussian-windowed BertAttention per width."""
 
@@ -195,12 +205,7 @@ class GMMFormer(Backbone):
 
         def validate(self) -> None:
             super().validate()
-            if any(w < 0 for w in self.loss_factor):
-                raise ValueError(f"loss_factor must be >= 0, got {self.loss_factor}")
-            if any(w <= 0 for w in self.widths):
-                raise ValueError(f"widths must be > 0, got {self.widths}")
-            if not self.widths and not self.global_branch:
-                raise ValueError("a GMMBlock needs at least one branch (widths or global_branch)")
+            check_gaussian_branches(self, "GMMBlock")
             if self.n_blocks < 1:
                 raise ValueError(f"n_blocks must be >= 1, got {self.n_blocks}")
             if self.qdl_alpha <= 0:

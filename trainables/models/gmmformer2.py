@@ -41,6 +41,7 @@ from trainables.models.components import (
 )
 from trainables.models.gmmformer import (
     as_float_tuple,
+    check_gaussian_branches,
     fuse,
     max_token_score,
     maybe_checkpoint,
@@ -132,12 +133,7 @@ class GMMFormerV2(Backbone):
 
         def validate(self) -> None:
             super().validate()
-            if any(w < 0 for w in self.loss_factor):
-                raise ValueError(f"loss_factor must be >= 0, got {self.loss_factor}")
-            if any(w <= 0 for w in self.widths):
-                raise ValueError(f"widths must be > 0, got {self.widths}")
-            if not self.widths and not self.global_branch:
-                raise ValueError("a DyGMMBlock needs at least one branch (widths or global_branch)")
+            check_gaussian_branches(self, "DyGMMBlock")
             for key in ("sft_factor", "qdl_alpha"):
                 if getattr(self, key) <= 0:
                     raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
