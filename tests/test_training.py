@@ -149,3 +149,14 @@ def test_mssl_beats_meanpool_on_partially_relevant_data():
                        "hard_negative_start_epoch": 100, "seed": seed}, data) for seed in (0, 1)]
         sumr[backbone] = float(np.mean([r.test["fused"]["SumR"] for r in runs]))
     assert sumr["mssl"] > sumr["meanpool"] + 15, sumr
+
+
+def test_bf16_autocast_runs_the_same_code_path(tiny):
+    result = train(_config("mssl", epochs=1, bf16=True), tiny)
+    assert np.isfinite(result.test["fused"]["SumR"]) and result.history[0]["loss"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_requested_without_cuda(tiny):
+    with pytest.raises(ValueError, match=r"device 'cuda' requested but CUDA is not available"):
+        train(_config(device="cuda"), tiny)
