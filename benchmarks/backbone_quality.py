@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -31,21 +32,31 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="results file, written after every run; an existing one "
+                        "is continued (runs already in it are skipped)")
     args = parser.parse_args()
     data = load_data(resolve_dataset(args.data).parent)
     runs: dict[str, list[dict]] = {}
+    if args.json and Path(args.json).is_file():  # continue an interrupted benchmark
+        runs = json.loads(Path(args.json).read_text())
     for name in args.backbones or list_backbones():
         for seed in args.seeds:
+            if any(r["seed"] == seed and r["epochs"] == args.epochs for r in runs.get(name, [])):
+                continue
             start = time.perf_counter()
             result = train({"backbone": name, "epochs": args.epochs, "patience": 10, "seed": seed}, data)
-            runs.setdefault(name, []).append({"seed": seed, "best_epoch": result.best_epoch,
+            runs.setdefault(name, []).append({"seed": seed, "epochs": args.epochs, "best_epoch": result.best_epoch,
                                               "seconds": time.perf_counter() - start, "test": result.test})
+            if args.json:
+                Path(args.json).write_text(json.dumps(runs, indent=2))
             print(f"{name} seed {seed}: best epoch {result.best_epoch}, test SumR "
                   f"{result.test['fused']['SumR']:.1f} ({time.perf_counter() - start:.0f}s)", flush=True)
     print(f"\ntest split of {args.data}, mean +- std over seeds {args.seeds}, at most {args.epochs} epochs")
     print(f"{'backbone':<12}{'branch':<8}" + "".join(f"{c:>15}" for c in COLUMNS) + f"{'epochs':>8}{'s/run':>7}")
     for name, results in runs.items():
+        results = [r for r in results if r["seed"] in args.seeds and r["epochs"] == args.epochs]
+        if not results:
+            continue
         for branch in results[0]["test"]:
             cells = []
             for column in COLUMNS:
@@ -54,9 +65,6 @@ def main() -> None:
             epochs = np.mean([r["best_epoch"] for r in results])
             seconds = np.mean([r["seconds"] for r in results])
             print(f"{name:<12}{branch:<8}" + "".join(f"{c:>15}" for c in cells) + f"{epochs:>8.1f}{seconds:>7.0f}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(runs, handle, indent=2)
 
 
 if __name__ == "__main__":
