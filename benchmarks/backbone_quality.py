@@ -34,12 +34,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--json", default=None, help="results file, written after every run; an existing one "
                         "is continued (runs already in it are skipped)")
+    parser.add_argument("--report-only", action="store_true", help="print the table of --json without training")
     args = parser.parse_args()
-    data = load_data(resolve_dataset(args.data).parent)
     runs: dict[str, list[dict]] = {}
     if args.json and Path(args.json).is_file():  # continue an interrupted benchmark
         runs = json.loads(Path(args.json).read_text())
-    for name in args.backbones or list_backbones():
+    data = None if args.report_only else load_data(resolve_dataset(args.data).parent)
+    for name in [] if args.report_only else args.backbones or list_backbones():
         for seed in args.seeds:
             if any(r["seed"] == seed and r["epochs"] == args.epochs for r in runs.get(name, [])):
                 continue
