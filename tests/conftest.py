@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from trainables.data.writer import DatasetWriter
 
@@ -68,3 +69,24 @@ def make_dataset(tmp_path: Path) -> Callable[..., tuple[Path, dict, dict]]:
         return write_dataset(tmp_path / f"ds{next(counter)}", **kwargs)
 
     return make
+
+
+def assert_chunked_evaluation_matches_full(model, split) -> set[str]:
+    """``evaluate`` (videos in batches of 5, queries in chunks of 7) gives, for every branch, the
+    metrics of one ``score()`` call on all queries and videos; returns the branches."""
+    from trainables.evaluation.evaluate import encode_videos, evaluate
+    from trainables.evaluation.metrics import retrieval_metrics
+
+    chunked = evaluate(model, split, query_chunk=7, video_batch=5)
+    with torch.no_grad():
+        videos = encode_videos(model, split, torch.device("cpu"), batch_size=1000)
+        tokens = [torch.from_numpy(split.query_tokens(i)) for i in range(split.num_queries)]
+        text = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(t)) for t in tokens], batch_first=True)
+        full = model.score(model.encode_queries(text, mask), videos)
+    assert set(chunked) == set(full)
+    for branch in chunked:
+        expected = retrieval_metrics(full[branch].numpy(), split.query_video)
+        for key, value in expected.items():
+            assert chunked[branch][key] == pytest.approx(value), (branch, key)
+    return set(chunked)

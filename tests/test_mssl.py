@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import assert_chunked_evaluation_matches_full
 from trainables.losses.ranking import clip_nce, clip_triplet, diagonal_triplet, frame_nce
 from trainables.models.base import Dims, LossContext, count_parameters, create_backbone
 from trainables.models.kmedoids import batch_kmedoids, batch_kmedoids_gram
@@ -405,25 +406,12 @@ def test_batched_evaluation_equals_one_full_score_matrix(options: dict):
     of 7 give the metrics of one score() call on everything."""
     from trainables.data.loader import load_split
     from trainables.data.synthetic import ensure_synthetic
-    from trainables.evaluation.evaluate import encode_videos, evaluate
-    from trainables.evaluation.metrics import retrieval_metrics
 
     split = load_split(ensure_synthetic("tiny"), "test")
     torch.manual_seed(0)
     model = create_backbone("mssl", Dims(split.clips.shape[-1], split.query_tokens(0).shape[-1]),
                             hidden_size=16, n_heads=4, **options).eval()
-    chunked = evaluate(model, split, query_chunk=7, video_batch=5)
-    with torch.no_grad():
-        videos = encode_videos(model, split, torch.device("cpu"), batch_size=1000)
-        tokens = [torch.from_numpy(split.query_tokens(i)) for i in range(split.num_queries)]
-        text = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)
-        mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(t)) for t in tokens], batch_first=True)
-        full = model.score(model.encode_queries(text, mask), videos)
-    assert set(chunked) == {"clip", "frame", "fused"}
-    for branch in chunked:
-        expected = retrieval_metrics(full[branch].numpy(), split.query_video)
-        for key, value in expected.items():
-            assert chunked[branch][key] == pytest.approx(value), (branch, key)
+    assert assert_chunked_evaluation_matches_full(model, split) == {"clip", "frame", "fused"}
 
 
 def test_kmedoids_from_inner_products_equals_from_points():

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_chunked_evaluation_matches_full
 from trainables.data.synthetic import ensure_synthetic
-from trainables.evaluation.evaluate import evaluate
-from trainables.evaluation.metrics import retrieval_metrics
 from trainables.models.base import create_backbone
 from trainables.training.checkpoint import load_checkpoint
 from trainables.training.config import TrainConfig
@@ -125,18 +124,7 @@ def test_checkpoints_load_weights_only(tmp_path):
 def test_evaluation_equals_an_independent_full_matrix(tiny):
     torch.manual_seed(0)
     model = create_backbone("meanpool", tiny.dims, **SMALL_MODEL).eval()
-    split = tiny.test
-    chunked = evaluate(model, split, query_chunk=7, video_batch=5)
-    with torch.no_grad():
-        from trainables.evaluation.evaluate import encode_videos
-        videos = encode_videos(model, split, torch.device("cpu"), batch_size=1000)
-        tokens = [torch.from_numpy(split.query_tokens(i)) for i in range(split.num_queries)]
-        text = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)
-        mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(t)) for t in tokens], batch_first=True)
-        full = model.score(model.encode_queries(text, mask), videos)["fused"].numpy()
-    expected = retrieval_metrics(full, split.query_video)
-    for key, value in expected.items():
-        assert chunked["fused"][key] == pytest.approx(value)
+    assert assert_chunked_evaluation_matches_full(model, tiny.test) == {"fused"}
 
 
 def test_mssl_beats_meanpool_on_partially_relevant_data():
