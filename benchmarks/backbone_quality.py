@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.runs import mean_std
 from trainables.data.datasets import resolve_dataset
 from trainables.evaluation.metrics import RECALL_KS
 from trainables.models.base import list_backbones
@@ -59,10 +60,7 @@ def main() -> None:
         if not results:
             continue
         for branch in results[0]["test"]:
-            cells = []
-            for column in COLUMNS:
-                values = np.array([r["test"][branch][column] for r in results])
-                cells.append(f"{values.mean():>8.1f} +-{values.std():>4.1f}")
+            cells = [mean_std([r["test"][branch][column] for r in results], width=8) for column in COLUMNS]
             epochs = np.mean([r["best_epoch"] for r in results])
             seconds = np.mean([r["seconds"] for r in results])
             print(f"{name:<12}{branch:<8}" + "".join(f"{c:>15}" for c in cells) + f"{epochs:>8.1f}{seconds:>7.0f}")

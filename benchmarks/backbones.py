@@ -115,6 +115,9 @@ def count_eval_flops(model: torch.nn.Module, split: PreparedSplit, chunk: int = 
 
     device = torch.device("cpu")
     model.eval()
+    # FlopCounterMode's module tracker fails on no-grad views of parameters (GMMFormer v2's expanded
+    # consolidation token): count with parameters frozen, which changes no FLOP.
+    model.requires_grad_(False)
     part = PreparedSplit(**{**split.__dict__, "clips": split.clips[:sample],
                             "frame_offsets": split.frame_offsets[: sample + 1],
                             "video_ids": split.video_ids[:sample]})
@@ -125,6 +128,7 @@ def count_eval_flops(model: torch.nn.Module, split: PreparedSplit, chunk: int = 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         next(iter(score_chunks(model, split, videos, device, chunk)))
     per_chunk = counter.get_total_flops()
+    model.requires_grad_(True)
     return per_video * split.num_videos + per_chunk * split.num_queries / chunk
 
 
@@ -134,10 +138,12 @@ def bench_one(name: str, num_videos: int, num_queries: int, train_steps: int) ->
     row: dict[str, Any] = {"backbone": name, "params_M": count_parameters(model) / 1e6}
     split = random_split(num_videos, num_queries, TVR)
     row["rss_with_data_gb"] = _current_rss_gb()
-    row["matmul_gflops_per_s"] = matmul_gflops()
+    before = matmul_gflops()
     _reset_peak()
     seconds = _timed(lambda: evaluate(model, split, query_chunk=100))
     row["eval_peak_rss_gb"] = _peak_gb()
+    # the machine is shared: the best matmul rate measured before and after the evaluation is the limit
+    row["matmul_gflops_per_s"] = max(before, matmul_gflops())
     flops = count_eval_flops(model, split)
     row.update(eval_s=seconds, eval_gflop=flops / 1e9, eval_gflops_per_s=flops / seconds / 1e9,
                eval_fraction_of_matmul=flops / seconds / 1e9 / row["matmul_gflops_per_s"])

@@ -101,7 +101,7 @@ def test_encoder_masks_and_moments_follow_anchors() -> None:
         x = model.clip_pos(model.clip_proj(batch["clip_video_features"]))
         out = model.encode_videos(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"])
         _, centres, widths = model.block.anchors(x)
-    assert out["tokens"].shape == (3, 32, 16) and out["moments"].shape == (3, 4, 16)
+    assert out["clip_tokens"].shape == (3, 32, 16) and out["moments"].shape == (3, 4, 16)
     torch.testing.assert_close(out["moment_masks"], gaussian_moment_masks(centres, widths, 32))
     torch.testing.assert_close(out["moments"], out["moment_masks"] @ x)
     torch.testing.assert_close(out["moment_masks"].amax(dim=-1), torch.ones(3, 4))
@@ -166,7 +166,7 @@ def test_score_is_max_token_cosine(pooling: str) -> None:
         videos = model.encode_videos(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"])
         queries = model.encode_queries(batch["text_feat"], batch["text_mask"])
         scores = model.score(queries, videos)
-    q, tokens = queries["query"], videos["tokens"]
+    q, tokens = queries["query"], videos["clip_tokens"]
     expected = torch.empty(q.shape[0], tokens.shape[0])
     for i in range(q.shape[0]):
         for v in range(tokens.shape[0]):
@@ -224,7 +224,7 @@ def test_training_losses_match_definitions() -> None:
         terms = model.training_losses(batch, context())
         videos = model.encode_videos(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"])
         q = model.encode_queries(batch["text_feat"], batch["text_mask"])["query"]
-        raw = torch.einsum("qh,vlh->qvl", q, videos["tokens"]).amax(dim=-1)
+        raw = torch.einsum("qh,vlh->qvl", q, videos["clip_tokens"]).amax(dim=-1)
         labels = batch["text_labels"]
         expected = {
             "clip_nce": c.nce_weight * clip_nce(raw, labels),

@@ -107,7 +107,7 @@ def test_score_fusion_and_clip_max(name: str) -> None:
         queries = _queries(model, 4)
         scores = model.score(queries, videos)
     torch.testing.assert_close(scores["fused"], 0.6 * scores["clip"] + 0.4 * scores["frame"])
-    q, clips = queries["query"], videos["clip"]
+    q, clips = queries["query"], videos["clip_tokens"]
     for i in range(len(q)):
         for v in range(len(clips)):
             best = max(_cos(q[i], token) for token in clips[v])
@@ -115,7 +115,7 @@ def test_score_fusion_and_clip_max(name: str) -> None:
     if name == "gmmformer":
         for i in range(len(q)):
             for v in range(len(clips)):
-                assert abs(scores["frame"][i, v].item() - _cos(q[i], videos["frame"][v])) < 1e-5
+                assert abs(scores["frame"][i, v].item() - _cos(q[i], videos["global"][v])) < 1e-5
 
 
 def test_v2_clean_frame_score_ignores_padding() -> None:
@@ -123,14 +123,14 @@ def test_v2_clean_frame_score_ignores_padding() -> None:
     with torch.no_grad():
         videos = model.encode_videos(*_videos(model, [2, 7, 16]))
         queries = _queries(model, 3)
-    assert videos["frame"].shape[1] == 16 and videos["frame_mask"].shape == (3, 16)
-    assert videos["frame"][0, 2:].abs().sum() == 0  # padding zeroed
+    assert videos["frame_tokens"].shape[1] == 16 and videos["frame_mask"].shape == (3, 16)
+    assert videos["frame_tokens"][0, 2:].abs().sum() == 0  # padding zeroed
     # make every padding token the best possible match: it must still never win
-    frames = videos["frame"].clone()
+    frames = videos["frame_tokens"].clone()
     q = queries["query"]
     frames[0, 2:] = q[0] * 10
     frames[1, 7:] = q[1]
-    tampered = {**videos, "frame": frames}
+    tampered = {**videos, "frame_tokens": frames}
     scores = model.score(queries, tampered)["frame"]
     for i in range(len(q)):
         for v in range(3):
@@ -144,7 +144,7 @@ def test_v2_padding_floor_reproduces_release() -> None:
     q = torch.tensor([[1.0] + [0.0] * 15])
     frames = torch.zeros(1, 16, 16)
     frames[0, :3, 0] = -1.0  # every valid frame anti-aligned with the query
-    videos = {"clip": torch.randn(1, 8, 16), "frame": frames, "frame_mask": (torch.arange(16) < 3).float()[None]}
+    videos = {"clip_tokens": torch.randn(1, 8, 16), "frame_tokens": frames, "frame_mask": (torch.arange(16) < 3).float()[None]}
     assert model.score({"query": q}, videos)["frame"].item() == 0.0  # a zero padding frame wins
     clean = small("gmmformer2", frame_padding_floor=False).eval()
     assert clean.score({"query": q}, videos)["frame"].item() == pytest.approx(-1.0)
@@ -157,7 +157,8 @@ def test_encoding_does_not_depend_on_extra_padding(name: str) -> None:
     with torch.no_grad():
         a = model.encode_videos(clips, frames, mask)
         b = model.encode_videos(clips, F.pad(frames, (0, 0, 0, 5)), F.pad(mask, (0, 5)))
-    torch.testing.assert_close(a["frame"], b["frame"])
+    key = "global" if name == "gmmformer" else "frame_tokens"
+    torch.testing.assert_close(a[key], b[key])
 
 
 def test_max_token_score_blocks_and_mask() -> None:

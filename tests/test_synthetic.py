@@ -231,7 +231,7 @@ def test_ensure_synthetic_regenerates_a_stale_cache(tmp_path: Path, monkeypatch:
 
 
 def test_unknown_preset_lists_the_available_ones(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="available: tiny, small, ci, tvr-like"):
+    with pytest.raises(ValueError, match="available: tiny, small, ci, tvr-like, small-hard, ci-hard"):
         ensure_synthetic("huge", tmp_path)
 
 

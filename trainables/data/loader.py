@@ -125,15 +125,26 @@ def load_split(
 
 
 def _pad(arrays: list[np.ndarray], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad variable-length (n_i x D) arrays to (B x length x D) with a 0/1 float mask
-    (``length`` defaults to the longest array)."""
+    """Zero-pad variable-length (n_i x D) arrays to float32 (B x length x D) with a 0/1 float mask
+    (``length`` defaults to the longest array). Each array is converted once, straight into the batch,
+    and only padding rows are zeroed: collation is memory-bound and runs before every forward pass."""
     longest = length if length is not None else max(a.shape[0] for a in arrays)
-    out = torch.zeros(len(arrays), longest, arrays[0].shape[1])
+    out = torch.empty(len(arrays), longest, arrays[0].shape[1])
     mask = torch.zeros(len(arrays), longest)
     for i, a in enumerate(arrays):
-        out[i, : a.shape[0]] = torch.from_numpy(np.asarray(a, dtype=np.float32))
-        mask[i, : a.shape[0]] = 1.0
+        n = a.shape[0]
+        out[i, :n].copy_(torch.from_numpy(np.ascontiguousarray(a)))
+        out[i, n:].zero_()
+        mask[i, :n] = 1.0
     return out, mask
+
+
+def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    """Same-shape arrays as one float32 tensor, converted once."""
+    out = torch.empty(len(arrays), *arrays[0].shape)
+    for i, a in enumerate(arrays):
+        out[i].copy_(torch.from_numpy(np.ascontiguousarray(a)))
+    return out
 
 
 class TrainVideos(Dataset):
@@ -155,18 +166,23 @@ class TrainVideos(Dataset):
             "frames": s.video_frames(i),
             "query_index": queries,
             "tokens": [s.query_tokens(q) for q in queries],
+            **({} if s.sentence is None else {"sentence": s.sentence[queries]}),
         }
 
 
 def collate_train(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Batch videos with all their queries; ``text_labels[q]`` is q's video's row in the batch."""
+    """Batch videos with all their queries; ``text_labels[q]`` is q's video's row in the batch (plus
+    ``sentence_feat`` (Nq, Ds) when the split has external sentence features)."""
     items = sorted(items, key=lambda item: len(item["tokens"]), reverse=True)
     frames, videos_mask = _pad([item["frames"] for item in items])
     tokens = [t for item in items for t in item["tokens"]]
     text, text_mask = _pad(tokens)
     labels = [row for row, item in enumerate(items) for _ in item["tokens"]]
+    # external sentence features (Nq, Ds), in the query order of text_feat (MSC's TCPL teacher)
+    sentence = {} if "sentence" not in items[0] else \
+        {"sentence_feat": torch.from_numpy(np.concatenate([item["sentence"] for item in items]).astype(np.float32))}
     return {
-        "clip_video_features": torch.from_numpy(np.stack([item["clips"] for item in items]).astype(np.float32)),
+        "clip_video_features": _stack([item["clips"] for item in items]),
         "frame_video_features": frames,
         "videos_mask": videos_mask,
         "text_feat": text,
@@ -174,6 +190,7 @@ def collate_train(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "text_labels": torch.tensor(labels, dtype=torch.long),
         "video_index": torch.tensor([item["video_index"] for item in items], dtype=torch.long),
         "query_index": torch.from_numpy(np.concatenate([item["query_index"] for item in items]).astype(np.int64)),
+        **sentence,
     }
 
 
@@ -194,7 +211,7 @@ def collate_videos(items: list[dict[str, Any]], pad_to: int | None = None) -> di
     """Batch videos; frames padded to ``pad_to`` (so batches of one split concatenate) or the batch max."""
     frames, mask = _pad([item["frames"] for item in items], pad_to)
     return {
-        "clip_video_features": torch.from_numpy(np.stack([item["clips"] for item in items]).astype(np.float32)),
+        "clip_video_features": _stack([item["clips"] for item in items]),
         "frame_video_features": frames,
         "videos_mask": mask,
         "video_index": torch.tensor([item["video_index"] for item in items], dtype=torch.long),

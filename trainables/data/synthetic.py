@@ -83,7 +83,7 @@ import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,12 @@ PRESETS: dict[str, SyntheticConfig] = {
         distractor_rate=0.5, videos_per_shard=500, queries_per_shard=5000,
     ),
 }
+
+# high-ambiguity / high-noise variants (the conditions under which RAL claims its largest gains), fixed
+# before any plugin was measured on them: more feature noise, more filler words per query, more distractors
+HARD = {"noise": 1.0, "ambiguity": 0.7, "distractor_rate": 0.8}
+for _base in ("small", "ci"):
+    PRESETS[f"{_base}-hard"] = replace(PRESETS[_base], name=f"{_base}-hard", **HARD)
 
 
 # -- ground truth ------------------------------------------------------------------------------

@@ -48,9 +48,12 @@ def score_chunks(model: Backbone, split: PreparedSplit, videos: Tensors, device:
 
 @torch.no_grad()
 def evaluate(model: Backbone, split: PreparedSplit, device: torch.device | str = "cpu", *,
-             video_batch: int = 256, query_chunk: int = 100) -> dict[str, dict[str, float]]:
-    """R@1/5/10/100, SumR, MedR and MeanR per score branch of ``model`` on ``split``."""
+             video_batch: int | None = None, query_chunk: int = 100) -> dict[str, dict[str, float]]:
+    """R@1/5/10/100, SumR, MedR and MeanR per score branch of ``model`` on ``split``; videos are encoded
+    ``video_batch`` at a time (default: the backbone's ``eval_video_batch`` training default, else 256)."""
     device = torch.device(device)
+    if video_batch is None:
+        video_batch = int(type(model).training_defaults.get("eval_video_batch", 256))
     was_training = model.training
     model.eval()
     try:

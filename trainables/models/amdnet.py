@@ -39,7 +39,7 @@ from torch import nn
 
 from trainables.losses.moment import moment_diversity, moment_relevance
 from trainables.losses.ranking import clip_nce
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, register
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import (
     AttentionPooling,
     BertAttention,
@@ -93,13 +93,13 @@ class MomentBlock(nn.Module):
         self.attn1 = BertAttention(hidden_size, event_size, dropout)
 
     def forward(self, x: torch.Tensor) -> Tensors:
-        """``x`` (B, L, H) -> tokens (B, L, H), global (B, H), moments (B, K, H), moment_masks (B, K, L)."""
+        """``x`` (B, L, H) -> clip_tokens (B, L, H), global (B, H), moments (B, K, H), moment_masks (B, K, L)."""
         global_video, centres, widths = self.anchors(x)
         masks = gaussian_moment_masks(centres.float(), widths.float(), x.shape[1]).to(x.dtype)
         moments = masks @ x  # peak-1 masks, not sum-normalised (as released)
         o0 = self.attn0(x)
         o1 = self.attn1(o0, logit_weights=masks.unsqueeze(2))  # head k's logits scaled by m_k over keys
-        return {"tokens": (o0 + o1) / 2, "global": global_video, "moments": moments, "moment_masks": masks}
+        return {"clip_tokens": (o0 + o1) / 2, "global": global_video, "moments": moments, "moment_masks": masks}
 
 
 def max_token_scores(queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -171,11 +171,14 @@ class AMDNet(Backbone):
         init_weights(self)
 
     # -- encoders ----------------------------------------------------------------------------------
-    def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor) -> Tensors:
-        """32 clips -> tokens (B, 32, H), global (B, H), moments (B, K, H), moment_masks (B, K, 32); frames unused."""
-        return self.block(self.clip_pos(self.clip_proj(clips)))
+    #: clip tokens, the global vector and the span-anchor moment masks; clip-only (no frame-scale score)
+    features = frozenset({"query", "clip_tokens", "global", "moment_masks"})
 
-    def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
+    def _encode_videos(self, inputs: VideoInputs) -> Tensors:
+        """32 clips -> clip_tokens (B, 32, H), global (B, H), moments (B, K, H), moment_masks (B, K, 32); frames unused."""
+        return self.block(self.clip_pos(self.clip_proj(inputs.clips)))
+
+    def _encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
         """One vector per query (Nq, H): projected tokens pooled by ``query_pooling``."""
         projected = self.query_proj(tokens)  # (Nq, T, H)
         pooling = self.config.query_pooling
@@ -190,12 +193,12 @@ class AMDNet(Backbone):
         return {"query": query}
 
     # -- scores and losses -------------------------------------------------------------------------
-    def score(self, queries: Tensors, videos: Tensors) -> Tensors:
+    def _score(self, queries: Tensors, videos: Tensors) -> Tensors:
         """Max over each video's 32 tokens of cos(query, token); ``fused`` is the same matrix."""
-        clip = max_token_scores(F.normalize(queries["query"], dim=-1), F.normalize(videos["tokens"], dim=-1))
+        clip = max_token_scores(F.normalize(queries["query"], dim=-1), F.normalize(videos["clip_tokens"], dim=-1))
         return {"clip": clip, "fused": clip}
 
-    def training_losses(self, batch: Tensors, context: LossContext) -> Tensors:
+    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
         """Weighted clip NCE, moment diversity and moment relevance (no triplet; ``context`` unused).
 
         Checked against ``Losses/loss.py`` / ``model.py`` of the release: the NCE uses the raw
@@ -203,13 +206,14 @@ class AMDNet(Backbone):
         normalised to sum 1; L_rel uses cosines with the global vector and the moment features.
         """
         c = self.config
-        videos = self.encode_videos(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"])
-        query = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"]
-        labels = batch["text_labels"]
-        nce = clip_nce(max_token_scores(query, videos["tokens"]).float(), labels)
+        videos = self._encode_videos(VideoInputs.from_batch(batch))
+        queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
+        query, labels = queries["query"], batch["text_labels"]
+        nce = clip_nce(max_token_scores(query, videos["clip_tokens"]).float(), labels)
         div = moment_diversity(videos["moment_masks"].float(), c.div_target)
-        rel_query = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"] \
+        rel_query = self._encode_queries(batch["text_feat"], batch["text_mask"])["query"] \
             if c.rel_independent_dropout and self.training else query
         rel = moment_relevance(rel_query.float(), videos["global"].float(), videos["moments"].float(), labels,
                                c.rel_margin)
-        return {"clip_nce": c.nce_weight * nce, "moment_div": c.div_weight * div, "moment_rel": c.rel_weight * rel}
+        terms = {"clip_nce": c.nce_weight * nce, "moment_div": c.div_weight * div, "moment_rel": c.rel_weight * rel}
+        return terms, {**videos, **queries}

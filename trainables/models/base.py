@@ -1,6 +1,6 @@
 """What every backbone provides, its config, and the registry that builds one by name.
 
-A backbone is an ``nn.Module`` with four methods the training loop and the evaluator rely on:
+A backbone is an ``nn.Module`` with four public methods the training loop and the evaluator rely on:
 
 * ``encode_videos(clips, frames, frames_mask) -> dict`` of per-video tensors (leading dim = videos;
   frame-level tensors padded to the batch's longest video, with ``frames_mask``);
@@ -9,6 +9,12 @@ A backbone is an ``nn.Module`` with four methods the training loop and the evalu
   (``clip``, ``frame``, ...) plus ``fused``, the score that model selection and the metrics use;
 * ``training_losses(batch, context) -> dict`` of weighted loss terms for one training batch (the loop
   sums them); ``context`` carries the epoch, whether hard negatives are on, and a seeded generator.
+
+A backbone implements them as ``_encode_videos(inputs)``, ``_encode_queries``, ``_score`` and
+``_training_losses -> (terms, features)``; the public methods wrap them with the plugin hooks (input
+transforms, extra query features, a replaced frame-scale score, extra losses: see
+``trainables/plugins/base.py``), so a plugin never needs an edit to a backbone. ``features`` lists the
+standard tensors a backbone exposes to plugins.
 
 Backbones register themselves with ``@register("name")``; ``create_backbone(name, dims, **options)``
 builds one from a flat dict of options, validated by the backbone's ``Config`` dataclass.
@@ -43,6 +49,23 @@ class LossContext:
     hard_negatives: bool
     hard_pool_size: int
     generator: torch.Generator
+
+
+@dataclass
+class VideoInputs:
+    """What a backbone's video encoder reads: the clip-scale features (B, M, D), frames (B, L, D) with
+    their 0/1 mask (B, L), and an optional additive attention bias over the clip tokens (B, M) (set by
+    an input-transform plugin such as OP-ToMe; only backbones with ``clip_key_bias`` accept it)."""
+
+    clips: torch.Tensor
+    frames: torch.Tensor
+    frames_mask: torch.Tensor
+    clip_key_bias: torch.Tensor | None = None
+
+    @classmethod
+    def from_batch(cls, batch: Tensors) -> VideoInputs:
+        return cls(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"],
+                   batch.get("clip_key_bias"))
 
 
 @dataclass(frozen=True)
@@ -100,22 +123,88 @@ class Backbone(nn.Module):
     Config: ClassVar[type[BackboneConfig]] = BackboneConfig
     #: training defaults of the paper's TVR setup (lr, epochs, patience, hard-negative start, seed)
     training_defaults: ClassVar[dict[str, Any]] = {}
+    #: standard features and capabilities offered to plugins (names in ``trainables/plugins/base.py``)
+    features: ClassVar[frozenset[str]] = frozenset({"query"})
+    name: ClassVar[str]
 
     def __init__(self, config: BackboneConfig, dims: Dims) -> None:
         super().__init__()
         self.config = config
         self.dims = dims
+        self.plugins = nn.ModuleDict()
 
+    # plugins ------------------------------------------------------------------------------------
+    def attach(self, plugin: nn.Module) -> None:
+        """Add a plugin; its parameters become the model's (trained, checkpointed, exported)."""
+        if getattr(plugin, "replaces_frame_score", False) and self._frame_scorer() is not None:
+            raise ValueError(f"plugins {self._frame_scorer().name} and {plugin.name} both replace the frame score")
+        self.plugins[plugin.name] = plugin
+
+    def _frame_scorer(self) -> Any:
+        return next((p for p in self.plugins.values() if p.replaces_frame_score), None)
+
+    def plugin_needs(self, feature: str) -> bool:
+        """Whether an attached plugin reads ``feature`` at inference (backbones keep optional tensors only then)."""
+        return any(feature in p.inference_needs(p.config) for p in self.plugins.values())
+
+    def replaced_frame_score(self, queries: Tensors, videos: Tensors, normalize: bool = True) -> torch.Tensor | None:
+        """A plugin's frame-scale score (Nq, V) replacing the backbone's, or None (backbones call this
+        in training: raw for NCE, ``normalize`` for the cosine triplet)."""
+        scorer = self._frame_scorer()
+        return None if scorer is None else scorer.frame_score(queries, videos, normalize)
+
+    def transform_videos(self, inputs: VideoInputs) -> VideoInputs:
+        for plugin in self.plugins.values():
+            inputs = plugin.transform_videos(inputs)
+        if inputs.clip_key_bias is not None and "clip_key_bias" not in self.features:
+            raise ValueError(f"backbone {self.name} does not take a clip attention key bias")
+        return inputs
+
+    # the public contract --------------------------------------------------------------------------
     def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor) -> Tensors:
-        raise NotImplementedError
+        return self._encode_videos(self.transform_videos(VideoInputs(clips, frames, frames_mask)))
 
     def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
-        raise NotImplementedError
+        out = self._encode_queries(tokens, tokens_mask)
+        for plugin in self.plugins.values():
+            out.update(plugin.query_features(tokens, tokens_mask))
+        return out
 
     def score(self, queries: Tensors, videos: Tensors) -> Tensors:
-        raise NotImplementedError
+        """The backbone's scores; with a plugin's frame score, ``frame`` and ``fused`` use it."""
+        scores = self._score(queries, videos)
+        frame = self.replaced_frame_score(queries, videos)
+        if frame is not None:
+            alpha = self.config.alpha
+            scores = {**scores, "frame": frame, "fused": alpha * scores["clip"] + (1.0 - alpha) * frame}
+        return scores
 
     def training_losses(self, batch: Tensors, context: LossContext) -> Tensors:
+        """The backbone's weighted loss terms plus each plugin's (named ``plugin.term``)."""
+        inputs = self.transform_videos(VideoInputs.from_batch(batch))
+        batch = {**batch, "clip_video_features": inputs.clips, "frame_video_features": inputs.frames,
+                 "videos_mask": inputs.frames_mask}
+        if inputs.clip_key_bias is not None:
+            batch["clip_key_bias"] = inputs.clip_key_bias
+        terms, features = self._training_losses(batch, context)
+        features = {**features, "text_labels": batch["text_labels"]}
+        for plugin in self.plugins.values():
+            for term, value in plugin.losses(features, batch, context).items():
+                terms[f"{plugin.name}.{term}"] = value
+        return terms
+
+    # what each backbone implements ----------------------------------------------------------------
+    def _encode_videos(self, inputs: VideoInputs) -> Tensors:
+        raise NotImplementedError
+
+    def _encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
+        raise NotImplementedError
+
+    def _score(self, queries: Tensors, videos: Tensors) -> Tensors:
+        raise NotImplementedError
+
+    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
+        """(weighted loss terms, features by their standard names for the plugins' losses)."""
         raise NotImplementedError
 
 

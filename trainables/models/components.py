@@ -6,7 +6,9 @@
   -1e4 on padded keys, dropout on the probabilities) followed by Linear -> Dropout -> LayerNorm(residual).
   There is no feed-forward block (the release's ``intermediate_size`` is unused). Optional
   multiplicative ``logit_weights`` (broadcast to ``(batch, heads, Lq, L)``) scale the attention logits
-  before masking, which is how GMMFormer's Gaussian windows and AMDNet's moment masks are applied.
+  before masking, which is how GMMFormer's Gaussian windows and AMDNet's moment masks are applied;
+  an optional additive ``key_bias`` (N, L) is added to the logits of every query over key ``j``
+  (ToMe's proportional attention: ``log(merge_size)``).
 * ``AttentionPooling``: Linear(H, 1, no bias) scores, masked softmax over tokens, weighted sum
   (the release's "modularized query").
 * ``init_weights``: Linear/Embedding ~ N(0, 0.02), zero bias, LayerNorm (1, 0).
@@ -75,12 +77,16 @@ class SelfAttention(nn.Module):
         keys: torch.Tensor,
         mask: torch.Tensor | None = None,
         logit_weights: torch.Tensor | None = None,
+        key_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``queries`` (N, Lq, H), ``keys`` (N, L, H) (also the values), ``mask`` (N, L) 1 = valid."""
+        """``queries`` (N, Lq, H), ``keys`` (N, L, H) (also the values), ``mask`` (N, L) 1 = valid,
+        ``key_bias`` (N, L) added to every query's logit over each key."""
         q, k, v = self._heads(self.query(queries)), self._heads(self.key(keys)), self._heads(self.value(keys))
         logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_size)  # (N, h, Lq, L)
         if logit_weights is not None:
             logits = logits * logit_weights
+        if key_bias is not None:
+            logits = logits + key_bias[:, None, None, :].to(logits.dtype)
         if mask is not None:
             logits = logits + (1.0 - mask[:, None, None, :].to(logits.dtype)) * MASK_VALUE
         probs = self.dropout(logits.softmax(dim=-1))
@@ -99,9 +105,10 @@ class BertAttention(nn.Module):
         self.norm = nn.LayerNorm(hidden_size)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, logit_weights: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, logit_weights: torch.Tensor | None = None,
+        key_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        attended = self.attention(x, x, mask, logit_weights)
+        attended = self.attention(x, x, mask, logit_weights, key_bias)
         return self.norm(self.dropout(self.dense(attended)) + x)
 
 
@@ -146,5 +153,6 @@ class TokenEncoder(nn.Module):
         self.pos = TrainablePositionalEncoding(max_positions, hidden_size, input_drop)
         self.encoder = BertAttention(hidden_size, num_heads, drop)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encoder(self.pos(self.proj(x)), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(self.pos(self.proj(x)), mask, None, key_bias)

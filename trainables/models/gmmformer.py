@@ -22,7 +22,7 @@ independent forward pass of the query encoder (its own dropout draw, ``second_qu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from trainables.losses.diversity import query_diverse_loss
 from trainables.losses.ranking import clip_nce, clip_triplet
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, register
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import (
     AttentionPooling,
     BertAttention,
@@ -102,6 +102,11 @@ def maybe_checkpoint(module: nn.Module, *args: torch.Tensor | None, enabled: boo
     return module(*args)
 
 
+def plugin_or(score: torch.Tensor | None, own: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A plugin's replacement frame score if there is one, else the backbone's own (computed only then)."""
+    return own() if score is None else score
+
+
 def fuse(clip: torch.Tensor, frame: torch.Tensor, alpha: float) -> Tensors:
     """The score dict of the contract: both branches and alpha * clip + (1 - alpha) * frame."""
     return {"clip": clip, "frame": frame, "fused": alpha * clip + (1.0 - alpha) * frame}
@@ -146,8 +151,9 @@ class GMMBlock(nn.Module):
         self.branches = nn.ModuleList(BertAttention(hidden_size, num_heads, dropout) for _ in self.widths)
         self.checkpoint_branches = checkpoint_branches
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        outputs = [maybe_checkpoint(branch, x, mask, window, enabled=self.checkpoint_branches)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        outputs = [maybe_checkpoint(branch, x, mask, window, key_bias, enabled=self.checkpoint_branches)
                    for branch, window in zip(self.branches, windows(self.widths, x.shape[1], x))]
         return torch.stack(outputs).mean(dim=0)
 
@@ -165,10 +171,11 @@ class GMMEncoder(nn.Module):
             for _ in range(config.n_blocks)
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
         x = self.pos(self.proj(x))
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, key_bias)
         return x
 
 
@@ -226,39 +233,53 @@ class GMMFormer(Backbone):
         self.frame_pool = AttentionPooling(h)
         init_weights(self)
 
-    def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor) -> Tensors:
-        """{"clip": (B, 32, H) clip tokens, "frame": (B, H) pooled frame vector}.
+    #: frame tokens are kept in the video encoding only when a plugin reads them (CSA at inference)
+    features = frozenset({"query", "clip_tokens", "frame_tokens", "global", "clip_key_bias", "frame_score"})
+
+    def _encode_videos(self, inputs: VideoInputs) -> Tensors:
+        """{"clip_tokens": (B, 32, H), "global": (B, H) pooled frame vector} (+ "frame_tokens", "frame_mask"
+        in training or when a plugin needs them).
 
         Frames are first cut to the longest valid video of the batch: the frame Gaussian windows depend on
         the sequence length, and the release pads each batch to its longest video, so extra padding (an
         evaluator padding to the split's longest video) must not change the encoding.
         """
-        longest = max(1, int(frames_mask.sum(dim=1).max().item()))
-        frames, frames_mask = frames[:, :longest], frames_mask[:, :longest]
+        longest = max(1, int(inputs.frames_mask.sum(dim=1).max().item()))
+        frames, frames_mask = inputs.frames[:, :longest], inputs.frames_mask[:, :longest]
         encoded_frames = self.frame_encoder(frames, frames_mask)
-        return {"clip": self.clip_encoder(clips), "frame": self.frame_pool(encoded_frames, frames_mask)}
+        out = {"clip_tokens": self.clip_encoder(inputs.clips, None, inputs.clip_key_bias),
+               "global": self.frame_pool(encoded_frames, frames_mask)}
+        if self.training or self.plugin_needs("frame_tokens"):  # padded back: evaluator batches concatenate
+            extra = inputs.frames.shape[1] - longest
+            out.update(frame_tokens=F.pad(encoded_frames * frames_mask[..., None].to(encoded_frames.dtype),
+                                          (0, 0, 0, extra)),
+                       frame_mask=inputs.frames_mask)
+        return out
 
-    def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
+    def _encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
         """{"query": (Nq, H)} attention-pooled query vectors."""
         return {"query": self.query_pool(self.query_encoder(tokens, tokens_mask), tokens_mask)}
 
-    def score(self, queries: Tensors, videos: Tensors) -> Tensors:
+    def _score(self, queries: Tensors, videos: Tensors) -> Tensors:
         q = queries["query"]
-        return fuse(max_token_score(q, videos["clip"]), cosine(q, videos["frame"]), self.config.alpha)
+        return fuse(max_token_score(q, videos["clip_tokens"]), cosine(q, videos["global"]), self.config.alpha)
 
-    def training_losses(self, batch: Tensors, context: LossContext) -> Tensors:
+    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
         cfg: GMMFormer.Config = self.config  # type: ignore[assignment]
-        videos = self.encode_videos(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"])
-        query = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"]
-        labels = batch["text_labels"]
-        raw = {"clip": max_token_score(query, videos["clip"], normalize=False), "frame": query @ videos["frame"].t()}
-        cos = {"clip": max_token_score(query, videos["clip"]), "frame": cosine(query, videos["frame"])}
+        videos = self._encode_videos(VideoInputs.from_batch(batch))
+        queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
+        query, labels = queries["query"], batch["text_labels"]
+        raw = {"clip": max_token_score(query, videos["clip_tokens"], normalize=False),
+               "frame": plugin_or(self.replaced_frame_score(queries, videos, normalize=False),
+                                  lambda: query @ videos["global"].t())}
+        cos = {"clip": max_token_score(query, videos["clip_tokens"]),
+               "frame": plugin_or(self.replaced_frame_score(queries, videos), lambda: cosine(query, videos["global"]))}
         terms = ranking_terms(raw, cos, labels, cfg.loss_factor[:2], cfg.margin, context)
-        diverse = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"] if cfg.second_query_pass \
+        diverse = self._encode_queries(batch["text_feat"], batch["text_mask"])["query"] if cfg.second_query_pass \
             else query
         terms["qdl"] = cfg.loss_factor[2] * query_diverse_loss(diverse, labels, alpha=cfg.qdl_alpha,
                                                                 delta=cfg.qdl_delta)
-        return terms
+        return terms, {**videos, **queries}
 
 
 __all__ = ["GMMBlock", "GMMEncoder", "GMMFormer", "gaussian_window", "max_token_score"]

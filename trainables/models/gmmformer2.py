@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.losses.diversity import optimal_matching_loss, revamped_query_diverse_loss
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, register
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import (
     AttentionPooling,
     LinearLayer,
@@ -45,6 +45,7 @@ from trainables.models.gmmformer import (
     fuse,
     max_token_score,
     maybe_checkpoint,
+    plugin_or,
     ranking_terms,
     windows,
 )
@@ -62,8 +63,8 @@ class PostLNLayer(nn.Module):
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None,
-                logit_weights: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.norm1(queries + self.drop1(self.attention(queries, keys, mask, logit_weights)))
+                logit_weights: torch.Tensor | None = None, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm1(queries + self.drop1(self.attention(queries, keys, mask, logit_weights, key_bias)))
         return self.norm2(x + self.drop2(self.ffn(x)))
 
 
@@ -82,18 +83,22 @@ class DyGMMBlock(nn.Module):
         self.weight_head = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Dropout(dropout),
                                          nn.Linear(hidden_size, length))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, weight_token: torch.Tensor) -> torch.Tensor:
-        """``x`` (N, length, H), ``mask`` (N, length) or None, ``weight_token`` (1, 1, H)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, weight_token: torch.Tensor,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (N, length, H), ``mask`` (N, length) or None, ``weight_token`` (1, 1, H), ``key_bias`` (N, length)
+        added to every attention logit over each token (proportional attention of merged tokens)."""
         n, length, hidden = x.shape
         if length != self.length:
             raise ValueError(f"DyGMMBlock built for {self.length} tokens got {length}")
         outputs = torch.stack([
-            maybe_checkpoint(branch, x, x, mask, window, enabled=self.checkpoint_branches)
+            maybe_checkpoint(branch, x, x, mask, window, key_bias, enabled=self.checkpoint_branches)
             for branch, window in zip(self.branches, windows(self.widths, length, x))
         ], dim=1)  # (N, K, L, H)
         k = outputs.shape[1]
         flat_mask = None if mask is None else mask.repeat_interleave(k, dim=0)
-        tokens = self.consolidation(weight_token.to(x.dtype).expand(n * k, 1, hidden), outputs.flatten(0, 1), flat_mask)
+        flat_bias = None if key_bias is None else key_bias.repeat_interleave(k, dim=0)
+        tokens = self.consolidation(weight_token.to(x.dtype).expand(n * k, 1, hidden), outputs.flatten(0, 1), flat_mask,
+                                    None, flat_bias)
         weights = (self.weight_head(tokens.view(n, k, hidden)) / self.sft_factor).softmax(dim=1)  # (N, K, L)
         return torch.einsum("nklh,nkl->nlh", outputs, weights)
 
@@ -142,6 +147,9 @@ class GMMFormerV2(Backbone):
 
     training_defaults: ClassVar[dict[str, Any]] = {
         "lr": 3e-4, "epochs": 100, "patience": 10, "hard_negative_start_epoch": 20, "seed": 9527, "batch_size": 128,
+        # eight branch layers plus a consolidation pass over all of them: 64 videos at a time keeps a TVR-size
+        # evaluation under 4 GB (256 at once peaks ~2.6 GB above the data)
+        "eval_video_batch": 64,
     }
 
     def __init__(self, config: GMMFormerV2.Config, dims: Dims) -> None:
@@ -169,14 +177,17 @@ class GMMFormerV2(Backbone):
             raise ValueError(f"{frames.shape[1]} frames exceed max_ctx_l={self.config.max_ctx_l}")
         return F.pad(frames, (0, 0, 0, extra)), F.pad(mask, (0, extra))
 
-    def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor) -> Tensors:
-        """{"clip": (B, 32, H), "frame": (B, max_ctx_l, H) with padding zeroed, "frame_mask": (B, max_ctx_l)}."""
-        clip = self.clip_block(self.clip_pos(self.clip_proj(clips)), None, self.weight_token)
-        frames, mask = self._pad_frames(frames, frames_mask)
-        frame = self.frame_block(self.frame_pos(self.frame_proj(frames)), mask, self.weight_token)
-        return {"clip": clip, "frame": frame * mask[..., None].to(frame.dtype), "frame_mask": mask}
+    features = frozenset({"query", "clip_tokens", "frame_tokens", "clip_key_bias", "frame_score"})
 
-    def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
+    def _encode_videos(self, inputs: VideoInputs) -> Tensors:
+        """{"clip_tokens": (B, 32, H), "frame_tokens": (B, max_ctx_l, H) with padding zeroed, "frame_mask"}."""
+        clip = self.clip_block(self.clip_pos(self.clip_proj(inputs.clips)), None, self.weight_token,
+                               inputs.clip_key_bias)
+        frames, mask = self._pad_frames(inputs.frames, inputs.frames_mask)
+        frame = self.frame_block(self.frame_pos(self.frame_proj(frames)), mask, self.weight_token)
+        return {"clip_tokens": clip, "frame_tokens": frame * mask[..., None].to(frame.dtype), "frame_mask": mask}
+
+    def _encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
         """{"query": (Nq, H)} attention-pooled query vectors."""
         x = self.query_pos(self.query_proj(tokens))
         return {"query": self.query_pool(self.query_encoder(x, x, tokens_mask), tokens_mask)}
@@ -184,27 +195,29 @@ class GMMFormerV2(Backbone):
     def _frame_mask(self, videos: Tensors) -> torch.Tensor | None:
         return None if self.config.frame_padding_floor else videos["frame_mask"]
 
-    def score(self, queries: Tensors, videos: Tensors) -> Tensors:
+    def _score(self, queries: Tensors, videos: Tensors) -> Tensors:
         q = queries["query"]
-        frame = max_token_score(q, videos["frame"], self._frame_mask(videos))
-        return fuse(max_token_score(q, videos["clip"]), frame, self.config.alpha)
+        frame = max_token_score(q, videos["frame_tokens"], self._frame_mask(videos))
+        return fuse(max_token_score(q, videos["clip_tokens"]), frame, self.config.alpha)
 
-    def training_losses(self, batch: Tensors, context: LossContext) -> Tensors:
+    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
         cfg: GMMFormerV2.Config = self.config  # type: ignore[assignment]
-        videos = self.encode_videos(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"])
-        query = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"]
-        labels = batch["text_labels"]
-        mask = self._frame_mask(videos)
-        raw = {"clip": max_token_score(query, videos["clip"], normalize=False),
-               "frame": max_token_score(query, videos["frame"], mask, normalize=False)}
-        cos = {"clip": max_token_score(query, videos["clip"]), "frame": max_token_score(query, videos["frame"], mask)}
+        videos = self._encode_videos(VideoInputs.from_batch(batch))
+        queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
+        query, labels = queries["query"], batch["text_labels"]
+        clips, frames, mask = videos["clip_tokens"], videos["frame_tokens"], self._frame_mask(videos)
+        raw = {"clip": max_token_score(query, clips, normalize=False),
+               "frame": plugin_or(self.replaced_frame_score(queries, videos, normalize=False),
+                                  lambda: max_token_score(query, frames, mask, normalize=False))}
+        cos = {"clip": max_token_score(query, clips),
+               "frame": plugin_or(self.replaced_frame_score(queries, videos), lambda: max_token_score(query, frames, mask))}
         terms = ranking_terms(raw, cos, labels, cfg.loss_factor[:2], cfg.margin, context)
-        diverse = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"] if cfg.second_query_pass \
+        diverse = self._encode_queries(batch["text_feat"], batch["text_mask"])["query"] if cfg.second_query_pass \
             else query
         terms["qdl"] = cfg.loss_factor[2] * revamped_query_diverse_loss(
             diverse, labels, alpha=cfg.qdl_alpha, delta=cfg.qdl_delta, gamma=cfg.qdl_gamma)
-        terms["om"] = cfg.loss_factor[3] * optimal_matching_loss(diverse, videos["clip"], labels)
-        return terms
+        terms["om"] = cfg.loss_factor[3] * optimal_matching_loss(diverse, clips, labels)
+        return terms, {**videos, **queries}
 
 
 __all__ = ["DyGMMBlock", "GMMFormerV2", "PostLNLayer"]

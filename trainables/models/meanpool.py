@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from trainables.losses.ranking import clip_nce, clip_triplet
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, register
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
 
 POOLINGS = ("mean", "attention")
@@ -64,27 +64,32 @@ class MeanPool(Backbone):
         self.video_pool = AttentionPooling(h) if c.pooling == "attention" else None
         init_weights(self)
 
-    def _video(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    #: frame tokens, their mask and the whole-video vector; no clip tokens and no frame-scale score
+    features = frozenset({"query", "frame_tokens", "global"})
+
+    def _tokens(self, frames: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encoded frames (V, L, H), pooled video vector (V, H))."""
         tokens = self.video_encoder(frames, mask)
-        return self.video_pool(tokens, mask) if self.video_pool is not None else masked_mean(tokens, mask)
+        return tokens, self.video_pool(tokens, mask) if self.video_pool is not None else masked_mean(tokens, mask)
 
-    def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor) -> Tensors:
+    def _encode_videos(self, inputs: VideoInputs) -> Tensors:
         """{"video": (V, H)} one vector per video (the clip features are not used)."""
-        return {"video": self._video(frames, frames_mask)}
+        return {"video": self._tokens(inputs.frames, inputs.frames_mask)[1]}
 
-    def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
+    def _encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
         """{"query": (Nq, H)} attention-pooled query vectors."""
         return {"query": self.query_pool(self.query_encoder(tokens, tokens_mask), tokens_mask)}
 
-    def score(self, queries: Tensors, videos: Tensors) -> Tensors:
+    def _score(self, queries: Tensors, videos: Tensors) -> Tensors:
         """{"fused": (Nq, V) cosine scores}."""
         return {"fused": cosine(queries["query"], videos["video"])}
 
-    def training_losses(self, batch: Tensors, context: LossContext) -> Tensors:
+    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
         """{"nce", "trip"} weighted loss terms of one batch."""
-        v = self._video(batch["frame_video_features"], batch["videos_mask"])
-        q = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"]
-        labels = batch["text_labels"]
+        tokens, v = self._tokens(batch["frame_video_features"], batch["videos_mask"])
+        queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
+        q, labels = queries["query"], batch["text_labels"]
         trip = clip_triplet(cosine(q, v), labels, self.config.margin, context.hard_negatives,
                             context.hard_pool_size, context.generator)
-        return {"nce": self.config.nce_weight * clip_nce(q @ v.t(), labels), "trip": trip}
+        terms = {"nce": self.config.nce_weight * clip_nce(q @ v.t(), labels), "trip": trip}
+        return terms, {**queries, "frame_tokens": tokens, "frame_mask": batch["videos_mask"], "global": v}

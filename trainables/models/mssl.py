@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from trainables.losses.ranking import clip_nce, clip_triplet, diagonal_triplet, frame_nce
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, register
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
 from trainables.models.kmedoids import batch_kmedoids, batch_kmedoids_gram
 
@@ -257,13 +257,16 @@ class MSSL(Backbone):
 
     # ------------------------------------------------------------------ encoders
 
-    def _clips(self, clips: torch.Tensor) -> torch.Tensor:
-        return self.clip_encoder(clips)  # (B, M, H), no mask as released
+    #: no global video vector; the 32 clip tokens are the base of the proposals
+    features = frozenset({"query", "clip_tokens", "frame_tokens", "clip_key_bias", "frame_score"})
+
+    def _clips(self, clips: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.clip_encoder(clips, None, key_bias)  # (B, M, H), no mask as released
 
     def _frames(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.frame_encoder(frames, mask)  # (B, L, H)
 
-    def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
+    def _encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
         """{"query": (Nq, H)} attention-pooled query vectors."""
         return {"query": self.query_pool(self.query_encoder(tokens, tokens_mask), tokens_mask)}
 
@@ -301,15 +304,16 @@ class MSSL(Backbone):
             return self.span_weights.expand(clip_tokens.shape[0], -1, -1)
         return self.span_weights[index]
 
-    def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor) -> Tensors:
+    def _encode_videos(self, inputs: VideoInputs) -> Tensors:
         """Per-video tensors for ``score`` (see the module docstring for why these and not proposals):
 
         clip_tokens (V, M, H); proposal_norms (V, P') norms of the kept proposals; proposal_index
         (V, P') their span indices (MS-SL++ only; MS-SL keeps all P in order); frame_tokens (V, L, H);
-        keys_on_clips (V, L, M) = (W_k F) C^T; frame_gram (V, L, L) = (W_v F)(W_v F)^T; frames_mask (V, L).
+        keys_on_clips (V, L, M) = (W_k F) C^T; frame_gram (V, L, L) = (W_v F)(W_v F)^T; frame_mask (V, L).
         """
-        c_tokens = self._clips(clips)
-        f_tokens = self._frames(frames, frames_mask)
+        frames_mask = inputs.frames_mask
+        c_tokens = self._clips(inputs.clips, inputs.clip_key_bias)
+        f_tokens = self._frames(inputs.frames, frames_mask)
         index = self.select_proposals(c_tokens)
         weights = self._weights(c_tokens, index)
         norms = proposal_norms(c_tokens, weights)
@@ -320,7 +324,7 @@ class MSSL(Backbone):
             "frame_tokens": f_tokens,
             "keys_on_clips": self.key_proj(f_tokens) @ c_tokens.transpose(1, 2),
             "frame_gram": values @ values.transpose(1, 2),
-            "frames_mask": frames_mask,
+            "frame_mask": frames_mask,
         }
         if index is not None:
             out["proposal_index"] = index
@@ -337,12 +341,12 @@ class MSSL(Backbone):
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, queries: Tensors, videos: Tensors) -> Tensors:
+    def _score(self, queries: Tensors, videos: Tensors) -> Tensors:
         """{"clip", "frame", "fused"} (Nq, V) scores; KCGA for every (query, video) pair, in video blocks."""
         q = queries["query"]
         q_values = q @ self.value_proj.weight  # W_v^T q, so q . (W_v f) = q_values . f
         index = videos.get("proposal_index")
-        per_video = max(1, q.shape[0] * (videos["proposal_norms"].shape[1] + videos["frames_mask"].shape[1]))
+        per_video = max(1, q.shape[0] * (videos["proposal_norms"].shape[1] + videos["frame_mask"].shape[1]))
         block = max(1, self.score_block_floats // per_video)
         clip_parts, frame_parts = [], []
         for start in range(0, videos["clip_tokens"].shape[0], block):
@@ -351,7 +355,7 @@ class MSSL(Backbone):
             clip, frame = kcga_pairwise(
                 q, q_values, videos["clip_tokens"][rows], weights,
                 videos["proposal_norms"][rows], videos["keys_on_clips"][rows], videos["frame_gram"][rows],
-                videos["frame_tokens"][rows], videos["frames_mask"][rows])
+                videos["frame_tokens"][rows], videos["frame_mask"][rows])
             clip_parts.append(clip)
             frame_parts.append(frame)
         clip = torch.cat(clip_parts, dim=1) if clip_parts else q.new_zeros(q.shape[0], 0)
@@ -371,14 +375,16 @@ class MSSL(Backbone):
         pooled = torch.einsum("ql,qlh->qh", logits.softmax(dim=-1), q_frames)
         return self.value_proj(pooled)  # sum_j a_j W_v f_j
 
-    def training_losses(self, batch: Tensors, context: LossContext) -> Tensors:
+    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
         """{"clip_nce", "clip_trip", "frame_nce", "frame_trip"} weighted loss terms of one batch."""
         c = self.config
         labels = batch["text_labels"]
-        c_tokens = self._clips(batch["clip_video_features"])
+        c_tokens = self._clips(batch["clip_video_features"], batch.get("clip_key_bias"))
         f_tokens = self._frames(batch["frame_video_features"], batch["videos_mask"])
         weights = self._weights(c_tokens, self.select_proposals(c_tokens))  # (B, P', M)
-        q = self.encode_queries(batch["text_feat"], batch["text_mask"])["query"]
+        queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
+        q = queries["query"]
+        features = {**queries, "clip_tokens": c_tokens, "frame_tokens": f_tokens, "frame_mask": batch["videos_mask"]}
 
         # max over proposals of q . p (NCE) and of cos(q, p) (triplet; argmax = key clip), as released;
         # the maxima are picked without gradient, then only the chosen entries are recomputed with it
@@ -389,20 +395,27 @@ class MSSL(Backbone):
         scale = norms.gather(1, key).clamp_min(EPS) * q.norm(dim=-1).clamp_min(EPS)
         clip_cos, key = (selected_dots(per_clip, weights, key) / scale).t(), key.t()
 
+        hard, pool, gen = context.hard_negatives, context.hard_pool_size, context.generator
+        terms = {
+            "clip_nce": c.clip_nce_weight * clip_nce(clip_raw, labels),
+            "clip_trip": clip_triplet(clip_cos, labels, c.margin, hard, pool, gen),
+        }
+        replaced = self.replaced_frame_score(queries, features, normalize=False)
+        if replaced is not None:  # a plugin's (query x video) frame score: the clip-form losses
+            terms["frame_nce"] = c.resolved_frame_nce_weight * clip_nce(replaced, labels)
+            terms["frame_trip"] = clip_triplet(self.replaced_frame_score(queries, features), labels, c.margin,
+                                               hard, pool, gen)
+            return terms, features
+
         rows = torch.arange(q.shape[0], device=q.device)
         key_weights = weights[labels, key[rows, labels]]  # (Nq, M)
         frame_vec = self._frame_vectors(c_tokens[labels], key_weights, f_tokens[labels], batch["videos_mask"][labels])
         frame_cos = cosine(q, frame_vec)  # (Nq, Nq), diagonal = positive pairs
         frame_raw = q @ frame_vec.t()
-
-        hard, pool, gen = context.hard_negatives, context.hard_pool_size, context.generator
         nce = frame_nce if c.resolved_frame_nce == "joint" else two_way_nce
-        return {
-            "clip_nce": c.clip_nce_weight * clip_nce(clip_raw, labels),
-            "clip_trip": clip_triplet(clip_cos, labels, c.margin, hard, pool, gen),
-            "frame_nce": c.resolved_frame_nce_weight * nce(frame_raw),
-            "frame_trip": diagonal_triplet(frame_cos, c.margin, hard, pool, gen),
-        }
+        terms["frame_nce"] = c.resolved_frame_nce_weight * nce(frame_raw)
+        terms["frame_trip"] = diagonal_triplet(frame_cos, c.margin, hard, pool, gen)
+        return terms, features
 
 
 __all__ = ["MSSL", "best_proposals", "clip_dots", "kcga_pairwise", "num_proposals",

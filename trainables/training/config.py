@@ -4,10 +4,12 @@ A trial arrives as one flat dict (what an Optuna space samples)::
 
     {"backbone": "mssl", "lr": 2.5e-4, "epochs": 20, "cluster_num": 32, "margin": 0.1, ...}
 
-``TrainConfig.from_dict`` splits it: keys that are ``TrainConfig`` fields are training settings, every
-other key is an option of the backbone, validated by the backbone's own ``Config`` (so an unknown key
-or an out-of-range value fails before training with a message naming the key). Training settings left
-unset take the backbone's published TVR defaults (``Backbone.training_defaults``).
+``TrainConfig.from_dict`` splits it: keys that are ``TrainConfig`` fields are training settings; a key
+that is a plugin's name switches that plugin on or off (``"ral": True``) and ``plugin.setting`` keys set
+its settings (``"ral.k": 6``; allowed only while the plugin is on); every other key is an option of the
+backbone, validated by the backbone's own ``Config``. An unknown key, an out-of-range value or a plugin
+that cannot run on the backbone fails before training with a message naming the key and the reason.
+Training settings left unset take the backbone's published TVR defaults (``Backbone.training_defaults``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainables.models.base import BackboneConfig, backbone_class
+from trainables.models.base import Backbone, BackboneConfig, Dims, backbone_class
+from trainables.plugins.base import PluginConfig, list_plugins, plugin_class, plugin_config
 
 FALLBACK_DEFAULTS: dict[str, Any] = {
     "lr": 2.5e-4, "epochs": 100, "patience": 10, "hard_negative_start_epoch": 20, "seed": 2018, "batch_size": 128,
+    "eval_video_batch": 256,
 }
 
 
@@ -29,6 +33,8 @@ class TrainConfig:
 
     backbone: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: the plugins switched on, each with its settings (``{"ral": {"k": 6}}``)
+    plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     lr: float | None = None
     batch_size: int | None = None
     epochs: int | None = None
@@ -42,7 +48,8 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     eval_query_chunk: int = 100
-    eval_video_batch: int = 256
+    #: videos encoded at once in evaluation (None: the backbone's, sized for peak memory)
+    eval_video_batch: int | None = None
     video_dim: int | None = None
     query_dim: int | None = None
 
@@ -51,10 +58,12 @@ class TrainConfig:
         """Split a flat trial dict into training settings and backbone options, then validate."""
         if "backbone" not in raw:
             raise ValueError("config has no 'backbone' key")
-        own = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        own = {f.name for f in dataclasses.fields(cls)} - {"options", "plugins"}
         settings = {k: v for k, v in raw.items() if k in own}
-        options = {k: v for k, v in raw.items() if k not in own}
-        return cls(options=options, **settings).resolved()
+        plugins = split_plugins(raw)
+        options = {k: v for k, v in raw.items() if k not in own and k.split(".")[0] not in list_plugins()
+                   and "." not in k}
+        return cls(options=options, plugins=plugins, **settings).resolved()
 
     def resolved(self) -> TrainConfig:
         """Fill unset settings from the backbone's defaults and validate everything."""
@@ -84,12 +93,31 @@ class TrainConfig:
             ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              "must be 'auto', 'cpu' or 'cuda[:N]'"),
             ("eval_query_chunk", self.eval_query_chunk >= 1, "must be >= 1"),
-            ("eval_video_batch", self.eval_video_batch >= 1, "must be >= 1"),
+            ("eval_video_batch", self.eval_video_batch is not None and self.eval_video_batch >= 1, "must be >= 1"),
         ]
         for key, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{key} {rule}, got {getattr(self, key)!r}")
         self.backbone_config()
+        self.plugin_configs()
+
+    def plugin_configs(self) -> dict[str, PluginConfig]:
+        """Each plugin's validated settings; a plugin that cannot run on the backbone is an error saying why."""
+        backbone = backbone_class(self.backbone)
+        configs = {}
+        for name, settings in self.plugins.items():
+            config = plugin_config(name, settings)
+            plugin_class(name).check(config, backbone)
+            configs[name] = config
+        return configs
+
+    def build_model(self, dims: Dims) -> Backbone:
+        """The backbone with its plugins attached (parameters drawn from the current torch RNG)."""
+        backbone_config = self.backbone_config()
+        model = backbone_class(self.backbone)(backbone_config, dims)
+        for name, config in self.plugin_configs().items():
+            model.attach(plugin_class(name)(config, backbone_config, dims))
+        return model
 
     def check_dims(self, video_dim: int, query_dim: int, where: str) -> None:
         """Dims pinned in the config must equal the dataset's."""
@@ -99,5 +127,31 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form (inverse of ``from_dict``)."""
-        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("options", "plugins")}
+        for name, settings in self.plugins.items():
+            flat[name] = True
+            flat.update({f"{name}.{key}": value for key, value in settings.items()})
         return {**flat, **self.options}
+
+
+def split_plugins(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"ral": True, "ral.k": 6, "msc": False}`` -> ``{"ral": {"k": 6}}``; settings of a plugin that is
+    off, unknown plugin names and non-boolean switches are errors naming the key."""
+    names = list_plugins()
+    plugins: dict[str, dict[str, Any]] = {}
+    for key, value in raw.items():
+        if key in names:
+            if not isinstance(value, bool):
+                raise ValueError(f"plugin switch {key} must be true or false, got {value!r}")
+            if value:
+                plugins.setdefault(key, {})
+    for key, value in raw.items():
+        if "." not in key:
+            continue
+        name, _, setting = key.partition(".")
+        if name not in names:
+            raise ValueError(f"unknown plugin {name!r} in key {key!r} (available: {', '.join(names)})")
+        if name not in plugins:
+            raise ValueError(f"{key} is set but plugin {name} is off (set {name}: true to use it)")
+        plugins[name][setting] = value
+    return plugins

@@ -25,7 +25,7 @@ import torch
 from trainables.data.loader import PreparedSplit, load_split, train_loader
 from trainables.data.manifest import read_manifest
 from trainables.evaluation.evaluate import evaluate
-from trainables.models.base import Backbone, Dims, LossContext, backbone_class
+from trainables.models.base import Backbone, Dims, LossContext
 from trainables.training.checkpoint import load_checkpoint, save_checkpoint
 from trainables.training.config import TrainConfig
 from trainables.training.optim import build_optimizer
@@ -128,8 +128,7 @@ class Trainer:
         config.check_dims(data.dims.video_dim, data.dims.query_dim, data.location)
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        cls = backbone_class(config.backbone)
-        self.model: Backbone = cls(config.backbone_config(), data.dims).to(self.device)
+        self.model: Backbone = config.build_model(data.dims).to(self.device)
         steps_per_epoch = math.ceil(data.train.num_videos / config.batch_size)
         self.optimizer, self.schedule = build_optimizer(
             self.model, config.lr, config.epochs * steps_per_epoch, weight_decay=config.weight_decay,

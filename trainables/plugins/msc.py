@@ -1,0 +1,252 @@
+"""MSC: Mitigating Semantic Collapse in PRVR (NeurIPS'25, ``admins97/MSC_PRVR``; spec section B).
+
+Four parts, each switched by a setting (``msc.tcpl`` ...); at least one of tcpl, cbva, tome must be on:
+
+* ``tcpl`` (training only): Text Correlation Preservation, RKD (``trainables/losses/rkd.py``) of the pooled
+  query vectors (``query``) toward a frozen teacher sentence feature: ``alpha_d`` * distance term +
+  ``alpha_a`` * angle term over all queries of the batch (README weights 15 / 30; ``main.py`` has 10 / 20).
+  ``teacher``: ``mean`` (masked mean of the query's input token features, the default), ``first`` (first
+  token), ``last_valid`` (last valid token: the release's choice, CLIP's EOT sentence embedding) or
+  ``external`` (the dataset's own sentence feature, ``batch["sentence_feat"]``). The default is ``mean``
+  because this project's features are RoBERTa-like token sequences, where the last valid token is an
+  ordinary (or truncated-away end) token rather than a trained sentence summary; the masked mean is the
+  standard frozen sentence feature for such encoders (spec B.1 porting note). With one token per query
+  (AMDNet's CLIP sentence vectors) all four agree. ``last_valid`` reproduces the release on CLIP tokens.
+* ``cbva`` (training only): Cross-Branch Video Alignment (``trainables/losses/cbva.py``): frame tokens and
+  clip tokens through one shared Linear(H, H) (the release's ``vproj_clip``), intra-video contrast of each
+  frame with its clip and of each clip with its frames, weight ``cbva_weight`` (``vl_coef`` 0.1),
+  temperature ``cbva_temperature`` (1: the release has none). A frame's clip is the one whose mean contains
+  it under the protocol's pooling rule (``trainables/data/protocol.py``: 32 bins of the n valid frames,
+  b_i = round(i n / 32); for 128 frames frame f -> clip f // 4), or its OP-ToMe token when ``tome`` is on.
+* ``adaptive`` (training only, with cbva): per-video segment count r in {5, 8, 12, 20, 32} from the
+  connectivity of the raw clip features (``sim_thr``); the encoded clip tokens are merged 32 -> 20 -> 12
+  -> 8 -> 5 down to r by greedy bipartite matching before the alignment, frame labels follow. The released
+  loss always does this, so unset (``None``) means on whenever cbva is on; ``false`` gives CBVA with the
+  32 fixed clips (spec D lists it as an on/off choice).
+* ``tome`` (training and inference): OP-ToMe (``trainables/plugins/token_merging.py``) replaces the
+  clip-branch input by 32 order-preserving merges of the frames (``transform_videos``); with
+  ``tome_proportional`` the clip encoder adds log(merge size) to its attention logits (ToMe's proportional
+  attention: the backbone needs the ``clip_key_bias`` capability). As released, the merged tokens are
+  L2-normalised (``tome_normalize``; x / (||x|| + 1e-5), the protocol's rule).
+
+Training-only parts add nothing to ``encode_videos`` / ``encode_queries`` / ``score``; ``needs`` therefore
+lists only what the plugin reads at inference (tome's clip inputs), so a backbone does not keep training
+tensors (e.g. GMMFormer's frame tokens) in its inference encoding for this plugin, while ``check`` rejects a
+backbone lacking anything a switched-on part reads, training included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from trainables.data.protocol import L2_EPS
+from trainables.losses.cbva import NO_MERGE, cbva_terms, segment_counts
+from trainables.losses.rkd import ANGLE_BLOCK, rkd_angle, rkd_distance
+from trainables.models.base import BackboneConfig, Dims, LossContext, Tensors, VideoInputs
+from trainables.models.components import init_weights
+from trainables.plugins.base import Plugin, PluginConfig, check_choice, check_range, register_plugin
+from trainables.plugins.token_merging import (
+    SEGMENT_LEVELS,
+    TOME_SCHEDULE,
+    UNIFORM_TOKENS,
+    MergedTokens,
+    frame_bins,
+    merge_to_counts,
+    op_tome,
+)
+
+if TYPE_CHECKING:
+    from trainables.models.base import Backbone
+
+TEACHERS = ("mean", "first", "last_valid", "external")
+PARTS = ("tcpl", "cbva", "tome")
+#: what each feature is used for, for the rejection messages
+FEATURE_ROLES = {
+    "query": "pooled query vectors",
+    "clip_tokens": "encoded clip tokens",
+    "frame_tokens": "encoded frame tokens, the frame side of the cross-branch alignment",
+    "clip_key_bias": "an attention key bias in the clip encoder, for proportional attention over merged tokens",
+}
+
+
+@dataclass(frozen=True)
+class MSCConfig(PluginConfig):
+    """MSC's settings; defaults are the README's TVR commands (see the module docstring)."""
+
+    tcpl: bool = True
+    alpha_d: float = 15.0
+    alpha_a: float = 30.0
+    teacher: str = "mean"
+    #: largest block of the O(N^3) angle tensor materialised at once, in floats (memory knob, same value)
+    angle_block: int = ANGLE_BLOCK
+    cbva: bool = True
+    cbva_weight: float = 0.1
+    cbva_temperature: float = 1.0
+    #: None = as released: on whenever cbva is on
+    adaptive: bool | None = None
+    sim_thr: float = 0.8
+    tome: bool = False
+    tome_proportional: bool = True
+    tome_normalize: bool = True
+
+    def validate(self) -> None:
+        for key in ("tcpl", "cbva", "adaptive", "tome", "tome_proportional", "tome_normalize"):
+            if not isinstance(getattr(self, key), bool) and not (key == "adaptive" and self.adaptive is None):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        check_range(self, "alpha_d", 0.0)
+        check_range(self, "alpha_a", 0.0)
+        check_choice(self, "teacher", TEACHERS)
+        check_range(self, "angle_block", 1)
+        check_range(self, "cbva_weight", 0.0)
+        check_range(self, "cbva_temperature", 0.0, low_open=True)
+        check_range(self, "sim_thr", -1.0, 1.0)
+        if not any(getattr(self, part) for part in PARTS):
+            raise ValueError("at least one of msc.tcpl, msc.cbva, msc.tome must be on")
+        if self.adaptive and not self.cbva:
+            raise ValueError("adaptive (the adaptive segment count of CBVA) needs cbva on")
+
+    @property
+    def adaptive_on(self) -> bool:
+        """Whether CBVA merges segments adaptively (unset: as released, whenever cbva is on)."""
+        return self.cbva if self.adaptive is None else self.adaptive
+
+
+@register_plugin("msc")
+class MSC(Plugin):
+    """TCPL + CBVA (+ adaptive segments) losses and OP-ToMe clip inputs (see the module docstring)."""
+
+    Config = MSCConfig
+    config: MSCConfig
+
+    def __init__(self, config: MSCConfig, backbone: BackboneConfig, dims: Dims) -> None:
+        super().__init__(config, backbone, dims)
+        h = backbone.hidden_size
+        #: the shared frame / clip projection of CBVA (the release's ``vproj_clip``)
+        self.projection = nn.Linear(h, h) if config.cbva else None
+        init_weights(self)
+
+    # what the parts read ---------------------------------------------------------------------------------
+    @staticmethod
+    def part_needs(config: MSCConfig) -> dict[str, frozenset[str]]:
+        """Features each switched-on part reads (training and inference)."""
+        parts: dict[str, frozenset[str]] = {}
+        if config.tcpl:
+            parts["tcpl"] = frozenset({"query"})
+        if config.cbva:
+            parts["cbva"] = frozenset({"clip_tokens", "frame_tokens"})
+        if config.tome:
+            parts["tome"] = frozenset({"clip_tokens"} | ({"clip_key_bias"} if config.tome_proportional else set()))
+        return parts
+
+    @classmethod
+    def needs(cls, config: MSCConfig) -> frozenset[str]:  # type: ignore[override]
+        """Everything the switched-on parts read (``inference_needs`` stays empty: OP-ToMe only transforms
+        the inputs, and the other parts are training-only)."""
+        return frozenset().union(*cls.part_needs(config).values())
+
+    @classmethod
+    def check(cls, config: MSCConfig, backbone: type[Backbone]) -> None:  # type: ignore[override]
+        """Reject a backbone lacking a feature some switched-on part reads, naming the part and the fix."""
+        for part, needed in cls.part_needs(config).items():
+            missing = sorted(needed - backbone.features)
+            if not missing:
+                continue
+            fix = "msc.tome_proportional: false" if missing == ["clip_key_bias"] else f"msc.{part}: false"
+            what = " and ".join(f"{feature} ({FEATURE_ROLES.get(feature, feature)})" for feature in missing)
+            raise ValueError(f"plugin msc cannot run on backbone {backbone.name}: msc.{part} needs {what}, "
+                             f"which {backbone.name} does not have ({backbone.name} provides: "
+                             f"{', '.join(sorted(backbone.features))}); set {fix}")
+
+    # inference (and training) input transform ----------------------------------------------------------
+    def transform_videos(self, inputs: VideoInputs) -> VideoInputs:
+        """OP-ToMe: the clip input becomes 32 merged frame tokens (+ log merge size as attention key bias)."""
+        if not self.config.tome:
+            return inputs
+        if inputs.clips.shape[1] != TOME_SCHEDULE[-1]:
+            raise ValueError(f"msc.tome merges frames into {TOME_SCHEDULE[-1]} clip tokens, but the backbone's "
+                             f"clip input has {inputs.clips.shape[1]} (map_size must be {TOME_SCHEDULE[-1]})")
+        merged = self._merge(inputs.frames, inputs.frames_mask)
+        clips = merged.tokens
+        if self.config.tome_normalize:
+            clips = clips / (clips.norm(dim=-1, keepdim=True) + L2_EPS)
+        bias = inputs.clip_key_bias
+        if self.config.tome_proportional:
+            log_sizes = merged.sizes.log()
+            bias = log_sizes if bias is None else bias + log_sizes
+        return VideoInputs(clips.to(inputs.clips.dtype), inputs.frames, inputs.frames_mask, bias)
+
+    @staticmethod
+    def _merge(frames: torch.Tensor, frames_mask: torch.Tensor) -> MergedTokens:
+        with torch.no_grad():
+            return op_tome(frames.float(), frames_mask.float())
+
+    # training losses -----------------------------------------------------------------------------------
+    def losses(self, features: Tensors, batch: Tensors, context: LossContext) -> Tensors:
+        """Weighted ``rkd_distance``, ``rkd_angle`` (tcpl) and ``cbva`` terms, in float32 even under autocast
+        (RKD compares small differences of normalised distances and angles)."""
+        with torch.autocast(batch["text_feat"].device.type, enabled=False):
+            return self._losses(features, batch)
+
+    def _losses(self, features: Tensors, batch: Tensors) -> Tensors:
+        c = self.config
+        terms: Tensors = {}
+        if c.tcpl:
+            student, teacher = features["query"], self.teacher(batch)
+            if teacher.shape[0] != student.shape[0]:
+                raise ValueError(f"msc: {teacher.shape[0]} teacher sentence features for {student.shape[0]} queries")
+            terms["rkd_distance"] = c.alpha_d * rkd_distance(student, teacher)
+            terms["rkd_angle"] = c.alpha_a * rkd_angle(student, teacher, c.angle_block)
+        if c.cbva:
+            terms["cbva"] = c.cbva_weight * self.cbva(features, batch)
+        return terms
+
+    def teacher(self, batch: Tensors) -> torch.Tensor:
+        """(Nq, D) frozen sentence feature of each query, by the ``teacher`` setting."""
+        tokens, mask = batch["text_feat"].float(), batch["text_mask"].float()
+        choice = self.config.teacher
+        if choice == "external":
+            if "sentence_feat" not in batch:
+                raise ValueError("msc.teacher=external needs the dataset's sentence features (batch['sentence_feat']), "
+                                 "but this dataset has none (no sentence_dim in its manifest); use msc.teacher: "
+                                 "mean, first or last_valid")
+            return batch["sentence_feat"].float()
+        if choice == "first":
+            return tokens[:, 0]
+        if choice == "last_valid":
+            last = (mask.sum(dim=1).long() - 1).clamp(min=0)
+            return tokens[torch.arange(len(tokens), device=tokens.device), last]
+        return (tokens * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+    def cbva(self, features: Tensors, batch: Tensors) -> torch.Tensor:
+        """Unweighted L_CBVA of a training batch (segments merged per video when ``adaptive``)."""
+        assert self.projection is not None
+        frame_mask = features["frame_mask"]
+        frames = self.projection(features["frame_tokens"].float())
+        clips = self.projection(features["clip_tokens"].float())
+        lengths = frame_mask.sum(dim=1).round().long().clamp(min=1)
+        num_clips, length = clips.shape[1], frames.shape[1]
+        if self.config.tome:
+            merged = self._merge(batch["frame_video_features"], batch["videos_mask"])
+            labels = merged.labels.gather(1, frame_bins(lengths, UNIFORM_TOKENS, length))
+            sizes = merged.sizes
+        else:
+            labels = frame_bins(lengths, num_clips, length)
+            sizes = clips.new_ones(clips.shape[:2], dtype=torch.float32)
+        segment_mask = torch.ones(clips.shape[:2], dtype=torch.bool, device=clips.device)
+        if self.config.adaptive_on:
+            if num_clips != NO_MERGE:
+                raise ValueError(f"msc.adaptive merges {SEGMENT_LEVELS} clip tokens, but the backbone has "
+                                 f"{num_clips} (map_size must be {NO_MERGE})")
+            raw = batch["clip_video_features"]
+            counts = segment_counts(raw, self.config.sim_thr)
+            clips, segment_mask, groups = merge_to_counts(clips, raw.float(), sizes, counts)
+            labels = groups.gather(1, labels)
+        f2c, c2f = cbva_terms(frames, frame_mask, clips, segment_mask, labels, self.config.cbva_temperature)
+        return (f2c + c2f).mean()
+
+
+__all__ = ["MSC", "MSCConfig", "TEACHERS"]
