@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from trainables.data.synthetic import ensure_synthetic
-from trainables.models import list_backbones
 from trainables.models.amdnet import AMDNet
 from trainables.models.base import Dims, LossContext, create_backbone
-from trainables.plugins import list_plugins
 from trainables.plugins.moment import MomentConfig, MomentPlugin
 from trainables.training.config import TrainConfig
 from trainables.training.loop import DataSplits, Trainer, load_data
@@ -274,15 +272,3 @@ def test_k_sets_the_number_of_anchor_masks(k):
         .build_model(DIMS).plugins["moment"]
     masks, moments = plugin.moment_set({"clip_tokens": torch.randn(2, 32, 16)})
     assert masks.shape == (2, k, 32) and moments.shape == (2, k, 16)
-
-
-# -- every plugin on every backbone ----------------------------------------------------------------------
-@pytest.mark.parametrize("backbone", list_backbones())
-@pytest.mark.parametrize("plugin", list_plugins())
-def test_every_plugin_is_accepted_or_clearly_rejected_on_every_backbone(plugin, backbone):
-    try:
-        config = TrainConfig.from_dict({"backbone": backbone, plugin: True})
-    except ValueError as error:
-        assert plugin in str(error) and backbone in str(error), str(error)
-    else:
-        assert plugin in config.plugins and config.backbone == backbone

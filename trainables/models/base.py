@@ -23,12 +23,14 @@ builds one from a flat dict of options, validated by the backbone's ``Config`` d
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from trainables.registry import Registry
 
 Tensors = dict[str, torch.Tensor]
 
@@ -208,36 +210,12 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
 
-B = TypeVar("B", bound=type[Backbone])
-_REGISTRY: dict[str, type[Backbone]] = {}
-
-
-def register(name: str) -> Callable[[B], B]:
-    """Class decorator: make a backbone buildable by ``name``."""
-
-    def add(cls: B) -> B:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} is registered twice")
-        _REGISTRY[name] = cls
-        cls.name = name  # type: ignore[attr-defined]
-        return cls
-
-    return add
-
-
-def backbone_class(name: str) -> type[Backbone]:
-    """The class registered as ``name``, or a ValueError listing the available names."""
-    import trainables.models  # noqa: F401  (registers every backbone)
-
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r} (available: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]
-
-
-def list_backbones() -> list[str]:
-    import trainables.models  # noqa: F401
-
-    return sorted(_REGISTRY)
+BACKBONES: Registry[type[Backbone]] = Registry("backbone", "trainables.models")
+#: class decorator: make a backbone buildable by ``name``
+register = BACKBONES.register
+#: the class registered as ``name``, or a ValueError listing the available names
+backbone_class = BACKBONES.get
+list_backbones = BACKBONES.names
 
 
 def create_backbone(name: str, dims: Dims, **options: Any) -> Backbone:

@@ -28,14 +28,15 @@ Standard feature names (training features; the video dict at inference has the s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from trainables.models.base import BackboneConfig, Dims, LossContext, Tensors, VideoInputs
+from trainables.registry import Registry
 
 if TYPE_CHECKING:
     from trainables.models.base import Backbone
@@ -136,35 +137,11 @@ class Plugin(nn.Module):
         return {}
 
 
-P = TypeVar("P", bound=type[Plugin])
-_REGISTRY: dict[str, type[Plugin]] = {}
-
-
-def register_plugin(name: str) -> Callable[[P], P]:
-    """Class decorator: make a plugin usable by ``name`` in a trial's config."""
-
-    def add(cls: P) -> P:
-        if name in _REGISTRY:
-            raise ValueError(f"plugin {name!r} is registered twice")
-        _REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return add
-
-
-def plugin_class(name: str) -> type[Plugin]:
-    import trainables.plugins  # noqa: F401  (registers every plugin)
-
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown plugin {name!r} (available: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]
-
-
-def list_plugins() -> list[str]:
-    import trainables.plugins  # noqa: F401
-
-    return sorted(_REGISTRY)
+PLUGINS: Registry[type[Plugin]] = Registry("plugin", "trainables.plugins")
+#: class decorator: make a plugin usable by ``name`` in a trial's config
+register_plugin = PLUGINS.register
+plugin_class = PLUGINS.get
+list_plugins = PLUGINS.names
 
 
 def plugin_config(name: str, settings: Mapping[str, Any]) -> PluginConfig:
