@@ -1,92 +1,203 @@
-"""The main job on the embedded default: today, the data path and the evaluation harness end to end.
+"""Search a PRVR backbone's and its plugins' settings: Ray Tune trials over an Optuna space.
 
-    python search/run.py                      # the synthetic `small` benchmark, generated once and cached
-    python search/run.py --data tvr-like      # another preset, or a converted dataset's folder
+    python search/run.py --space ral                    # embedded default: small synthetic data, local Ray
+    python search/run.py --space full --backbones mssl gmmformer --trials 32 --max-epochs 20
+    python search/run.py --space ral --name ral-1 --resume      # continue an interrupted search
 
-It prepares the dataset (generating a synthetic preset into the cache on first use), loads every
-split through the published protocol, and evaluates reference scorers on the full test corpus with
-the project's metrics: chance and, for synthetic data, the scorers that know the generator (mean-pooling
-the whole video against scoring moments, which is what partial relevance is about). The Ray Tune
-search over Optuna spaces (``--space``) replaces this job when the search lands.
+Everything is checked before Ray starts: the space (sampled and each distinct model built once), the
+range overrides, the dataset and the storage; a bad input is one ``error:`` line and exit code 2. Each
+trial trains one sampled config (trainables/trial.py), reports validation metrics and a checkpoint every
+epoch, and resumes from its checkpoint after a restart; ASHA stops unpromising trials, which Optuna is
+told as pruned. The search ends with the best trials (val and test R@1/5/10/100/SumR) and where the
+results are. Defaults are sized to finish in a few minutes on a 2-core laptop.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import yaml
 
 from search.cli import run_main
-from search.dataset import describe
-from trainables.data.loader import load_split
-from trainables.data.manifest import read_manifest
-from trainables.data.store import FeatureStore
+from search.ray_session import LOCAL_RAY_ENV
+from spaces import SPACES, build_space
 from trainables.data.datasets import resolve_dataset
-from trainables.data.synthetic import REFERENCE_SCORERS, load_latents, reference_scores
-from trainables.evaluation.metrics import RECALL_KS, chance_recall, retrieval_metrics
+from trainables.data.manifest import read_manifest
+from trainables.models.base import Dims
 
-COLUMNS = [f"R@{k}" for k in RECALL_KS] + ["SumR", "MedR"]
+# Ray is imported inside ``search`` only: a local Ray reads its loopback setting when ray is imported
+
+SCHEDULERS = ("asha", "none")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="search/run.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="small",
-                        help="a synthetic preset (tiny, small, ci, tvr-like) or a dataset folder (default: small)")
-    parser.add_argument("--split", default="test", help="split to evaluate on (default: test)")
-    parser.add_argument("--verify", action="store_true", help="check every shard's sha256 first")
-    return parser
+    p = argparse.ArgumentParser(prog="search/run.py", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", default="base", help=f"search space: {', '.join(SPACES)}")
+    p.add_argument("--backbones", nargs="+", default=None,
+                   help="backbones to search over (default: the ranges' choices that can run the space's plugin)")
+    p.add_argument("--overrides", default=None, help="YAML file of range overrides (layout of spaces/ranges.yaml)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config values held fixed in every trial, e.g. hidden_size=128 ral.k=6")
+    p.add_argument("--data", default="small", help="synthetic preset (tiny, small, ci, ...) or a dataset folder")
+    p.add_argument("--trials", type=int, default=8, help="number of trials")
+    p.add_argument("--max-epochs", type=int, default=3, help="epochs of a trial that is never stopped early")
+    p.add_argument("--patience", type=int, default=10, help="early stopping on val SumR within a trial")
+    p.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--scheduler", default="asha", choices=SCHEDULERS)
+    p.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/this of the trials per rung")
+    p.add_argument("--sampler", default="tpe", help="tpe, random or cmaes (CMA-ES on the continuous settings)")
+    p.add_argument("--concurrency", type=int, default=2, help="trials running at once")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="e.g. 0.25 packs four trials on a GPU")
+    p.add_argument("--storage", default="prvr-results", help="folder of the search results and checkpoints")
+    p.add_argument("--name", default=None, help="search name (default: <space>-<date>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search --name in --storage")
+    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: a private local Ray)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose node or worker was lost")
+    p.add_argument("--validate-samples", type=int, default=200, help="configs sampled to validate the space")
+    return p
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """A fixed-width table of metrics, one row per scorer."""
-    width = max(len(name) for name in rows) + 2
-    lines = [f"{'scorer':<{width}}" + "".join(f"{c:>9}" for c in COLUMNS)]
-    for name, metrics in rows.items():
-        lines.append(f"{name:<{width}}" + "".join(f"{metrics[c]:>9.2f}" for c in COLUMNS))
-    return "\n".join(lines)
+def _check_args(args: argparse.Namespace) -> None:
+    checks = [("--trials", args.trials >= 1), ("--max-epochs", args.max_epochs >= 1),
+              ("--patience", args.patience >= 0), ("--grace-epochs", args.grace_epochs >= 1),
+              ("--reduction-factor", args.reduction_factor > 1), ("--concurrency", args.concurrency >= 1),
+              ("--cpus-per-trial", args.cpus_per_trial > 0), ("--gpus-per-trial", args.gpus_per_trial >= 0),
+              ("--max-failures", args.max_failures >= 0), ("--validate-samples", args.validate_samples >= 1),
+              ("--time-budget", args.time_budget is None or args.time_budget > 0)]
+    for flag, ok in checks:
+        if not ok:
+            raise ValueError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
+    if args.resume and args.name is None:
+        raise ValueError("--resume needs the --name of the search to continue")
 
 
-def reference_rows(location: Path, split: str) -> dict[str, dict[str, float]]:
-    """Chance and (for synthetic data) the generator-aware reference scorers on ``split``."""
-    raw = FeatureStore(location).load_split(split)
-    n = raw.num_videos
-    chance = {f"R@{k}": chance_recall(k, n) for k in RECALL_KS}
-    chance.update(SumR=sum(chance.values()), MedR=(n + 1) / 2)
-    rows = {"chance (expected)": chance}
-    if read_manifest(location).source.get("layout") == "synthetic":
-        latents = load_latents(location.parent)
-        for kind in REFERENCE_SCORERS:
-            rows[f"{kind} (knows the generator)"] = retrieval_metrics(
-                reference_scores(raw, latents, kind), raw.query_video)
+def parse_fixed(pairs: list[str]) -> dict[str, Any]:
+    """``["hidden_size=128", "ral.csa=false"]`` -> values typed as YAML reads them."""
+    fixed = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            fixed[key] = int(text)
+        except ValueError:
+            try:
+                fixed[key] = float(text)  # YAML would read "1e-4" as a string
+            except ValueError:
+                fixed[key] = yaml.safe_load(text)
+    return fixed
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def experiment_dir(storage: str, name: str, resume: bool) -> Path:
+    """The search's folder; an existing one is refused without ``resume`` and required with it."""
+    root = Path(storage).expanduser().resolve()
+    if "://" in storage:
+        raise ValueError(f"storage {storage!r}: only local folders are supported so far")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"storage {root} cannot be created: {exc.strerror}") from None
+    path = root / name
+    if resume and not path.is_dir():
+        raise ValueError(f"nothing to resume: no search {name!r} in {root}")
+    if not resume and path.exists():
+        raise ValueError(f"a search named {name!r} already exists in {root}; pass --resume to continue it "
+                         f"or choose another --name")
+    return path
+
+
+def rows_of(results: Any) -> list[Any]:
+    """Every trial of a ResultGrid once, with its last result."""
+    from search.results import TrialRow
+
+    rows = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        rows.append(TrialRow(trial_id, dict(result.config or {}), metrics,
+                             None if result.error is None else str(result.error).splitlines()[0]))
     return rows
 
 
-def load_summary(location: Path, split: str) -> str:
-    """Load and prepare one split (freed on return) and say what it holds and how long it took."""
+def search(args: argparse.Namespace) -> int:
+    if args.ray_address is None:  # read when ray is imported: a local Ray stays on 127.0.0.1
+        os.environ.update(LOCAL_RAY_ENV)
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.ray_session import ray_session
+    from search.results import TrialStatus, best_trials_table
+    from search.searcher import PruneAwareOptunaSearch, make_sampler
+    from trainables.training.loop import load_data
+    from trainables.trial import METRIC, MODE, TIME_ATTR, run_trial
+
+    _check_args(args)
+    name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = experiment_dir(args.storage, name, args.resume)
+    fixed: dict[str, Any] = {"epochs": args.max_epochs, "patience": args.patience, "seed": args.seed,
+                             **parse_fixed(args.set)}
+    space = build_space(args.space, backbones=args.backbones, overrides=args.overrides, fixed=fixed)
+    location = resolve_dataset(args.data)
+    manifest = read_manifest(location)
     start = time.perf_counter()
-    prepared = load_split(location, split)
-    frames = np.diff(prepared.frame_offsets)
-    return (f"{split}: {prepared.num_videos} videos x {prepared.clips.shape[1]} clips, "
-            f"{frames.min()}-{frames.max()} frames, {prepared.num_queries} queries "
-            f"in {time.perf_counter() - start:.2f}s")
+    built = space.validate(Dims(manifest.video_dim, manifest.query_dim), count=args.validate_samples)
+    print(f"space {space.name} over {', '.join(space.backbones)}: {args.validate_samples} sampled configs valid, "
+          f"{built} distinct models built ({time.perf_counter() - start:.1f}s)", flush=True)
+    data = load_data(location)
+
+    searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler, args.seed))
+    scheduler = FIFOScheduler() if args.scheduler == "none" else ASHAScheduler(
+        # max_t one past the last epoch: ASHA stops a trial that reaches max_t, which would cut off the
+        # final report (test metrics, ``finished``) of a trial that ran every epoch
+        time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=args.max_epochs + 1,
+        grace_period=min(args.grace_epochs, args.max_epochs), reduction_factor=args.reduction_factor)
+    local_cpus = max(1, int(round(args.concurrency * args.cpus_per_trial)))
+    local_gpus = max(1, math.ceil(args.concurrency * args.gpus_per_trial)) if args.gpus_per_trial else None
+    with ray_session(args.ray_address, num_cpus=None if args.ray_address else local_cpus,
+                     num_gpus=None if args.ray_address else local_gpus):
+        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
+                                        {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+        if args.resume:
+            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency),
+                                            scheduler=scheduler, num_samples=args.trials,
+                                            time_budget_s=args.time_budget, trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=str(path.parent), callbacks=[TrialStatus()], verbose=1,
+                    failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        results = tuner.fit()
+    rows = rows_of(results)
+    print(f"\nbest trials of search {name} (space {space.name}, by best val SumR of the fused score):")
+    print(best_trials_table(rows))
+    print(f"\nresults and checkpoints: {path}")
+    ran = [r for r in rows if not r.failed]
+    if not ran:
+        print("error: every trial failed", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    location = resolve_dataset(args.data)
-    if args.verify:
-        FeatureStore(location).verify()
-    print(describe(location))
-    for split in FeatureStore(location).splits:
-        print(f"  loaded {load_summary(location, split)}")
-    print(f"\nreference scorers on the full {args.split} corpus (ties count against the scorer):")
-    print(format_table(reference_rows(location, args.split)))
-    print(f"\ndata: {location.parent}")
-    return 0
+    return search(_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def test_dataset_errors_are_one_line(tmp_path):
 
 
 def test_run_on_a_preset_prints_reference_table(tmp_path):
-    result = run("search/run.py", "--data", "tiny", data_dir=tmp_path)
+    result = run("search/reference.py", "--data", "tiny", data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = {line.split("  ")[0].strip(): [float(x) for x in line.split()[-6:]]
             for line in result.stdout.splitlines() if "(" in line and line.split()[-1][0].isdigit()}
@@ -79,5 +79,5 @@ def test_run_on_a_preset_prints_reference_table(tmp_path):
 
 
 def test_run_with_an_unknown_dataset(tmp_path):
-    assert_one_line_error(run("search/run.py", "--data", str(tmp_path / "nowhere"), data_dir=tmp_path),
+    assert_one_line_error(run("search/reference.py", "--data", str(tmp_path / "nowhere"), data_dir=tmp_path),
                           "nowhere", "neither a synthetic preset")

@@ -79,6 +79,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad key (the backbone's options included)."""
+        numbers = ("lr", "batch_size", "epochs", "patience", "hard_negative_start_epoch", "hard_pool_size",
+                   "weight_decay", "warmup_proportion", "max_grad_norm", "eval_query_chunk", "eval_video_batch")
+        for key in numbers:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{key} must be a number, got {value!r}")
         checks = [
             ("lr", self.lr is not None and self.lr > 0, "must be > 0"),
             ("batch_size", self.batch_size is not None and self.batch_size >= 2, "must be >= 2"),

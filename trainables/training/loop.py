@@ -147,7 +147,8 @@ class Trainer:
             "epoch": s.epoch,
             "best_score": s.best_score,
             "best_epoch": s.best_epoch,
-            "best_weights": s.best_weights,
+            # the best weights are the model's own when this epoch is the best: not stored twice
+            "best_weights": None if s.best_epoch == s.epoch else s.best_weights,
             "bad_epochs": s.bad_epochs,
             "stopped": s.stopped,
             "history": s.history,
@@ -171,8 +172,11 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
         torch.set_rng_state(saved["torch_rng"])
+        best_weights = saved["best_weights"]
+        if best_weights is None and saved["best_epoch"] == saved["epoch"] and saved["epoch"] > 0:
+            best_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         self.state = _State(epoch=saved["epoch"], best_score=saved["best_score"], best_epoch=saved["best_epoch"],
-                            best_weights=saved["best_weights"], bad_epochs=saved["bad_epochs"],
+                            best_weights=best_weights, bad_epochs=saved["bad_epochs"],
                             stopped=saved["stopped"], history=saved["history"])
 
     # -- one epoch ---------------------------------------------------------------------------------

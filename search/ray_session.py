@@ -1,0 +1,53 @@
+"""Starting and stopping the Ray a search runs on: a private local Ray on 127.0.0.1, or a running cluster.
+
+A local Ray binds to the machine's outward address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is
+set before it starts; this module sets it (with token authentication and usage stats off), gives Ray a
+private temp folder, and stops only the Ray it started (never ``ray stop``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+#: environment of a local, loopback-only Ray (set before ray starts; passed on to its workers)
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+#: the driver's Tune settings: no warning about frequent experiment snapshots (one per epoch is the point)
+DRIVER_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: float | None = None,
+                object_store_memory: int | None = None) -> Iterator[dict[str, Any]]:
+    """``ray.init`` for the duration of the block: ``address`` of a running cluster, or (None) a new local
+    Ray on 127.0.0.1 with ``num_cpus``/``num_gpus`` (logical GPUs are fine) in a private temp folder."""
+    import ray
+
+    temp_dir = None
+    for key, value in DRIVER_ENV.items():
+        os.environ.setdefault(key, value)
+    if address is None:
+        os.environ.update(LOCAL_RAY_ENV)
+        temp_dir = tempfile.mkdtemp(prefix="prvr-ray-")
+        context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                           object_store_memory=object_store_memory, _temp_dir=temp_dir,
+                           runtime_env={"env_vars": dict(LOCAL_RAY_ENV)}, logging_level="WARNING",
+                           log_to_driver=True)
+    else:
+        context = ray.init(address=address, logging_level="WARNING")
+    try:
+        yield {"address": context.address_info.get("address"), "local": address is None,
+               "resources": ray.cluster_resources()}
+    finally:
+        ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)

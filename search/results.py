@@ -1,0 +1,91 @@
+"""What a search prints: one status line per finished trial, and the table of the best trials."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from trainables.trial import COLUMNS, METRIC, metric_key
+
+#: config keys every trial has and the table leaves out (the search's fixed settings)
+QUIET_KEYS = frozenset({"epochs", "patience", "seed", "device"})
+
+
+def status_line(trial_id: str, result: dict[str, Any] | None, error: str | None = None) -> str:
+    """``trial 1a2b_00003: 4 epochs, best val SumR 231.4, finished`` (or stopped early / failed)."""
+    result = result or {}
+    if error or "trial_error" in result:
+        return f"trial {trial_id}: failed: {error or result['trial_error']}"
+    epochs = result.get("epoch", 0)
+    best = result.get(METRIC)
+    how = "finished" if result.get("finished") else "stopped early by the scheduler"
+    if result.get("stopped_early"):
+        how = "finished (early stopping on patience)"
+    best_text = f"{best:.1f}" if isinstance(best, (int, float)) else "-"
+    return f"trial {trial_id}: {epochs} epochs, best val SumR {best_text}, {how}"
+
+
+class TrialStatus(Callback):
+    """Prints :func:`status_line` when a trial completes or errors (on top of Ray's own progress)."""
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        print(status_line(trial.trial_id, trial.last_result), flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        print(status_line(trial.trial_id, trial.last_result, error=str(trial.error_file or "error")), flush=True)
+
+
+@dataclass
+class TrialRow:
+    """One trial of a finished (or interrupted) search, as the table shows it."""
+
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or "trial_error" in self.metrics
+
+    @property
+    def score(self) -> float:
+        value = self.metrics.get(METRIC)
+        return float(value) if isinstance(value, (int, float)) and not self.failed else float("-inf")
+
+
+def compact_config(config: dict[str, Any]) -> str:
+    """The sampled settings in one short line (floats to 3 significant digits)."""
+    parts = []
+    for key in sorted(config, key=lambda k: (k != "backbone", k)):
+        if key in QUIET_KEYS:
+            continue
+        value = config[key]
+        parts.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(parts)
+
+
+def best_trials_table(rows: list[TrialRow], top: int = 5) -> str:
+    """The ``top`` trials by best val SumR: val (best epoch) and test R@1/5/10/100/SumR, then configs."""
+    ranked = sorted((r for r in rows if not r.failed), key=lambda r: r.score, reverse=True)[:top]
+    header = f"{'#':<3}{'trial':<18}{'epochs':>7}" + "".join(f"{'val ' + c:>11}" for c in COLUMNS) + \
+        "".join(f"{'test ' + c:>11}" for c in COLUMNS)
+    lines = [header]
+    for rank, row in enumerate(ranked, 1):
+        m = row.metrics
+        val = [m.get(metric_key("best_val", c), m.get(metric_key("val", c))) for c in COLUMNS]
+        val[-1] = row.score
+        test = [m.get(metric_key("test", c)) for c in COLUMNS]
+        cells = "".join(f"{v:>11.1f}" if isinstance(v, (int, float)) else f"{'-':>11}" for v in val + test)
+        lines.append(f"{rank:<3}{row.trial_id:<18}{m.get('epoch', 0):>7}" + cells)
+    lines.append("")
+    for rank, row in enumerate(ranked, 1):
+        lines.append(f"{rank}. {row.trial_id}: {compact_config(row.config)}")
+    failed = [r for r in rows if r.failed]
+    lines.append(f"\n{len(rows)} trials: {len(rows) - len(failed)} ran, {len(failed)} failed"
+                 + ("" if not ranked else f"; test metrics ('-' = stopped early by the scheduler) are of each "
+                                          f"trial's best epoch"))
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""The Optuna searcher of a search: Ray's ``OptunaSearch`` that tells Optuna the truth about early stops.
+
+Ray's wrapper tells Optuna every trial that ASHA stopped as COMPLETE with its early (low) score, which
+skews TPE toward configs that merely start slowly. Here a trial that did not finish on its own (no
+``finished`` in its last result: the scheduler stopped it) is told as PRUNED, with its per-epoch values
+already reported as intermediate values, which is how Optuna's samplers expect early-stopped trials;
+a trial that ended with ``trial_error`` (its own config or a NaN loss) is told as FAIL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+SAMPLERS = ("tpe", "random", "cmaes")
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """TPE (default), random, or CMA-ES (continuous settings; categorical ones fall back to random)."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise ValueError(f"unknown sampler {name!r} (available: {', '.join(SAMPLERS)})")
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` telling scheduler-stopped trials as PRUNED and self-failed ones as FAIL
+    (``stopped_as="complete"`` keeps Ray's behaviour, for comparison)."""
+
+    def __init__(self, *args: Any, stopped_as: str = "pruned", **kwargs: Any) -> None:
+        if stopped_as not in ("pruned", "complete"):
+            raise ValueError(f"stopped_as must be pruned or complete, got {stopped_as!r}")
+        super().__init__(*args, **kwargs)
+        self.stopped_as = stopped_as
+        #: Ray trial id -> the state told to Optuna (what tests and reports read)
+        self.told: dict[str, str] = {}
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        if error or (result and "trial_error" in result):
+            state, value = TrialState.FAIL, None
+        elif result and result.get("finished") or self.stopped_as == "complete":
+            return self._tell_complete(trial_id, result, error)
+        else:
+            state, value = TrialState.PRUNED, None
+        self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)
+        self.told[trial_id] = state.name
+
+    def _tell_complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        super().on_trial_complete(trial_id, result, error)
+        trial = self._ot_trials[trial_id]
+        states = {t.number: t.state for t in self._ot_study.get_trials(deepcopy=False)}
+        self.told[trial_id] = states.get(trial.number, TrialState.COMPLETE).name
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Per-epoch values become Optuna intermediate values (a failure report carries none)."""
+        if self.metric in result and "trial_error" not in result:
+            super().on_trial_result(trial_id, result)

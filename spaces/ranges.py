@@ -1,0 +1,134 @@
+"""The ranges a space samples from: ``ranges.yaml`` plus a user's overrides, validated into typed entries.
+
+Ranges are data, not code: ``spaces/ranges.yaml`` holds every searched setting by group (``training``,
+``backbone`` and one group per plugin) and a user's YAML file of overrides replaces single entries. An
+entry is ``{type: float|int, low, high[, log][, step]}``, ``{type: categorical, choices}`` or
+``{type: fixed, value}``, optionally with ``when: <switch>`` (sampled only when that switch of the group
+is true). A group may name ``_at_least_one: [a, b, c]``: switches of which one must be on (the last is
+forced on when the others are off, instead of being sampled).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+DEFAULT_RANGES = Path(__file__).with_name("ranges.yaml")
+KINDS = ("float", "int", "categorical", "fixed")
+AT_LEAST_ONE = "_at_least_one"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One searched setting: its distribution (or fixed value) and the switch it depends on."""
+
+    name: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+    value: Any = None
+    when: str | None = None
+
+    def suggest(self, trial: optuna.Trial, key: str) -> Any:
+        """Sample this entry under the Optuna parameter name ``key``."""
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "categorical":
+            return trial.suggest_categorical(key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return trial.suggest_float(key, float(self.low), float(self.high), log=self.log, step=self.step)
+
+
+@dataclass(frozen=True)
+class Group:
+    """The entries of one group, in file order, and its at-least-one-on constraint."""
+
+    name: str
+    entries: tuple[Entry, ...]
+    at_least_one: tuple[str, ...] = ()
+
+    def __getitem__(self, name: str) -> Entry:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+
+def _entry(group: str, name: str, raw: Any) -> Entry:
+    where = f"{group}.{name}"
+    if not isinstance(raw, dict) or raw.get("type") not in KINDS:
+        raise ValueError(f"range {where}: needs a mapping with type one of {', '.join(KINDS)}, got {raw!r}")
+    kind = raw["type"]
+    allowed = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
+               "categorical": {"choices"}, "fixed": {"value"}}[kind] | {"type", "when"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValueError(f"range {where}: unknown key {unknown[0]!r} for type {kind} (allowed: {', '.join(sorted(allowed))})")
+    when = raw.get("when")
+    if kind in ("float", "int"):
+        low, high = raw.get("low"), raw.get("high")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+            raise ValueError(f"range {where}: low and high must be numbers, got {low!r} and {high!r}")
+        if low > high:
+            raise ValueError(f"range {where}: low {low} is above high {high}")
+        if raw.get("log") and low <= 0:
+            raise ValueError(f"range {where}: a log range needs low > 0, got {low}")
+        return Entry(name, kind, low=low, high=high, log=bool(raw.get("log", False)), step=raw.get("step"), when=when)
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ValueError(f"range {where}: choices must be a non-empty list, got {choices!r}")
+        return Entry(name, kind, choices=tuple(choices), when=when)
+    if "value" not in raw:
+        raise ValueError(f"range {where}: a fixed entry needs a value")
+    return Entry(name, kind, value=raw["value"], when=when)
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{source}: expected a mapping of groups, got {type(overrides).__name__}")
+    for group, entries in overrides.items():
+        if group not in merged:
+            raise ValueError(f"{source}: unknown group {group!r} (known: {', '.join(merged)})")
+        if not isinstance(entries, dict):
+            raise ValueError(f"{source}: group {group} must be a mapping, got {entries!r}")
+        for name, raw in entries.items():
+            if name not in merged[group]:
+                raise ValueError(f"{source}: unknown setting {group}.{name} "
+                                 f"(known: {', '.join(k for k in merged[group] if k != AT_LEAST_ONE)})")
+            merged[group][name] = raw
+    return merged
+
+
+def load_ranges(overrides: str | Path | None = None) -> dict[str, Group]:
+    """The default ranges with ``overrides`` (a YAML file) applied, each entry checked."""
+    raw = yaml.safe_load(DEFAULT_RANGES.read_text())
+    if overrides is not None:
+        path = Path(overrides)
+        if not path.is_file():
+            raise FileNotFoundError(f"range overrides file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raw = _merge(raw, loaded, str(path))
+    groups = {}
+    for group, entries in raw.items():
+        at_least_one = tuple(entries.get(AT_LEAST_ONE, ()))
+        parsed = tuple(_entry(group, name, value) for name, value in entries.items() if name != AT_LEAST_ONE)
+        names = {e.name for e in parsed}
+        for entry in parsed:
+            if entry.when is not None and entry.when not in names:
+                raise ValueError(f"range {group}.{entry.name}: when {entry.when!r} is not a setting of {group}")
+        groups[group] = Group(group, parsed, at_least_one)
+    return groups

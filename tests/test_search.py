@@ -1,0 +1,165 @@
+"""The search, run as a user runs it (``python search/run.py``): a real local Ray on 127.0.0.1, Optuna,
+ASHA, checkpoints, resume after the driver is killed, and one-line errors before Ray starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from trainables.training.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ["--validate-samples", "40", "--set", "hidden_size=16", "n_heads=2"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "PRVR_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+
+
+def run_search(tmp_path: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "search/run.py", "--data", "tiny", "--storage", str(tmp_path / "results"),
+                           *args], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
+def trial_dirs(experiment: Path) -> list[Path]:
+    return sorted(p for p in experiment.glob("trial_*") if p.is_dir())
+
+
+def last_result(trial: Path) -> dict:
+    lines = (trial / "result.json").read_text().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def searcher_state(experiment: Path) -> dict:
+    """What the searcher told Optuna (its state file, as Tune saved it)."""
+    (path,) = experiment.glob("searcher-state-*.pkl")
+    return pickle.loads(path.read_bytes())
+
+
+def test_search_runs_trials_prunes_and_checkpoints(tmp_path):
+    result = run_search(tmp_path, "--space", "full", "--backbones", "mssl", "gmmformer", "--trials", "8",
+                        "--max-epochs", "3", "--name", "s", *TINY_MODEL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "best trials of search s" in out and re.search(r"^#\s+trial\s+epochs\s+val R@1", out, re.M)
+    assert "results and checkpoints: " in out
+    experiment = tmp_path / "results" / "s"
+    trials = trial_dirs(experiment)
+    assert len(trials) == 8
+    status = re.findall(r"^trial (\w+): (\d+) epochs, best val SumR [\d.]+, (.*)$", out, re.M)
+    assert sorted(t for t, _, _ in status) == sorted(p.name[len("trial_"):] for p in trials)
+
+    finished, stopped = [], []
+    for trial in trials:
+        config = json.loads((trial / "params.json").read_text())
+        for plugin in ("ral", "msc", "moment"):  # a plugin's settings exist exactly when it is on
+            settings = [k for k in config if k.startswith(f"{plugin}.")]
+            assert bool(settings) == (config.get(plugin) is True), (plugin, config)
+        final = last_result(trial)
+        assert final["node_ip"] == "127.0.0.1"  # the local Ray stays on loopback
+        (finished if final.get("finished") else stopped).append(trial.name[len("trial_"):])
+        checkpoints = sorted(trial.glob("checkpoint_*"))
+        assert checkpoints, f"{trial.name} has no checkpoint"
+        state = load_checkpoint(checkpoints[-1])
+        assert state["epoch"] == final["epoch"]  # the kept checkpoint is the trial's last epoch
+        assert state["config"]["backbone"] == config["backbone"]
+    assert stopped, "ASHA stopped no trial"
+    assert finished, "no trial ran to the end"
+    assert "stopped early by the scheduler" in out
+
+    told = searcher_state(experiment)
+    assert {t: told["told"][t] for t in stopped} == {t: "PRUNED" for t in stopped}
+    assert {t: told["told"][t] for t in finished} == {t: "COMPLETE" for t in finished}
+    states = sorted(t.state.name for t in told["_ot_study"].get_trials())
+    assert states.count("PRUNED") == len(stopped) and states.count("COMPLETE") == len(finished)
+
+
+def test_trials_that_fail_on_their_own_are_reported_and_a_search_of_failures_exits_nonzero(tmp_path):
+    result = run_search(tmp_path, "--space", "base", "--backbones", "mssl", "--trials", "2", "--max-epochs", "2",
+                        "--name", "f", *TINY_MODEL, "lr=1e30", "weight_decay=0.0")
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "error: every trial failed" in result.stderr
+    assert len(re.findall(r"^trial \w+: failed: NonFiniteLoss: epoch \d+", result.stdout, re.M)) == 2
+    assert "2 trials: 0 ran, 2 failed" in result.stdout
+    told = searcher_state(tmp_path / "results" / "f")["told"]
+    assert sorted(told.values()) == ["FAIL", "FAIL"]
+
+
+def test_killed_driver_resumes_and_counts_every_trial_once(tmp_path):
+    args = ["--space", "base", "--backbones", "mssl", "--trials", "4", "--max-epochs", "6", "--scheduler", "none",
+            "--name", "r", *TINY_MODEL]
+    command = [sys.executable, "search/run.py", "--data", "tiny", "--storage", str(tmp_path / "results"), *args]
+    driver = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    experiment = tmp_path / "results" / "r"
+    ray_dirs = set(Path(tempfile.gettempdir()).glob("prvr-ray-*"))
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(experiment.glob("trial_*/checkpoint_*")):
+            time.sleep(0.5)
+        assert list(experiment.glob("trial_*/checkpoint_*")), "no checkpoint before the deadline"
+        time.sleep(1.0)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, nothing else
+        driver.wait(timeout=60)
+        for orphan in set(Path(tempfile.gettempdir()).glob("prvr-ray-*")) - ray_dirs:  # its private temp folder
+            shutil.rmtree(orphan, ignore_errors=True)
+    before = {p.name for p in trial_dirs(experiment)}
+    assert not all(last_result(t).get("finished") for t in trial_dirs(experiment)), "search ended before the kill"
+
+    resumed = run_search(tmp_path, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = re.findall(r"^\d+\s+(\w+)\s+\d+\s", resumed.stdout, re.M)
+    assert len(rows) == len(set(rows)) == 4  # every trial once in the table
+    assert "4 trials: 4 ran, 0 failed" in resumed.stdout
+    after = trial_dirs(experiment)
+    assert before <= {p.name for p in after} and len(after) == 4
+    assert all(last_result(t).get("finished") for t in after)
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--space", "nosuch"], ["unknown space 'nosuch'", "base, ral, msc, moment, full"]),
+    (["--backbones", "nosuch"], ["unknown backbone 'nosuch'", "mssl"]),
+    (["--space", "ral", "--backbones", "amdnet"], ["space ral: none of the backbones amdnet can run plugin ral"]),
+    (["--overrides", "RANGES"], ["unknown setting ral.nosuch"]),
+    (["--overrides", "LR"], ["space base can produce an invalid config", "lr must be > 0"]),
+    (["--set", "nosuch.k=1"], ["unknown plugin 'nosuch'"]),
+    (["--data", "NOWHERE"], ["NOWHERE"]),
+    (["--storage", "FILE"], ["cannot be created"]),
+    (["--resume"], ["--resume needs the --name"]),
+    (["--name", "gone", "--resume"], ["nothing to resume: no search 'gone'"]),
+    (["--trials", "0"], ["--trials is out of range: 0"]),
+])
+def test_bad_input_fails_before_ray_with_one_line(tmp_path, args, fragments):
+    ranges = tmp_path / "ranges.yaml"
+    ranges.write_text("ral:\n  nosuch: {type: fixed, value: 1}\n")
+    lr = tmp_path / "lr.yaml"
+    lr.write_text("training:\n  lr: {type: float, low: -1.0, high: 0.0}\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    swap = {"RANGES": str(ranges), "LR": str(lr), "NOWHERE": str(tmp_path / "nowhere"), "FILE": str(blocker / "x")}
+    result = run_search(tmp_path, *[swap.get(a, a) for a in args], "--validate-samples", "20", timeout=120)
+    assert result.returncode == 2, (result.stdout[-1000:], result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment.replace("NOWHERE", str(tmp_path / "nowhere")) in lines[0], lines[0]
+    assert "Started a local Ray instance" not in result.stdout + result.stderr
+
+
+def test_existing_search_name_is_refused_without_resume(tmp_path):
+    (tmp_path / "results" / "taken").mkdir(parents=True)
+    result = run_search(tmp_path, "--name", "taken", timeout=120)
+    assert result.returncode == 2
+    assert "a search named 'taken' already exists" in result.stderr and "--resume" in result.stderr

@@ -1,0 +1,84 @@
+"""What one Ray Tune trial runs: train its config on the node's copy of the data, reporting and
+checkpointing every epoch, resuming from Tune's checkpoint after a restart.
+
+Each epoch reports the validation metrics of that epoch (``val_*``), the best validation SumR so far
+(``best_val_sumr``, the metric the searcher and ASHA use) and the mean loss terms, with a checkpoint of
+the full training state (``trainables.training.checkpoint``, loaded weights-only). A trial that ends on
+its own (max epochs or early stopping on patience) makes one more report with ``finished: True`` and the
+test metrics of its best weights; a trial stopped by the scheduler never does, which is how the searcher
+tells the two apart. A trial whose own config or training fails (bad config, NaN loss) ends with one
+report carrying ``trial_error`` instead of raising, so Ray does not retry it: retries are for lost nodes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from trainables.evaluation.metrics import RECALL_KS
+from trainables.training.loop import DataSplits, EpochReport, NonFiniteLoss, train
+
+METRIC = "best_val_sumr"
+MODE = "max"
+TIME_ATTR = "epoch"
+COLUMNS = [f"R@{k}" for k in RECALL_KS] + ["SumR"]
+
+
+def metric_key(prefix: str, column: str) -> str:
+    """``val`` + ``R@1`` -> ``val_r1``; ``test`` + ``SumR`` -> ``test_sumr``."""
+    return f"{prefix}_{column.lower().replace('@', '')}"
+
+
+def flat_metrics(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {metric_key(prefix, c): float(metrics[c]) for c in COLUMNS}
+
+
+def _use_assigned_resources(config: dict[str, Any]) -> dict[str, Any]:
+    """Torch threads = the trial's CPUs; the GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES) if any."""
+    import ray
+
+    resources = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    if resources.get("GPU", 0) > 0 and torch.cuda.is_available() and config.get("device", "auto") == "auto":
+        return {**config, "device": "cuda"}
+    return config
+
+
+def run_trial(config: dict[str, Any], data: DataSplits) -> None:
+    """Ray Tune function trainable (use with ``tune.with_parameters(run_trial, data=...)``)."""
+    config = _use_assigned_resources(config)
+    scratch = Path(tempfile.mkdtemp(prefix="prvr-trial-"))
+    try:
+        resume_from = None
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            resume_from = scratch / "resume"
+            checkpoint.to_directory(str(resume_from))
+
+        def on_epoch(report: EpochReport) -> None:
+            metrics = {TIME_ATTR: report.epoch, METRIC: report.best_score, "best_epoch": report.best_epoch,
+                       **flat_metrics("val", report.val["fused"]),
+                       **{f"loss_{name}": value for name, value in report.train_loss.items()}}
+            folder = scratch / f"epoch-{report.epoch}"
+            report.save_checkpoint(folder)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            shutil.rmtree(folder, ignore_errors=True)
+
+        try:
+            result = train(config, data, on_epoch=on_epoch, resume_from=resume_from)
+        except (NonFiniteLoss, ValueError) as exc:
+            # the metric is there for the scheduler's strict check; the searcher tells this trial as failed
+            tune.report({"trial_error": f"{type(exc).__name__}: {exc}", "finished": True, METRIC: float("-inf")})
+            return
+        last = result.history[-1]
+        tune.report({TIME_ATTR: last["epoch"], METRIC: result.val.get("fused", {}).get("SumR", float("nan")),
+                     "best_epoch": result.best_epoch, "finished": True, "stopped_early": result.stopped_early,
+                     **flat_metrics("val", last["val"]["fused"]),
+                     **flat_metrics("best_val", result.val["fused"]), **flat_metrics("test", result.test["fused"])})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
