@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runs import mean_std
+from benchmarks.runs import mean_std, parse_set
 from trainables.data.datasets import resolve_dataset
 from trainables.evaluation.metrics import RECALL_KS
 from trainables.models.base import list_backbones
@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--json", default=None, help="results file, written after every run; an existing one "
                         "is continued (runs already in it are skipped)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config values for every run, e.g. checkpoint_branches=true (GMMFormer v2 in less memory)")
     parser.add_argument("--report-only", action="store_true", help="print the table of --json without training")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {}
@@ -46,7 +48,8 @@ def main() -> None:
             if any(r["seed"] == seed and r["epochs"] == args.epochs for r in runs.get(name, [])):
                 continue
             start = time.perf_counter()
-            result = train({"backbone": name, "epochs": args.epochs, "patience": 10, "seed": seed}, data)
+            result = train({"backbone": name, "epochs": args.epochs, "patience": 10, "seed": seed,
+                            **parse_set(args.set)}, data)
             runs.setdefault(name, []).append({"seed": seed, "epochs": args.epochs, "best_epoch": result.best_epoch,
                                               "seconds": time.perf_counter() - start, "test": result.test})
             if args.json:

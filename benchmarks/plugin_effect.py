@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.runs import ResultsFile, mean_std
+from benchmarks.runs import ResultsFile, mean_std, parse_set
 from trainables.data.datasets import resolve_dataset
 from trainables.training.config import TrainConfig
 from trainables.training.loop import load_data, train
@@ -33,24 +33,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "msc": {"msc": True},
     "moment": {"moment": True},
 }
-
-
-def parse_set(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as int, float, bool or kept as strings."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --set expects key=value, got {pair!r}")
-        value: Any = {"true": True, "false": False}.get(text.lower(), text)
-        for cast in (int, float):
-            try:
-                value = cast(text)
-                break
-            except ValueError:
-                continue
-        out[key] = value
-    return out
 
 
 def main() -> None:

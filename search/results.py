@@ -70,7 +70,8 @@ def compact_config(config: dict[str, Any]) -> str:
 
 def best_trials_table(rows: list[TrialRow], top: int = 5) -> str:
     """The ``top`` trials by best val SumR: val (best epoch) and test R@1/5/10/100/SumR, then configs."""
-    ranked = sorted((r for r in rows if not r.failed), key=lambda r: r.score, reverse=True)[:top]
+    ranked = sorted((r for r in rows if not r.failed and r.metrics.get("epoch")), key=lambda r: r.score,
+                    reverse=True)[:top]
     header = f"{'#':<3}{'trial':<18}{'epochs':>7}" + "".join(f"{'val ' + c:>11}" for c in COLUMNS) + \
         "".join(f"{'test ' + c:>11}" for c in COLUMNS)
     lines = [header]
@@ -85,7 +86,9 @@ def best_trials_table(rows: list[TrialRow], top: int = 5) -> str:
     for rank, row in enumerate(ranked, 1):
         lines.append(f"{rank}. {row.trial_id}: {compact_config(row.config)}")
     failed = [r for r in rows if r.failed]
-    lines.append(f"\n{len(rows)} trials: {len(rows) - len(failed)} ran, {len(failed)} failed"
+    waiting = [r for r in rows if not r.failed and not r.metrics.get("epoch")]
+    lines.append(f"\n{len(rows)} trials: {len(rows) - len(failed) - len(waiting)} ran, {len(failed)} failed"
+                 + (f", {len(waiting)} without a finished epoch" if waiting else "")
                  + ("" if not ranked else f"; test metrics ('-' = stopped early by the scheduler) are of each "
                                           f"trial's best epoch"))
     return "\n".join(lines)

@@ -189,6 +189,10 @@ def search(args: argparse.Namespace) -> int:
     print(f"\nbest trials of search {name} (space {space.name}, by best val SumR of the fused score):")
     print(best_trials_table(rows))
     print(f"\nresults and checkpoints: {path}")
+    if results.num_terminated + results.num_errors < len(results):
+        print(f"interrupted: continue with  python search/run.py --storage {path.parent} --name {name} --resume "
+              f"(and the same options)", file=sys.stderr)
+        return 130
     ran = [r for r in rows if not r.failed]
     if not ran:
         print("error: every trial failed", file=sys.stderr)

@@ -10,6 +10,8 @@ most first, like the release's ``collate_train``.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -122,6 +124,10 @@ def load_split(
     if protocol is None:
         protocol = Protocol(l2_normalize=store.manifest.l2_normalize)
     return prepare_split(store.load_split(split, verify=verify), protocol, dtype)
+
+
+# splits shared through Ray's object store are read-only numpy arrays; the loader only ever reads them
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 def _pad(arrays: list[np.ndarray], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
