@@ -8,6 +8,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from tracking.mlflow_runs import Tracking, end_trial_run, trial_status
 from trainables.trial import COLUMNS, METRIC, metric_key
 
 #: config keys every trial has and the table leaves out (the search's fixed settings)
@@ -29,13 +30,21 @@ def status_line(trial_id: str, result: dict[str, Any] | None, error: str | None 
 
 
 class TrialStatus(Callback):
-    """Prints :func:`status_line` when a trial completes or errors (on top of Ray's own progress)."""
+    """Prints :func:`status_line` when a trial completes or errors (on top of Ray's own progress) and
+    ends its MLflow child run (a trial the scheduler stopped cannot end its own)."""
+
+    def __init__(self, tracking: Tracking | None = None) -> None:
+        self.tracking = tracking
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         print(status_line(trial.trial_id, trial.last_result), flush=True)
+        if self.tracking is not None:
+            end_trial_run(self.tracking, trial.trial_id, trial_status(trial.last_result))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         print(status_line(trial.trial_id, trial.last_result, error=str(trial.error_file or "error")), flush=True)
+        if self.tracking is not None:
+            end_trial_run(self.tracking, trial.trial_id, "FAILED")
 
 
 @dataclass
@@ -68,14 +77,18 @@ def compact_config(config: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def ranked(rows: list[TrialRow]) -> list[TrialRow]:
+    """Trials that ran at least an epoch, best val SumR first."""
+    return sorted((r for r in rows if not r.failed and r.metrics.get("epoch")), key=lambda r: r.score, reverse=True)
+
+
 def best_trials_table(rows: list[TrialRow], top: int = 5) -> str:
     """The ``top`` trials by best val SumR: val (best epoch) and test R@1/5/10/100/SumR, then configs."""
-    ranked = sorted((r for r in rows if not r.failed and r.metrics.get("epoch")), key=lambda r: r.score,
-                    reverse=True)[:top]
+    ranked_rows = ranked(rows)[:top]
     header = f"{'#':<3}{'trial':<18}{'epochs':>7}" + "".join(f"{'val ' + c:>11}" for c in COLUMNS) + \
         "".join(f"{'test ' + c:>11}" for c in COLUMNS)
     lines = [header]
-    for rank, row in enumerate(ranked, 1):
+    for rank, row in enumerate(ranked_rows, 1):
         m = row.metrics
         val = [m.get(metric_key("best_val", c), m.get(metric_key("val", c))) for c in COLUMNS]
         val[-1] = row.score
@@ -83,12 +96,12 @@ def best_trials_table(rows: list[TrialRow], top: int = 5) -> str:
         cells = "".join(f"{v:>11.1f}" if isinstance(v, (int, float)) else f"{'-':>11}" for v in val + test)
         lines.append(f"{rank:<3}{row.trial_id:<18}{m.get('epoch', 0):>7}" + cells)
     lines.append("")
-    for rank, row in enumerate(ranked, 1):
+    for rank, row in enumerate(ranked_rows, 1):
         lines.append(f"{rank}. {row.trial_id}: {compact_config(row.config)}")
     failed = [r for r in rows if r.failed]
     waiting = [r for r in rows if not r.failed and not r.metrics.get("epoch")]
     lines.append(f"\n{len(rows)} trials: {len(rows) - len(failed) - len(waiting)} ran, {len(failed)} failed"
                  + (f", {len(waiting)} without a finished epoch" if waiting else "")
-                 + ("" if not ranked else f"; test metrics ('-' = stopped early by the scheduler) are of each "
+                 + ("" if not ranked_rows else f"; test metrics ('-' = stopped early by the scheduler) are of each "
                                           f"trial's best epoch"))
     return "\n".join(lines)

@@ -15,6 +15,7 @@ results are. Defaults are sized to finish in a few minutes on a 2-core laptop.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="search name (default: <space>-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search --name in --storage")
     p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: a private local Ray)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite:///<working folder>/mlflow.db); http://host:port for a server")
+    p.add_argument("--experiment", default="prvr", help="MLflow experiment of the search's runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose node or worker was lost")
     p.add_argument("--validate-samples", type=int, default=200, help="configs sampled to validate the space")
@@ -141,8 +145,10 @@ def search(args: argparse.Namespace) -> int:
     from ray.tune.search import ConcurrencyLimiter
 
     from search.ray_session import ray_session
-    from search.results import TrialStatus, best_trials_table
+    from search.results import TrialStatus, best_trials_table, ranked
     from search.searcher import PruneAwareOptunaSearch, make_sampler
+    from tracking.mlflow_runs import (close_children, code_version, default_tracking_uri, finish_parent,
+                                      start_parent, trial_status, ui_command)
     from trainables.training.loop import load_data
     from trainables.trial import METRIC, MODE, TIME_ATTR, run_trial
 
@@ -160,6 +166,17 @@ def search(args: argparse.Namespace) -> int:
           f"{built} distinct models built ({time.perf_counter() - start:.1f}s)", flush=True)
     data = load_data(location)
 
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    try:
+        tracking = start_parent(
+            tracking_uri, args.experiment, name, space.name, resume=args.resume,
+            params={"command": " ".join(sys.argv), **{k: v for k, v in vars(args).items()}},
+            tags={"data": str(location.parent), "data_manifest_sha256": manifest.sha256(),
+                  **code_version(Path(__file__).resolve().parents[1])})
+    except Exception as exc:  # an unreachable or broken tracking store, before Ray starts
+        raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+    tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
+                                                        space.groups.items()}, "space.json")
     searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler, args.seed))
     scheduler = FIFOScheduler() if args.scheduler == "none" else ASHAScheduler(
         # max_t one past the last epoch: ASHA stops a trial that reaches max_t, which would cut off the
@@ -170,7 +187,7 @@ def search(args: argparse.Namespace) -> int:
     local_gpus = max(1, math.ceil(args.concurrency * args.gpus_per_trial)) if args.gpus_per_trial else None
     with ray_session(args.ray_address, num_cpus=None if args.ray_address else local_cpus,
                      num_gpus=None if args.ray_address else local_gpus):
-        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data),
+        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, tracking=tracking),
                                         {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
         if args.resume:
             tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
@@ -181,15 +198,25 @@ def search(args: argparse.Namespace) -> int:
                                             scheduler=scheduler, num_samples=args.trials,
                                             time_budget_s=args.time_budget, trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(path.parent), callbacks=[TrialStatus()], verbose=1,
+                    name=name, storage_path=str(path.parent), callbacks=[TrialStatus(tracking)], verbose=1,
                     failure_config=tune.FailureConfig(max_failures=args.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         results = tuner.fit()
     rows = rows_of(results)
+    table = best_trials_table(rows)
     print(f"\nbest trials of search {name} (space {space.name}, by best val SumR of the fused score):")
-    print(best_trials_table(rows))
+    print(table)
     print(f"\nresults and checkpoints: {path}")
-    if results.num_terminated + results.num_errors < len(results):
+    interrupted = results.num_terminated + results.num_errors < len(results)
+    if not interrupted:
+        close_children(tracking, {r.trial_id: "FAILED" if r.error else trial_status(r.metrics) for r in rows})
+    top = ranked(rows)
+    best = None if not top else {"trial_id": top[0].trial_id, "config": top[0].config,
+                                 "metrics": {k: v for k, v in top[0].metrics.items()
+                                             if k.startswith(("best_val_", "test_", "val_"))}}
+    finish_parent(tracking, best, table, "KILLED" if interrupted else "FINISHED")
+    print(f"MLflow runs (experiment {args.experiment}): {ui_command(tracking_uri)}")
+    if interrupted:
         print(f"interrupted: continue with  python search/run.py --storage {path.parent} --name {name} --resume "
               f"(and the same options)", file=sys.stderr)
         return 130

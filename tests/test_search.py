@@ -27,9 +27,31 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PRVR_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
 
 
+def _command(tmp_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "search/run.py", "--data", "tiny", "--storage", str(tmp_path / "results"),
+            "--tracking-uri", tracking_uri(tmp_path), *args]
+
+
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
 def run_search(tmp_path: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "search/run.py", "--data", "tiny", "--storage", str(tmp_path / "results"),
-                           *args], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(_command(tmp_path, *args), cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def mlflow_runs(tmp_path: Path, search: str) -> tuple[object, list]:
+    """(the parent run, its child runs) of ``search`` in the test's MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name("prvr")
+    (parent,) = client.search_runs([experiment.experiment_id], f"tags.`prvr.kind` = 'parent' and "
+                                   f"tags.`prvr.search` = '{search}'")
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1000)
+    return parent, children
 
 
 def trial_dirs(experiment: Path) -> list[Path]:
@@ -78,6 +100,22 @@ def test_search_runs_trials_prunes_and_checkpoints(tmp_path):
     assert finished, "no trial ran to the end"
     assert "stopped early by the scheduler" in out
 
+    parent, children = mlflow_runs(tmp_path, "s")
+    assert parent.info.status == "FINISHED" and parent.data.tags["best_trial_id"] in finished
+    assert parent.data.params["space"] == "full" and "data_manifest_sha256" in parent.data.tags
+    by_trial = {run.data.tags["prvr.trial_id"]: run for run in children}
+    assert sorted(by_trial) == sorted(finished + stopped)  # exactly one child run per trial
+    for trial in trials:
+        run = by_trial[trial.name[len("trial_"):]]
+        config = json.loads((trial / "params.json").read_text())
+        assert run.info.status == ("FINISHED" if trial.name[len("trial_"):] in finished else "KILLED")
+        assert {k: v for k, v in run.data.params.items()} == {k: str(v) for k, v in config.items()}
+        for plugin in ("ral", "msc", "moment"):
+            assert run.data.tags[f"plugin.{plugin}"] == str(bool(config.get(plugin))).lower()
+        assert run.data.tags["backbone"] == config["backbone"]
+        assert run.data.metrics["epoch"] == last_result(trial)["epoch"]
+    assert "MLflow runs (experiment prvr): mlflow ui --backend-store-uri sqlite:///" in out
+
     told = searcher_state(experiment)
     assert {t: told["told"][t] for t in stopped} == {t: "PRUNED" for t in stopped}
     assert {t: told["told"][t] for t in finished} == {t: "COMPLETE" for t in finished}
@@ -99,7 +137,7 @@ def test_trials_that_fail_on_their_own_are_reported_and_a_search_of_failures_exi
 def test_killed_driver_resumes_and_counts_every_trial_once(tmp_path):
     args = ["--space", "base", "--backbones", "mssl", "--trials", "4", "--max-epochs", "6", "--scheduler", "none",
             "--name", "r", *TINY_MODEL]
-    command = [sys.executable, "search/run.py", "--data", "tiny", "--storage", str(tmp_path / "results"), *args]
+    command = _command(tmp_path, *args)
     driver = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     experiment = tmp_path / "results" / "r"
@@ -126,6 +164,9 @@ def test_killed_driver_resumes_and_counts_every_trial_once(tmp_path):
     after = trial_dirs(experiment)
     assert before <= {p.name for p in after} and len(after) == 4
     assert all(last_result(t).get("finished") for t in after)
+    parent, children = mlflow_runs(tmp_path, "r")
+    assert len(children) == 4 and sorted(r.data.tags["prvr.trial_id"] for r in children) == sorted(rows)
+    assert {r.info.status for r in children} == {"FINISHED"} and parent.info.status == "FINISHED"
 
 
 @pytest.mark.parametrize(("args", "fragments"), [

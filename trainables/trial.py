@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
+from tracking.mlflow_runs import Tracking, child_run, end_run, log_metrics, set_tags
 from trainables.evaluation.metrics import RECALL_KS
+from trainables.plugins import list_plugins
 from trainables.training.loop import DataSplits, EpochReport, NonFiniteLoss, train
 
 METRIC = "best_val_sumr"
@@ -49,9 +52,20 @@ def _use_assigned_resources(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def run_trial(config: dict[str, Any], data: DataSplits) -> None:
-    """Ray Tune function trainable (use with ``tune.with_parameters(run_trial, data=...)``)."""
+def run_trial(config: dict[str, Any], data: DataSplits, tracking: Tracking | None = None) -> None:
+    """Ray Tune function trainable (``tune.with_parameters(run_trial, data=..., tracking=...)``); with
+    ``tracking``, the trial logs to its own child run of the search's parent run."""
     config = _use_assigned_resources(config)
+    context = tune.get_context()
+    run_id = None
+    if tracking is not None:
+        run_id = child_run(tracking, context.get_trial_id(), config, list_plugins())
+        set_tags(tracking, run_id, {"checkpoints": context.get_trial_dir()})
+
+    def log(metrics: dict[str, Any], step: int) -> None:
+        if run_id is not None:
+            log_metrics(tracking, run_id, metrics, step, int(time.time() * 1000))
+
     scratch = Path(tempfile.mkdtemp(prefix="prvr-trial-"))
     try:
         resume_from = None
@@ -66,19 +80,27 @@ def run_trial(config: dict[str, Any], data: DataSplits) -> None:
                        **{f"loss_{name}": value for name, value in report.train_loss.items()}}
             folder = scratch / f"epoch-{report.epoch}"
             report.save_checkpoint(folder)
+            log(metrics, report.epoch)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
             shutil.rmtree(folder, ignore_errors=True)
 
         try:
             result = train(config, data, on_epoch=on_epoch, resume_from=resume_from)
         except (NonFiniteLoss, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if run_id is not None:
+                set_tags(tracking, run_id, {"error": error})
+                end_run(tracking, run_id, "FAILED")
             # the metric is there for the scheduler's strict check; the searcher tells this trial as failed
-            tune.report({"trial_error": f"{type(exc).__name__}: {exc}", "finished": True, METRIC: float("-inf")})
+            tune.report({"trial_error": error, "finished": True, METRIC: float("-inf")})
             return
         last = result.history[-1]
-        tune.report({TIME_ATTR: last["epoch"], METRIC: result.val.get("fused", {}).get("SumR", float("nan")),
-                     "best_epoch": result.best_epoch, "finished": True, "stopped_early": result.stopped_early,
-                     **flat_metrics("val", last["val"]["fused"]),
-                     **flat_metrics("best_val", result.val["fused"]), **flat_metrics("test", result.test["fused"])})
+        final = {TIME_ATTR: last["epoch"], METRIC: result.val.get("fused", {}).get("SumR", float("nan")),
+                 "best_epoch": result.best_epoch, **flat_metrics("val", last["val"]["fused"]),
+                 **flat_metrics("best_val", result.val["fused"]), **flat_metrics("test", result.test["fused"])}
+        if run_id is not None:
+            log({k: v for k, v in final.items() if k.startswith(("best_val_", "test_"))}, last["epoch"])
+            end_run(tracking, run_id, "FINISHED")
+        tune.report({**final, "finished": True, "stopped_early": result.stopped_early})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
