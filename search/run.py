@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config values held fixed in every trial, e.g. hidden_size=128 ral.k=6")
     p.add_argument("--data", default="small", help="synthetic preset (tiny, small, ci, ...) or a dataset folder")
-    p.add_argument("--trials", type=int, default=8, help="number of trials")
+    p.add_argument("--trials", type=int, default=6, help="number of trials")
     p.add_argument("--max-epochs", type=int, default=3, help="epochs of a trial that is never stopped early")
     p.add_argument("--patience", type=int, default=10, help="early stopping on val SumR within a trial")
     p.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many seconds")
