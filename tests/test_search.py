@@ -59,7 +59,9 @@ def trial_dirs(experiment: Path) -> list[Path]:
 
 
 def last_result(trial: Path) -> dict:
-    lines = (trial / "result.json").read_text().splitlines()
+    """The trial's last reported result ({} before its first report: a started trial may have no file yet)."""
+    path = trial / "result.json"
+    lines = path.read_text().splitlines() if path.is_file() else []
     return json.loads(lines[-1]) if lines else {}
 
 
