@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runs import mean_std, parse_set
+from benchmarks.runs import mean_std
 from trainables.data.datasets import resolve_dataset
 from trainables.evaluation.metrics import RECALL_KS
 from trainables.models.base import list_backbones
+from trainables.training.config import parse_assignments
 from trainables.training.loop import load_data, train
 
 COLUMNS = [f"R@{k}" for k in RECALL_KS] + ["SumR"]
@@ -49,7 +50,7 @@ def main() -> None:
                 continue
             start = time.perf_counter()
             result = train({"backbone": name, "epochs": args.epochs, "patience": 10, "seed": seed,
-                            **parse_set(args.set)}, data)
+                            **parse_assignments(args.set)}, data)
             runs.setdefault(name, []).append({"seed": seed, "epochs": args.epochs, "best_epoch": result.best_epoch,
                                               "seconds": time.perf_counter() - start, "test": result.test})
             if args.json:

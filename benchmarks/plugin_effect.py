@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.runs import ResultsFile, mean_std, parse_set
+from benchmarks.runs import ResultsFile, mean_std
 from trainables.data.datasets import resolve_dataset
-from trainables.training.config import TrainConfig
+from trainables.training.config import TrainConfig, parse_assignments
 from trainables.training.loop import load_data, train
 
 #: what each variant switches on (settings at the plugins' released defaults)
@@ -46,7 +46,7 @@ def main() -> None:
                         help="config values shared by every run (default: hidden_size=128)")
     parser.add_argument("--json", default=None, help="results file, continued if it exists")
     args = parser.parse_args()
-    shared = parse_set(args.set)
+    shared = parse_assignments(args.set)
     results = ResultsFile(args.json)
     for data_name in args.data:
         data = load_data(resolve_dataset(data_name).parent)

@@ -29,24 +29,6 @@ class ResultsFile:
             self.path.write_text(json.dumps(self.runs, indent=2))
 
 
-def parse_set(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs of config values; values parsed as int, float, true/false or kept as strings."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --set expects key=value, got {pair!r}")
-        value: Any = {"true": True, "false": False}.get(text.lower(), text)
-        for cast in (int, float):
-            try:
-                value = cast(text)
-                break
-            except ValueError:
-                continue
-        out[key] = value
-    return out
-
-
 def mean_std(values: Sequence[float], width: int = 6) -> str:
     """``mean +- std`` (population std over seeds, as the README tables report)."""
     array = np.asarray(values, dtype=float)

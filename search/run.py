@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from search.cli import run_main
 from search.ray_session import LOCAL_RAY_ENV
 from spaces import SPACES, build_space
 from trainables.data.datasets import resolve_dataset
 from trainables.data.manifest import read_manifest
 from trainables.models.base import Dims
+from trainables.training.config import parse_assignments
 
 # Ray is imported inside ``search`` only: a local Ray reads its loopback setting when ray is imported
 
@@ -83,23 +82,6 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
     if args.resume and args.name is None:
         raise ValueError("--resume needs the --name of the search to continue")
-
-
-def parse_fixed(pairs: list[str]) -> dict[str, Any]:
-    """``["hidden_size=128", "ral.csa=false"]`` -> values typed as YAML reads them."""
-    fixed = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            fixed[key] = int(text)
-        except ValueError:
-            try:
-                fixed[key] = float(text)  # YAML would read "1e-4" as a string
-            except ValueError:
-                fixed[key] = yaml.safe_load(text)
-    return fixed
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -156,7 +138,7 @@ def search(args: argparse.Namespace) -> int:
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = experiment_dir(args.storage, name, args.resume)
     fixed: dict[str, Any] = {"epochs": args.max_epochs, "patience": args.patience, "seed": args.seed,
-                             **parse_fixed(args.set)}
+                             **parse_assignments(args.set)}
     space = build_space(args.space, backbones=args.backbones, overrides=args.overrides, fixed=fixed)
     location = resolve_dataset(args.data)
     manifest = read_manifest(location)

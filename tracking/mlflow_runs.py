@@ -93,17 +93,19 @@ def _runs(client: MlflowClient, experiment_id: str, query: str) -> list[Any]:
     return list(client.search_runs([experiment_id], filter_string=query, max_results=5000))
 
 
-def children(tracking: Tracking) -> list[Any]:
-    return _runs(tracking.client(), tracking.experiment_id,
-                 f"tags.`{TAG_KIND}` = '{CHILD}' and tags.`mlflow.parentRunId` = '{tracking.parent_run_id}'")
+def children(tracking: Tracking, trial_id: str | None = None) -> list[Any]:
+    """The search's child runs (of one trial with ``trial_id``)."""
+    query = f"tags.`{TAG_KIND}` = '{CHILD}' and tags.`mlflow.parentRunId` = '{tracking.parent_run_id}'"
+    if trial_id is not None:
+        query += f" and tags.`{TAG_TRIAL}` = '{trial_id}'"
+    return _runs(tracking.client(), tracking.experiment_id, query)
 
 
 def child_run(tracking: Tracking, trial_id: str, config: dict[str, Any], plugins: list[str]) -> str:
     """The trial's child run: found by trial id (a restarted trial continues it) or created with the
     config as params (plugin settings only when on: they are only in the config then) and filterable tags."""
     client = tracking.client()
-    found = _runs(client, tracking.experiment_id, f"tags.`{TAG_KIND}` = '{CHILD}' and tags.`{TAG_TRIAL}` = "
-                  f"'{trial_id}' and tags.`mlflow.parentRunId` = '{tracking.parent_run_id}'")
+    found = children(tracking, trial_id)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -146,8 +148,7 @@ def trial_status(result: dict[str, Any] | None, error: bool = False) -> str:
 def end_trial_run(tracking: Tracking, trial_id: str, status: str) -> None:
     """End the child run of ``trial_id`` (from the driver: a stopped trial's process cannot)."""
     client = tracking.client()
-    for run in _runs(client, tracking.experiment_id, f"tags.`{TAG_KIND}` = '{CHILD}' and tags.`{TAG_TRIAL}` = "
-                     f"'{trial_id}' and tags.`mlflow.parentRunId` = '{tracking.parent_run_id}'"):
+    for run in children(tracking, trial_id):
         if run.info.status != status:
             client.set_terminated(run.info.run_id, status)
 

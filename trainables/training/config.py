@@ -18,6 +18,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from trainables.models.base import Backbone, BackboneConfig, Dims, backbone_class
 from trainables.plugins.base import PluginConfig, list_plugins, plugin_class, plugin_config
 
@@ -161,3 +163,20 @@ def split_plugins(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"{key} is set but plugin {name} is off (set {name}: true to use it)")
         plugins[name][setting] = value
     return plugins
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """``["hidden_size=128", "lr=1e-4", "ral.csa=false"]`` -> typed config values: int, then float (YAML
+    would read "1e-4" as a string), then as YAML reads them (booleans, strings)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        for cast in (int, float, yaml.safe_load):
+            try:
+                values[key] = cast(text)
+                break
+            except ValueError:
+                continue
+    return values
