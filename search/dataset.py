@@ -7,6 +7,8 @@
     python search/dataset.py export-msrl --dataset data/small --root /tmp/msrl --collection small
     python search/dataset.py verify data/tvr
     python search/dataset.py info data/tvr
+    python search/dataset.py upload data/tvr s3://bucket/datasets/tvr [--s3-endpoint http://host:port]
+    python search/dataset.py info s3://bucket/datasets/tvr
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import sys
 from pathlib import Path
 
 from search.cli import run_main
+from tracking.storage import StorageSettings, is_s3
 from trainables.data.importers import LAYOUTS, export_msrl
-from trainables.data.manifest import read_manifest
+from trainables.data.manifest import Manifest, read_manifest
 from trainables.data.store import FeatureStore
 from trainables.data.synthetic import PRESETS, ensure_synthetic, generate
 
@@ -55,12 +58,30 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--collection", required=True)
     export.add_argument("--visual-feature", default="synthetic")
 
-    verify = sub.add_parser("verify", help="check every shard's size and sha256 against the manifest")
-    verify.add_argument("dataset", type=Path)
+    verify = sub.add_parser("verify", help="check every shard's size and sha256 against the manifest "
+                            "(an s3:// dataset is fetched into this node's cache, which checks every file)")
+    verify.add_argument("dataset", help="a dataset folder or s3://bucket/prefix")
+    _s3_options(verify)
 
     info = sub.add_parser("info", help="print a dataset's manifest summary")
-    info.add_argument("dataset", type=Path)
+    info.add_argument("dataset", help="a dataset folder or s3://bucket/prefix")
+    _s3_options(info)
+
+    upload = sub.add_parser("upload", help="upload a dataset to s3://bucket/prefix (shards first, manifest last)")
+    upload.add_argument("dataset", type=Path, help="the local dataset folder")
+    upload.add_argument("uri", help="s3://bucket/prefix")
+    _s3_options(upload)
     return parser
+
+
+def _s3_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--s3-endpoint", default=None, metavar="URL", help="an S3-compatible endpoint (http://host:port) "
+                        "instead of AWS (default: $AWS_ENDPOINT_URL_S3 or AWS)")
+    parser.add_argument("--region", default=None, metavar="R", help="S3 region (default: $AWS_REGION or the AWS default)")
+
+
+def _settings(args: argparse.Namespace) -> StorageSettings:
+    return StorageSettings.from_env(endpoint=args.s3_endpoint, region=args.region)
 
 
 def _convert(args: argparse.Namespace) -> Path:
@@ -84,9 +105,9 @@ def _synth(args: argparse.Namespace) -> Path:
     return generate(config, args.out, overwrite=args.overwrite)
 
 
-def describe(location: Path) -> str:
-    """A few lines that say what a dataset holds."""
-    m = read_manifest(location)
+def describe(location: Path | Manifest) -> str:
+    """A few lines that say what a dataset (its folder or its manifest) holds."""
+    m = location if isinstance(location, Manifest) else read_manifest(location)
     lines = [f"{m.name}: {m.num_videos} videos ({m.num_frames} frames, {m.video_dim}-d), "
              f"{m.num_queries} queries ({m.num_tokens} tokens, {m.query_dim}-d), {m.dtype}, "
              f"{len(m.shards)} files, l2_normalize={m.l2_normalize}"]
@@ -103,12 +124,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}\n{describe(out)}")
     elif args.command == "export-msrl":
         print(f"wrote {export_msrl(args.dataset, args.root, args.collection, visual_feature=args.visual_feature)}")
+    elif args.command == "verify" and is_s3(args.dataset):
+        from trainables.data.remote import fetch_dataset
+
+        folder = fetch_dataset(args.dataset, _settings(args))
+        print(f"ok: every file of {args.dataset} matches its manifest (cached in {folder})")
     elif args.command == "verify":
-        FeatureStore(args.dataset).verify()
+        FeatureStore(Path(args.dataset)).verify()
         print(f"ok: every file of {args.dataset} matches its manifest")
+    elif args.command == "info" and is_s3(args.dataset):
+        from trainables.data.remote import read_remote_manifest
+
+        print(describe(read_remote_manifest(args.dataset, _settings(args))))
     elif args.command == "info":
-        print(describe(args.dataset))
+        print(describe(Path(args.dataset)))
+    elif args.command == "upload":
+        _upload(args)
     return 0
+
+
+def _upload(args: argparse.Namespace) -> None:
+    """Upload, then say where the dataset is and how a search uses it."""
+    from trainables.data.remote import upload_dataset
+
+    settings = _settings(args)
+    manifest = read_manifest(args.dataset)
+    uri = upload_dataset(args.dataset, args.uri, settings)
+    size = sum(shard.bytes for shard in manifest.shards)
+    endpoint = f" --s3-endpoint {settings.endpoint}" if settings.endpoint else ""
+    print(f"uploaded {manifest.name} ({len(manifest.shards)} files, {size / 1e6:.1f} MB) to {settings.describe()}\n"
+          f"manifest: {uri}\n"
+          f"use it:   python search/run.py --data {uri}{endpoint} ...")
 
 
 if __name__ == "__main__":

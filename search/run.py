@@ -26,8 +26,9 @@ from typing import Any
 from search.cli import run_main
 from search.ray_session import LOCAL_RAY_ENV
 from spaces import SPACES, build_space
+from tracking.storage import StorageSettings, is_s3, search_storage
 from trainables.data.datasets import resolve_dataset
-from trainables.data.manifest import read_manifest
+from trainables.data.manifest import Manifest, read_manifest
 from trainables.models.base import Dims
 from trainables.training.config import parse_assignments
 
@@ -45,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overrides", default=None, help="YAML file of range overrides (layout of spaces/ranges.yaml)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config values held fixed in every trial, e.g. hidden_size=128 ral.k=6")
-    p.add_argument("--data", default="small", help="synthetic preset (tiny, small, ci, ...) or a dataset folder")
+    p.add_argument("--data", default="small", help="synthetic preset (tiny, small, ci, ...), a dataset folder, "
+                   "or the s3:// URI of an uploaded dataset (search/dataset.py upload)")
     p.add_argument("--trials", type=int, default=6, help="number of trials")
     p.add_argument("--max-epochs", type=int, default=3, help="epochs of a trial that is never stopped early")
     p.add_argument("--patience", type=int, default=10, help="early stopping on val SumR within a trial")
@@ -57,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=2, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="e.g. 0.25 packs four trials on a GPU")
-    p.add_argument("--storage", default="prvr-results", help="folder of the search results and checkpoints")
+    p.add_argument("--storage", default="prvr-results",
+                   help="where results and checkpoints go: a local folder or s3://bucket/prefix")
+    p.add_argument("--s3-endpoint", default=None,
+                   help="an S3-compatible endpoint (http://host:port) instead of AWS, for s3:// storage and data")
     p.add_argument("--name", default=None, help="search name (default: <space>-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search --name in --storage")
     p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: a private local Ray)")
@@ -85,25 +90,24 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
+    from trainables.trial import trial_dirname
+
+    return trial_dirname(trial.trial_id)
 
 
-def experiment_dir(storage: str, name: str, resume: bool) -> Path:
-    """The search's folder; an existing one is refused without ``resume`` and required with it."""
-    root = Path(storage).expanduser().resolve()
-    if "://" in storage:
-        raise ValueError(f"storage {storage!r}: only local folders are supported so far")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"storage {root} cannot be created: {exc.strerror}") from None
-    path = root / name
-    if resume and not path.is_dir():
-        raise ValueError(f"nothing to resume: no search {name!r} in {root}")
-    if not resume and path.exists():
-        raise ValueError(f"a search named {name!r} already exists in {root}; pass --resume to continue it "
-                         f"or choose another --name")
-    return path
+def dataset_source(spec: str, settings: StorageSettings | None) -> tuple[Manifest, str, Any]:
+    """(manifest, where it is, what the trials get): a local dataset is loaded once here and shipped
+    through Ray's object store; an S3 dataset is named by its URI and fetched by each node."""
+    if is_s3(spec):
+        from trainables.data.remote import read_remote_manifest
+        from trainables.data.source import RemoteDataset
+
+        settings = settings or StorageSettings.from_env()
+        return read_remote_manifest(spec, settings), spec, RemoteDataset(spec, settings)
+    from trainables.training.loop import load_data
+
+    location = resolve_dataset(spec)
+    return read_manifest(location), str(location.parent), lambda: load_data(location)
 
 
 def rows_of(results: Any) -> list[Any]:
@@ -126,34 +130,35 @@ def search(args: argparse.Namespace) -> int:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from search.checkpoints import with_checkpoint_fallback
     from search.ray_session import ray_session
     from search.results import TrialStatus, best_trials_table, ranked
     from search.searcher import PruneAwareOptunaSearch, make_sampler
     from tracking.mlflow_runs import (close_children, code_version, default_tracking_uri, finish_parent,
                                       start_parent, trial_status, ui_command)
-    from trainables.training.loop import load_data
     from trainables.trial import METRIC, MODE, TIME_ATTR, run_trial
 
     _check_args(args)
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path = experiment_dir(args.storage, name, args.resume)
+    uses_s3 = is_s3(args.storage) or is_s3(args.data) or args.s3_endpoint is not None
+    settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if uses_s3 else None
+    storage = search_storage(args.storage, name, args.resume, settings)
     fixed: dict[str, Any] = {"epochs": args.max_epochs, "patience": args.patience, "seed": args.seed,
                              **parse_assignments(args.set)}
     space = build_space(args.space, backbones=args.backbones, overrides=args.overrides, fixed=fixed)
-    location = resolve_dataset(args.data)
-    manifest = read_manifest(location)
+    manifest, location, data = dataset_source(args.data, settings)
     start = time.perf_counter()
     built = space.validate(Dims(manifest.video_dim, manifest.query_dim), count=args.validate_samples)
     print(f"space {space.name} over {', '.join(space.backbones)}: {args.validate_samples} sampled configs valid, "
           f"{built} distinct models built ({time.perf_counter() - start:.1f}s)", flush=True)
-    data = load_data(location)
+    data = data() if callable(data) else data
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
         tracking = start_parent(
             tracking_uri, args.experiment, name, space.name, resume=args.resume,
             params={"command": " ".join(sys.argv), **{k: v for k, v in vars(args).items()}},
-            tags={"data": str(location.parent), "data_manifest_sha256": manifest.sha256(),
+            tags={"data": location, "storage": storage.uri, "data_manifest_sha256": manifest.sha256(),
                   **code_version(Path(__file__).resolve().parents[1])})
     except Exception as exc:  # an unreachable or broken tracking store, before Ray starts
         raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
@@ -169,10 +174,13 @@ def search(args: argparse.Namespace) -> int:
     local_gpus = max(1, math.ceil(args.concurrency * args.gpus_per_trial)) if args.gpus_per_trial else None
     with ray_session(args.ray_address, num_cpus=None if args.ray_address else local_cpus,
                      num_gpus=None if args.ray_address else local_gpus):
-        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, tracking=tracking),
-                                        {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+        trainable = tune.with_resources(
+            with_checkpoint_fallback(tune.with_parameters(run_trial, data=data, tracking=tracking,
+                                                          results_uri=storage.uri)),
+            {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
         if args.resume:
-            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(storage.path, trainable, resume_errored=True,
+                                       storage_filesystem=storage.filesystem)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -180,7 +188,7 @@ def search(args: argparse.Namespace) -> int:
                                             scheduler=scheduler, num_samples=args.trials,
                                             time_budget_s=args.time_budget, trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(path.parent), callbacks=[TrialStatus(tracking)], verbose=1,
+                    name=name, storage_path=storage.storage_path, storage_filesystem=storage.filesystem, callbacks=[TrialStatus(tracking)], verbose=1,
                     failure_config=tune.FailureConfig(max_failures=args.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         results = tuner.fit()
@@ -188,7 +196,7 @@ def search(args: argparse.Namespace) -> int:
     table = best_trials_table(rows)
     print(f"\nbest trials of search {name} (space {space.name}, by best val SumR of the fused score):")
     print(table)
-    print(f"\nresults and checkpoints: {path}")
+    print(f"\nresults and checkpoints: {storage.uri}")
     interrupted = results.num_terminated + results.num_errors < len(results)
     if not interrupted:
         close_children(tracking, {r.trial_id: "FAILED" if r.error else trial_status(r.metrics) for r in rows})
@@ -199,7 +207,8 @@ def search(args: argparse.Namespace) -> int:
     finish_parent(tracking, best, table, "KILLED" if interrupted else "FINISHED")
     print(f"MLflow runs (experiment {args.experiment}): {ui_command(tracking_uri)}")
     if interrupted:
-        print(f"interrupted: continue with  python search/run.py --storage {path.parent} --name {name} --resume "
+        root = storage.uri.rstrip("/").rsplit("/", 1)[0]
+        print(f"interrupted: continue with  python search/run.py --storage {root} --name {name} --resume "
               f"(and the same options)", file=sys.stderr)
         return 130
     ran = [r for r in rows if not r.failed]

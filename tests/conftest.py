@@ -90,3 +90,12 @@ def assert_chunked_evaluation_matches_full(model, split) -> set[str]:
         for key, value in expected.items():
             assert chunked[branch][key] == pytest.approx(value), (branch, key)
     return set(chunked)
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 for the module's tests."""
+    from servers import moto_server
+
+    with moto_server() as server:
+        yield server

@@ -12,6 +12,7 @@ report carrying ``trial_error`` instead of raising, so Ray does not retry it: re
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -22,6 +23,7 @@ import torch
 from ray import tune
 
 from tracking.mlflow_runs import Tracking, child_run, end_run, log_metrics, set_tags
+from trainables.data.source import RemoteDataset, materialize
 from trainables.evaluation.metrics import RECALL_KS
 from trainables.plugins import list_plugins
 from trainables.training.loop import DataSplits, EpochReport, NonFiniteLoss, train
@@ -52,21 +54,54 @@ def _use_assigned_resources(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def run_trial(config: dict[str, Any], data: DataSplits, tracking: Tracking | None = None) -> None:
+SCRATCH_PREFIX = "prvr-trial-"
+
+
+def _scratch_dir() -> Path:
+    """A private temp folder for the trial's checkpoint staging, named by its process id. Not in the
+    trial's folder: Ray uploads that one with every checkpoint. A trial the scheduler kills cannot clean
+    up, so folders of processes that no longer exist are removed first."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = stale.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def trial_dirname(trial_id: str) -> str:
+    """The folder of a trial's results and checkpoints under the search's storage."""
+    return f"trial_{trial_id}"
+
+
+def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, tracking: Tracking | None = None,
+              results_uri: str | None = None) -> None:
     """Ray Tune function trainable (``tune.with_parameters(run_trial, data=..., tracking=...)``); with
-    ``tracking``, the trial logs to its own child run of the search's parent run."""
+    ``tracking``, the trial logs to its own child run of the search's parent run, tagged with where its
+    checkpoints are (under ``results_uri``, the search's storage: a local folder or ``s3://...``)."""
     config = _use_assigned_resources(config)
     context = tune.get_context()
     run_id = None
     if tracking is not None:
         run_id = child_run(tracking, context.get_trial_id(), config, list_plugins())
-        set_tags(tracking, run_id, {"checkpoints": context.get_trial_dir()})
+        where = context.get_trial_dir() if results_uri is None else \
+            f"{results_uri.rstrip('/')}/{trial_dirname(context.get_trial_id())}"
+        set_tags(tracking, run_id, {"checkpoints": where})
 
     def log(metrics: dict[str, Any], step: int) -> None:
         if run_id is not None:
             log_metrics(tracking, run_id, metrics, step, int(time.time() * 1000))
 
-    scratch = Path(tempfile.mkdtemp(prefix="prvr-trial-"))
+    scratch = _scratch_dir()
     try:
         resume_from = None
         checkpoint = tune.get_checkpoint()
@@ -85,8 +120,8 @@ def run_trial(config: dict[str, Any], data: DataSplits, tracking: Tracking | Non
             shutil.rmtree(folder, ignore_errors=True)
 
         try:
-            result = train(config, data, on_epoch=on_epoch, resume_from=resume_from)
-        except (NonFiniteLoss, ValueError) as exc:
+            result = train(config, materialize(data), on_epoch=on_epoch, resume_from=resume_from)
+        except (NonFiniteLoss, ValueError) as exc:  # DatasetError (a shard that stays corrupt) is a ValueError
             error = f"{type(exc).__name__}: {exc}"
             if run_id is not None:
                 set_tags(tracking, run_id, {"error": error})

@@ -1,0 +1,67 @@
+"""Restoring a trial whose recorded checkpoint is gone: fall back to its newest checkpoint that exists.
+
+Ray Tune deletes a trial's older checkpoint (``CheckpointConfig.num_to_keep``) as soon as a new one is
+registered, and uploads the experiment snapshot that refers to the new one asynchronously afterwards. A
+driver killed in between leaves a snapshot on storage that points at a deleted (or half-deleted)
+checkpoint, and Tune then fails the trial on ``--resume`` ("Could not recover from checkpoint as it does
+not exist on storage anymore", or a checkpoint folder without its file; seen in about one resume in
+three from S3 in the tests). :func:`with_checkpoint_fallback` wraps the trainable
+so that such a trial restores the newest complete checkpoint in its folder instead (or starts over when
+there is none): a trial's epochs never restart once a checkpoint of it exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trainables.training.checkpoint import CHECKPOINT_NAME
+
+logger = logging.getLogger(__name__)
+
+
+def _complete(filesystem: Any, folder: str) -> bool:
+    """``folder`` holds a checkpoint file (an S3 object is there whole or not at all)."""
+    from pyarrow import fs
+
+    info = filesystem.get_file_info(f"{folder.rstrip('/')}/{CHECKPOINT_NAME}")
+    return info.type == fs.FileType.File and info.size > 0
+
+
+def newest_checkpoint(filesystem: Any, trial_path: str) -> str | None:
+    """The newest ``checkpoint_*`` folder under ``trial_path`` that holds a complete checkpoint file."""
+    from pyarrow import fs
+
+    infos = filesystem.get_file_info(fs.FileSelector(trial_path, allow_not_found=True))
+    folders = sorted((i.path for i in infos if i.type == fs.FileType.Directory
+                      and i.base_name.startswith("checkpoint_")), reverse=True)
+    return next((folder for folder in folders if _complete(filesystem, folder)), None)
+
+
+def with_checkpoint_fallback(trainable: Any) -> type:
+    """``trainable`` (a Tune function trainable, or its class) as a class whose restore puts the trial's
+    newest complete checkpoint where the experiment snapshot expects one that is gone, then restores it
+    (so Tune's own bookkeeping, including deleting that checkpoint later, stays consistent)."""
+    from pyarrow import fs
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    if not isinstance(trainable, type):
+        trainable = wrap_function(trainable)
+
+    class CheckpointFallback(trainable):  # type: ignore[misc, valid-type]
+        def restore(self, checkpoint_path: Any) -> None:
+            checkpoint = getattr(checkpoint_path, "checkpoint", None)
+            if checkpoint is not None and not _complete(checkpoint.filesystem, checkpoint.path):
+                newest = newest_checkpoint(checkpoint.filesystem, checkpoint.path.rstrip("/").rsplit("/", 1)[0])
+                if newest is None:
+                    logger.warning("checkpoint %s is gone or incomplete and the trial has no other: it starts over",
+                                   checkpoint.path)
+                    return None
+                logger.warning("checkpoint %s is gone or incomplete: restoring %s in its place", checkpoint.path,
+                               newest)
+                fs.copy_files(newest, checkpoint.path, source_filesystem=checkpoint.filesystem,
+                              destination_filesystem=checkpoint.filesystem)
+            return super().restore(checkpoint_path)
+
+    CheckpointFallback.__name__ = CheckpointFallback.__qualname__ = trainable.__name__
+    return CheckpointFallback
