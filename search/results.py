@@ -9,10 +9,9 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from tracking.mlflow_runs import Tracking, end_trial_run, trial_status
+from tracking.search_results import compact_config
 from trainables.trial import COLUMNS, METRIC, metric_key
 
-#: config keys every trial has and the table leaves out (the search's fixed settings)
-QUIET_KEYS = frozenset({"epochs", "patience", "seed", "device"})
 
 
 def status_line(trial_id: str, result: dict[str, Any] | None, error: str | None = None) -> str:
@@ -64,17 +63,6 @@ class TrialRow:
     def score(self) -> float:
         value = self.metrics.get(METRIC)
         return float(value) if isinstance(value, (int, float)) and not self.failed else float("-inf")
-
-
-def compact_config(config: dict[str, Any]) -> str:
-    """The sampled settings in one short line (floats to 3 significant digits)."""
-    parts = []
-    for key in sorted(config, key=lambda k: (k != "backbone", k)):
-        if key in QUIET_KEYS:
-            continue
-        value = config[key]
-        parts.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
-    return " ".join(parts)
 
 
 def ranked(rows: list[TrialRow]) -> list[TrialRow]:

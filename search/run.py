@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -89,12 +88,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--resume needs the --name of the search to continue")
 
 
-def _trial_dirname(trial: Any) -> str:
-    from trainables.trial import trial_dirname
-
-    return trial_dirname(trial.trial_id)
-
-
 def dataset_source(spec: str, settings: StorageSettings | None) -> tuple[Manifest, str, Any]:
     """(manifest, where it is, what the trials get): a local dataset is loaded once here and shipped
     through Ray's object store; an S3 dataset is named by its URI and fetched by each node."""
@@ -130,13 +123,13 @@ def search(args: argparse.Namespace) -> int:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.checkpoints import with_checkpoint_fallback
+    from search import tuning
     from search.ray_session import ray_session
-    from search.results import TrialStatus, best_trials_table, ranked
+    from search.results import best_trials_table, ranked
     from search.searcher import PruneAwareOptunaSearch, make_sampler
     from tracking.mlflow_runs import (close_children, code_version, default_tracking_uri, finish_parent,
                                       start_parent, trial_status, ui_command)
-    from trainables.trial import METRIC, MODE, TIME_ATTR, run_trial
+    from trainables.trial import METRIC, MODE, TIME_ATTR
 
     _check_args(args)
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -170,28 +163,14 @@ def search(args: argparse.Namespace) -> int:
         # final report (test metrics, ``finished``) of a trial that ran every epoch
         time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=args.max_epochs + 1,
         grace_period=min(args.grace_epochs, args.max_epochs), reduction_factor=args.reduction_factor)
-    local_cpus = max(1, int(round(args.concurrency * args.cpus_per_trial)))
-    local_gpus = max(1, math.ceil(args.concurrency * args.gpus_per_trial)) if args.gpus_per_trial else None
-    with ray_session(args.ray_address, num_cpus=None if args.ray_address else local_cpus,
-                     num_gpus=None if args.ray_address else local_gpus):
-        trainable = tune.with_resources(
-            with_checkpoint_fallback(tune.with_parameters(run_trial, data=data, tracking=tracking,
-                                                          results_uri=storage.uri)),
-            {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-        if args.resume:
-            tuner = tune.Tuner.restore(storage.path, trainable, resume_errored=True,
-                                       storage_filesystem=storage.filesystem)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency),
-                                            scheduler=scheduler, num_samples=args.trials,
-                                            time_budget_s=args.time_budget, trial_dirname_creator=_trial_dirname),
-                run_config=tune.RunConfig(
-                    name=name, storage_path=storage.storage_path, storage_filesystem=storage.filesystem, callbacks=[TrialStatus(tracking)], verbose=1,
-                    failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-        results = tuner.fit()
+    resources = tuning.local_resources(args.concurrency, args.cpus_per_trial, args.gpus_per_trial)
+    with ray_session(args.ray_address, **({} if args.ray_address else resources)):
+        results = tuning.fit(
+            tuning.trainable(data, tracking, storage, args.cpus_per_trial, args.gpus_per_trial),
+            tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency), scheduler=scheduler,
+                            num_samples=args.trials, time_budget_s=args.time_budget,
+                            trial_dirname_creator=tuning.trial_dirname),
+            name, storage, tracking, args.max_failures, resume=args.resume)
     rows = rows_of(results)
     table = best_trials_table(rows)
     print(f"\nbest trials of search {name} (space {space.name}, by best val SumR of the fused score):")
@@ -204,6 +183,15 @@ def search(args: argparse.Namespace) -> int:
     best = None if not top else {"trial_id": top[0].trial_id, "config": top[0].config,
                                  "metrics": {k: v for k, v in top[0].metrics.items()
                                              if k.startswith(("best_val_", "test_", "val_"))}}
+    try:  # the report (figures + HTML page) as artifacts report/ of the parent run; it never fails the search
+        from tracking.report import report_to_run
+        from tracking.search_results import load_search
+
+        report_to_run(load_search(args.storage, name, settings), tracking.uri, tracking.parent_run_id)
+        print("report (figures and report.html): artifacts report/ of the search's MLflow parent run")
+    except Exception as exc:
+        print(f"warning: no report for search {name}: {(str(exc) or type(exc).__name__).splitlines()[0]}",
+              file=sys.stderr)
     finish_parent(tracking, best, table, "KILLED" if interrupted else "FINISHED")
     print(f"MLflow runs (experiment {args.experiment}): {ui_command(tracking_uri)}")
     if interrupted:

@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 SAMPLERS = ("tpe", "random", "cmaes")
@@ -65,3 +66,28 @@ class PruneAwareOptunaSearch(OptunaSearch):
         """Per-epoch values become Optuna intermediate values (a failure report carries none)."""
         if self.metric in result and "trial_error" not in result:
             super().on_trial_result(trial_id, result)
+
+
+class FixedConfigs(Searcher):
+    """Suggests a fixed list of configs, each once and in order (an ablation's cells x seeds): exact
+    configs, not points merged into a space, so a cell without a plugin has none of its settings."""
+
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.configs = [dict(c) for c in configs]
+        self.next_index = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.next_index >= len(self.configs):
+            return Searcher.FINISHED
+        self.next_index += 1
+        return dict(self.configs[self.next_index - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        pass
+
+    def get_state(self) -> dict[str, Any]:
+        return {"configs": self.configs, "next_index": self.next_index}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.configs, self.next_index = state["configs"], state["next_index"]

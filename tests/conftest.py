@@ -74,8 +74,8 @@ def make_dataset(tmp_path: Path) -> Callable[..., tuple[Path, dict, dict]]:
 def assert_chunked_evaluation_matches_full(model, split) -> set[str]:
     """``evaluate`` (videos in batches of 5, queries in chunks of 7) gives, for every branch, the
     metrics of one ``score()`` call on all queries and videos; returns the branches."""
-    from trainables.evaluation.evaluate import encode_videos, evaluate
-    from trainables.evaluation.metrics import retrieval_metrics
+    from trainables.evaluation.evaluate import encode_videos, evaluate, evaluate_ranks
+    from trainables.evaluation.metrics import ground_truth_ranks, retrieval_metrics
 
     chunked = evaluate(model, split, query_chunk=7, video_batch=5)
     with torch.no_grad():
@@ -85,10 +85,13 @@ def assert_chunked_evaluation_matches_full(model, split) -> set[str]:
         mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(t)) for t in tokens], batch_first=True)
         full = model.score(model.encode_queries(text, mask), videos)
     assert set(chunked) == set(full)
+    ranks = evaluate_ranks(model, split, query_chunk=7, video_batch=5)
     for branch in chunked:
         expected = retrieval_metrics(full[branch].numpy(), split.query_video)
         for key, value in expected.items():
             assert chunked[branch][key] == pytest.approx(value), (branch, key)
+        # per-query ranks come in the split's query order (what paired per-query statistics rely on)
+        assert np.array_equal(ranks[branch], ground_truth_ranks(full[branch].numpy(), split.query_video))
     return set(chunked)
 
 

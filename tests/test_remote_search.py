@@ -23,6 +23,7 @@ from tracking.storage import StorageSettings
 from trainables.data.manifest import read_manifest
 from trainables.data.remote import upload_dataset
 from trainables.data.synthetic import ensure_synthetic
+from trainables.evaluation.metrics import metrics_from_ranks
 from trainables.trial import COLUMNS, metric_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +139,11 @@ def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, 
             (tmp_path / trial).mkdir()
             local = client.download_artifacts(run.info.run_id, "config.json", str(tmp_path / trial))
             assert json.loads(Path(local).read_text()) == config  # the resolved config as an artifact
+            ranks = json.loads(Path(client.download_artifacts(run.info.run_id, "test_ranks.json",
+                                                              str(tmp_path / trial))).read_text())
+            assert len(ranks["ranks"]) == len(ranks["query_ids"]) == uploaded.splits["test"].num_queries
+            # the per-query ranks an ablation pairs on give the logged test SumR
+            assert metrics_from_ranks(ranks["ranks"])["SumR"] == pytest.approx(run.data.metrics["test_sumr"])
 
         assert parent.data.tags["data_manifest_sha256"] == uploaded.sha256()
         assert re.fullmatch(r"[0-9a-f]{40}|unknown", parent.data.tags["git_commit"])

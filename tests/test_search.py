@@ -28,7 +28,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _command(tmp_path: Path, *args: str) -> list[str]:
-    return [sys.executable, "search/run.py", "--data", "tiny", "--storage", str(tmp_path / "results"),
+    return [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--storage", str(tmp_path / "results"),
             "--tracking-uri", tracking_uri(tmp_path), *args]
 
 
@@ -37,7 +37,8 @@ def tracking_uri(tmp_path: Path) -> str:
 
 
 def run_search(tmp_path: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(tmp_path, *args), cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+    # from the test's folder: MLflow puts a SQLite store's artifacts in ./mlruns of the working folder
+    return subprocess.run(_command(tmp_path, *args), cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -117,6 +118,8 @@ def test_search_runs_trials_prunes_and_checkpoints(tmp_path):
         assert run.data.tags["backbone"] == config["backbone"]
         assert run.data.metrics["epoch"] == last_result(trial)["epoch"]
     assert "MLflow runs (experiment prvr): mlflow ui --backend-store-uri sqlite:///" in out
+    # the embedded default keeps artifacts beside the store, in the working folder
+    assert list((tmp_path / "mlruns").rglob("report.html")) and list((tmp_path / "mlruns").rglob("config.json"))
 
     told = searcher_state(experiment)
     assert {t: told["told"][t] for t in stopped} == {t: "PRUNED" for t in stopped}
@@ -140,7 +143,7 @@ def test_killed_driver_resumes_and_counts_every_trial_once(tmp_path):
     args = ["--space", "base", "--backbones", "mssl", "--trials", "4", "--max-epochs", "6", "--scheduler", "none",
             "--name", "r", *TINY_MODEL]
     command = _command(tmp_path, *args)
-    driver = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.DEVNULL,
+    driver = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     experiment = tmp_path / "results" / "r"
     ray_dirs = set(Path(tempfile.gettempdir()).glob("prvr-ray-*"))
@@ -161,7 +164,7 @@ def test_killed_driver_resumes_and_counts_every_trial_once(tmp_path):
     resumed = run_search(tmp_path, *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = re.findall(r"^\d+\s+(\w+)\s+\d+\s", resumed.stdout, re.M)
-    assert len(rows) == len(set(rows)) == 4  # every trial once in the table
+    assert len(rows) == len(set(rows)) == 4, resumed.stdout[-3000:] + resumed.stderr[-3000:]  # every trial once
     assert "4 trials: 4 ran, 0 failed" in resumed.stdout
     after = trial_dirs(experiment)
     assert before <= {p.name for p in after} and len(after) == 4

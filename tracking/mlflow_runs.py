@@ -101,9 +101,11 @@ def children(tracking: Tracking, trial_id: str | None = None) -> list[Any]:
     return _runs(tracking.client(), tracking.experiment_id, query)
 
 
-def child_run(tracking: Tracking, trial_id: str, config: dict[str, Any], plugins: list[str]) -> str:
+def child_run(tracking: Tracking, trial_id: str, config: dict[str, Any], plugins: list[str],
+              extra_tags: dict[str, Any] | None = None) -> str:
     """The trial's child run: found by trial id (a restarted trial continues it) or created with the
-    config as params (plugin settings only when on: they are only in the config then) and filterable tags."""
+    config as params (plugin settings only when on: they are only in the config then) and filterable tags
+    (``extra_tags``: e.g. an ablation's cell)."""
     client = tracking.client()
     found = children(tracking, trial_id)
     if found:
@@ -112,7 +114,8 @@ def child_run(tracking: Tracking, trial_id: str, config: dict[str, Any], plugins
         return run_id
     tags = {TAG_KIND: CHILD, TAG_TRIAL: trial_id, TAG_SEARCH: tracking.search, "space": tracking.space,
             "mlflow.parentRunId": tracking.parent_run_id, "backbone": str(config.get("backbone")),
-            "seed": str(config.get("seed")), **{f"plugin.{p}": str(bool(config.get(p))).lower() for p in plugins}}
+            "seed": str(config.get("seed")), **{f"plugin.{p}": str(bool(config.get(p))).lower() for p in plugins},
+            **scrub(extra_tags or {})}
     run = client.create_run(tracking.experiment_id, run_name=trial_id, tags=tags)
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, v) for k, v in scrub(config).items()])
@@ -130,6 +133,11 @@ def log_metrics(tracking: Tracking, run_id: str, metrics: dict[str, Any], step: 
 
 def set_tags(tracking: Tracking, run_id: str, tags: dict[str, Any]) -> None:
     tracking.client().log_batch(run_id, tags=[RunTag(k, v) for k, v in scrub(tags).items()])
+
+
+def log_dict(tracking: Tracking, run_id: str, values: dict[str, Any], name: str) -> None:
+    """A JSON artifact ``name`` of the run (keys that look like credentials dropped)."""
+    tracking.client().log_dict(run_id, {k: v for k, v in values.items() if not SECRET_KEY.search(k)}, name)
 
 
 def end_run(tracking: Tracking, run_id: str, status: str) -> None:
@@ -175,5 +183,5 @@ def finish_parent(tracking: Tracking, best: dict[str, Any] | None, table: str, s
     client.set_terminated(tracking.parent_run_id, status)
 
 
-__all__ = ["Tracking", "child_run", "close_children", "code_version", "default_tracking_uri", "end_run",
+__all__ = ["Tracking", "child_run", "close_children", "code_version", "default_tracking_uri", "end_run", "log_dict",
            "end_trial_run", "finish_parent", "log_metrics", "set_tags", "start_parent", "trial_status", "ui_command"]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from tracking.mlflow_runs import Tracking, child_run, end_run, log_metrics, set_tags
+from tracking.mlflow_runs import Tracking, child_run, end_run, log_dict, log_metrics, set_tags
 from trainables.data.source import RemoteDataset, materialize
 from trainables.evaluation.metrics import RECALL_KS
 from trainables.plugins import list_plugins
@@ -32,6 +32,10 @@ METRIC = "best_val_sumr"
 MODE = "max"
 TIME_ATTR = "epoch"
 COLUMNS = [f"R@{k}" for k in RECALL_KS] + ["SumR"]
+#: config keys ``tag.<name>`` are not settings: they become tags of the trial's child run (an ablation's cell)
+TAG_PREFIX = "tag."
+#: the child run's artifact of per-query test ranks (fused score; ablation statistics are paired on them)
+TEST_RANKS = "test_ranks.json"
 
 
 def metric_key(prefix: str, column: str) -> str:
@@ -88,11 +92,12 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, tracking
     """Ray Tune function trainable (``tune.with_parameters(run_trial, data=..., tracking=...)``); with
     ``tracking``, the trial logs to its own child run of the search's parent run, tagged with where its
     checkpoints are (under ``results_uri``, the search's storage: a local folder or ``s3://...``)."""
-    config = _use_assigned_resources(config)
+    tags = {k[len(TAG_PREFIX):]: v for k, v in config.items() if k.startswith(TAG_PREFIX)}
+    config = _use_assigned_resources({k: v for k, v in config.items() if not k.startswith(TAG_PREFIX)})
     context = tune.get_context()
     run_id = None
     if tracking is not None:
-        run_id = child_run(tracking, context.get_trial_id(), config, list_plugins())
+        run_id = child_run(tracking, context.get_trial_id(), config, list_plugins(), tags)
         where = context.get_trial_dir() if results_uri is None else \
             f"{results_uri.rstrip('/')}/{trial_dirname(context.get_trial_id())}"
         set_tags(tracking, run_id, {"checkpoints": where})
@@ -135,6 +140,8 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, tracking
                  **flat_metrics("best_val", result.val["fused"]), **flat_metrics("test", result.test["fused"])}
         if run_id is not None:
             log({k: v for k, v in final.items() if k.startswith(("best_val_", "test_"))}, last["epoch"])
+            log_dict(tracking, run_id, {"query_ids": materialize(data).test.query_ids,
+                                        "ranks": result.test_ranks["fused"].tolist()}, TEST_RANKS)
             end_run(tracking, run_id, "FINISHED")
         tune.report({**final, "finished": True, "stopped_early": result.stopped_early})
     finally:

@@ -46,11 +46,19 @@ def score_chunks(model: Backbone, split: PreparedSplit, videos: Tensors, device:
         yield batch["gt_video"], model.score(encoded, videos)
 
 
-@torch.no_grad()
 def evaluate(model: Backbone, split: PreparedSplit, device: torch.device | str = "cpu", *,
              video_batch: int | None = None, query_chunk: int = 100) -> dict[str, dict[str, float]]:
     """R@1/5/10/100, SumR, MedR and MeanR per score branch of ``model`` on ``split``; videos are encoded
     ``video_batch`` at a time (default: the backbone's ``eval_video_batch`` training default, else 256)."""
+    ranks = evaluate_ranks(model, split, device, video_batch=video_batch, query_chunk=query_chunk)
+    return {branch: metrics_from_ranks(values) for branch, values in ranks.items()}
+
+
+@torch.no_grad()
+def evaluate_ranks(model: Backbone, split: PreparedSplit, device: torch.device | str = "cpu", *,
+                   video_batch: int | None = None, query_chunk: int = 100) -> dict[str, np.ndarray]:
+    """Per score branch, the 1-based rank of each query's relevant video, in ``split.query_ids`` order
+    (what per-query statistics, e.g. an ablation's paired bootstrap, are computed from)."""
     device = torch.device(device)
     if video_batch is None:
         video_batch = int(type(model).training_defaults.get("eval_video_batch", 256))
@@ -67,4 +75,4 @@ def evaluate(model: Backbone, split: PreparedSplit, device: torch.device | str =
             first += gt.shape[0]
     finally:
         model.train(was_training)
-    return {branch: metrics_from_ranks(np.concatenate(parts)) for branch, parts in ranks.items()}
+    return {branch: np.concatenate(parts) for branch, parts in ranks.items()}

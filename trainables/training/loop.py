@@ -24,7 +24,8 @@ import torch
 
 from trainables.data.loader import PreparedSplit, load_split, train_loader
 from trainables.data.manifest import read_manifest
-from trainables.evaluation.evaluate import evaluate
+from trainables.evaluation.evaluate import evaluate, evaluate_ranks
+from trainables.evaluation.metrics import metrics_from_ranks
 from trainables.models.base import Backbone, Dims, LossContext
 from trainables.training.checkpoint import load_checkpoint, save_checkpoint
 from trainables.training.config import TrainConfig
@@ -91,6 +92,8 @@ class TrainResult:
     history: list[dict[str, Any]]
     stopped_early: bool
     model: Backbone = field(repr=False)
+    #: per branch, each test query's rank of its relevant video (``data.test.query_ids`` order)
+    test_ranks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -243,9 +246,12 @@ class Trainer:
         if s.best_weights is not None:
             self.model.load_state_dict(s.best_weights)
         best_val = s.history[s.best_epoch - 1]["val"] if s.best_epoch else {}
+        with self._autocast():
+            ranks = evaluate_ranks(self.model, self.data.test, self.device, video_batch=self.config.eval_video_batch,
+                                   query_chunk=self.config.eval_query_chunk)
         return TrainResult(config=self.config, best_epoch=s.best_epoch, val=best_val,
-                           test=self.validate(self.data.test), history=s.history,
-                           stopped_early=s.stopped, model=self.model)
+                           test={branch: metrics_from_ranks(values) for branch, values in ranks.items()},
+                           history=s.history, stopped_early=s.stopped, model=self.model, test_ranks=ranks)
 
 
 def train(

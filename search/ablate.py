@@ -1,0 +1,317 @@
+"""Ablate components of a config (plugins, or any boolean/categorical setting) with seeds and statistics.
+
+    python search/ablate.py --base base.yaml --components ral msc --seeds 3
+    python search/ablate.py --from-search ral-1 --components ral.csa ral.k=1,6 --design factorial
+    python search/ablate.py --base base.yaml --components ral --backbones mssl gmmformer
+
+Every cell x seed runs as a Ray Tune trial, with the resources, storage, retries and MLflow logging of a
+search (one parent run for the ablation, one child per cell x seed, tagged ``cell`` and ``ablation``);
+every setting other than the toggled ones is held at the base. The output, per backbone: each cell's
+test R@1/R@5/R@10/R@100/SumR as mean +- std over seeds, and its SumR difference to the base cell with
+95% intervals and p-values from two paired tests (``search/ablation_stats.py``): t / Wilcoxon over
+seeds, and the paired bootstrap over test queries. Written as Markdown and CSV and a bar chart with
+error bars (PNG) into ``--out``, printed, and logged as artifacts of the parent run. Everything is
+checked before Ray starts (each cell's model is built once on each backbone); a bad input is one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from search.cli import run_main
+from search.ray_session import LOCAL_RAY_ENV
+from spaces.ablation import DESIGNS, Cell, design, parse_component
+from tracking.storage import StorageSettings, is_s3, search_storage
+
+COLUMNS = ("R@1", "R@5", "R@10", "R@100", "SumR")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="search/ablate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    base = p.add_mutually_exclusive_group(required=True)
+    base.add_argument("--base", type=Path, help="YAML file of the base config (flat keys, as a trial's config)")
+    base.add_argument("--from-search", metavar="NAME", help="the best finished trial of search NAME in --storage")
+    p.add_argument("--components", nargs="+", required=True, metavar="C",
+                   help="plugin or boolean setting (ral, ral.csa) or key=off,on (ral.k=1,6)")
+    p.add_argument("--design", default="one-at-a-time", choices=DESIGNS)
+    p.add_argument("--backbones", nargs="+", default=None, help="default: the base config's backbone")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every cell")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base values")
+    p.add_argument("--data", default="small", help="synthetic preset, dataset folder or s3:// manifest URI")
+    p.add_argument("--name", default=None, help="ablation name (default: ablation-<date>-<time>)")
+    p.add_argument("--storage", default="prvr-results", help="a local folder or s3://bucket/prefix")
+    p.add_argument("--s3-endpoint", default=None)
+    p.add_argument("--out", type=Path, default=None, help="folder of the tables and chart (default: ./<name>)")
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--max-failures", type=int, default=2)
+    p.add_argument("--ray-address", default=None)
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--experiment", default="prvr")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test queries")
+    return p
+
+
+def base_config(args: argparse.Namespace, settings: StorageSettings | None) -> dict[str, Any]:
+    """The base config: a YAML file or the best trial of a finished search, with ``--set`` applied."""
+    from trainables.training.config import parse_assignments
+
+    if args.base is not None:
+        try:
+            raw = yaml.safe_load(args.base.read_text())
+        except OSError as exc:
+            raise ValueError(f"--base {args.base}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--base {args.base}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict) or "backbone" not in raw:
+            raise ValueError(f"--base {args.base}: a mapping of config keys with a 'backbone' is expected")
+    else:
+        from tracking.search_results import load_search
+
+        raw = dict(load_search(args.storage, args.from_search, settings).best().config)
+    raw = {k: v for k, v in raw.items() if k != "seed" and not k.startswith("tag.")}
+    return {**raw, **parse_assignments(args.set)}
+
+
+def cell_configs(base: dict[str, Any], backbone: str, cell: Cell) -> dict[str, Any]:
+    """``base`` on ``backbone`` (the base backbone's own options dropped on another one) with the cell's
+    settings; a plugin toggled off loses its settings."""
+    from trainables.training.config import TrainConfig
+
+    config = dict(base)
+    if backbone != base["backbone"]:
+        own = TrainConfig.from_dict(base).options
+        config = {k: v for k, v in config.items() if k not in own}
+    config["backbone"] = backbone
+    for key, value in cell.settings:
+        if value is False:
+            config = {k: v for k, v in config.items() if not k.startswith(f"{key}.")}
+        config[key] = value
+    return config
+
+
+def plan(base: dict[str, Any], cells: list[Cell], backbones: list[str], seeds: int, dims: Any,
+         name: str) -> list[dict[str, Any]]:
+    """Every backbone x cell x seed config; each (backbone, cell) model is built once to validate it."""
+    from trainables.training.config import TrainConfig
+
+    configs = []
+    for backbone in backbones:
+        for cell in cells:
+            config = cell_configs(base, backbone, cell)
+            try:
+                TrainConfig.from_dict({**config, "seed": 0}).build_model(dims)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"cell {cell.name} on {backbone}: {str(exc).splitlines()[0]}") from None
+            configs += [{**config, "seed": seed, "tag.ablation": name, "tag.cell": cell.name}
+                        for seed in range(seeds)]
+    return configs
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def tables(runs: list[dict[str, Any]], cells: list[Cell], backbones: list[str], resamples: int
+           ) -> tuple[str, list[dict[str, Any]]]:
+    """The Markdown tables (one per backbone) and the CSV rows of an ablation's finished runs; each run:
+    backbone, cell, seed, test metrics (``R@1``..``SumR``) and per-query ``ranks``."""
+    from search.ablation_stats import bootstrap_difference, per_query_metric, seed_difference, summarize
+
+    lines, rows = [], []
+    for backbone in backbones:
+        by_cell = {c.name: sorted((r for r in runs if r["backbone"] == backbone and r["cell"] == c.name),
+                                  key=lambda r: r["seed"]) for c in cells}
+        base = by_cell[cells[0].name]
+        seeds = sorted({r["seed"] for r in base})
+        lines += [f"### {backbone}: test metrics, mean +- std over {len(seeds)} seeds ({', '.join(map(str, seeds))})",
+                  "",
+                  "| cell | " + " | ".join(COLUMNS) + " | dSumR [95% CI] (t over seeds) | p (Wilcoxon, seeds) "
+                  "| dSumR [95% CI] (paired bootstrap, queries) | p (bootstrap) |",
+                  "|---" * (len(COLUMNS) + 5) + "|"]
+        for cell in cells:
+            found = by_cell[cell.name]
+            if not found:
+                lines.append(f"| {cell.name} | " + " | ".join("-" for _ in COLUMNS) + " | - | - | - | - |")
+                continue
+            summaries = {c: summarize([r[c] for r in found]) for c in COLUMNS}
+            row = {"backbone": backbone, "cell": cell.name, "seeds": len(found),
+                   **{f"{c} mean": summaries[c].mean for c in COLUMNS}, **{f"{c} std": summaries[c].std for c in COLUMNS}}
+            cells_text = [f"{summaries[c].mean:.1f} +- {summaries[c].std:.1f}" for c in COLUMNS]
+            paired = {r["seed"]: r for r in base}
+            common = [r for r in found if r["seed"] in paired]
+            if cell.name == cells[0].name or not common:
+                lines.append(f"| {cell.name} | " + " | ".join(cells_text) + " | (base) | | | |")
+                rows.append(row)
+                continue
+            differences = {}
+            for column in COLUMNS:  # every metric in the CSV; SumR in the Markdown table
+                seed_diff = seed_difference([r[column] for r in common], [paired[r["seed"]][column] for r in common])
+                per_query = bootstrap_difference(
+                    np.mean([per_query_metric(r["ranks"], column) for r in common], axis=0),
+                    np.mean([per_query_metric(paired[r["seed"]]["ranks"], column) for r in common], axis=0),
+                    resamples=resamples)
+                differences[column] = (seed_diff, per_query)
+                prefix = f"d{column}"
+                row.update({prefix: seed_diff.mean, f"{prefix} t low": seed_diff.low, f"{prefix} t high": seed_diff.high,
+                            f"{prefix} p wilcoxon": seed_diff.p, f"{prefix} bootstrap low": per_query.low,
+                            f"{prefix} bootstrap high": per_query.high, f"{prefix} p bootstrap": per_query.p})
+            seed_diff, per_query = differences["SumR"]
+            rows.append(row)
+            lines.append(f"| {cell.name} | " + " | ".join(cells_text) +
+                         f" | {seed_diff.mean:+.1f} [{_fmt(seed_diff.low)}, {_fmt(seed_diff.high)}]"
+                         f" | {_fmt(seed_diff.p, 3)} | {per_query.mean:+.1f} [{per_query.low:.1f}, {per_query.high:.1f}]"
+                         f" | {per_query.p:.3f} |")
+        lines.append("")
+    seeds = max((r["seed"] for r in runs), default=0) + 1
+    lines.append("Tests: t interval and two-sided exact Wilcoxon signed-rank test on the per-seed SumR differences "
+                 f"(with {seeds} seeds its smallest possible p is {2 / 2 ** seeds:.3f}); paired bootstrap over "
+                 f"test queries of the per-query SumR averaged over seeds ({resamples} resamples, percentile "
+                 "interval, two-sided p).")
+    return "\n".join(lines), rows
+
+
+def bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    """SumR mean per cell with std error bars, one panel per backbone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    fig, axes = plt.subplots(1, len(backbones), figsize=(4 + 1.2 * len(rows) / len(backbones), 3.5 * 1),
+                             squeeze=False)
+    for ax, backbone in zip(axes[0], backbones):
+        mine = [r for r in rows if r["backbone"] == backbone]
+        ax.bar(range(len(mine)), [r["SumR mean"] for r in mine], yerr=[r["SumR std"] for r in mine], capsize=4)
+        ax.set_xticks(range(len(mine)), [r["cell"] for r in mine], rotation=30, ha="right")
+        ax.set_title(backbone)
+        ax.set_ylabel("test SumR (mean +- std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _collect(results: Any, tracking: Any) -> list[dict[str, Any]]:
+    """Each finished trial's backbone, cell, seed, test metrics and per-query ranks (from its child run)."""
+    import json
+    import tempfile
+
+    from tracking.mlflow_runs import children
+    from trainables.trial import TEST_RANKS, metric_key
+
+    runs = {r.data.tags.get("prvr.trial_id"): r for r in children(tracking)}
+    out = []
+    for result in results:
+        metrics, config = dict(result.metrics or {}), dict(result.config or {})
+        run = runs.get(metrics.get("trial_id"))
+        if result.error is not None or not metrics.get("finished") or "trial_error" in metrics or run is None:
+            continue
+        with tempfile.TemporaryDirectory() as scratch:
+            ranks = json.loads(Path(tracking.client().download_artifacts(run.info.run_id, TEST_RANKS, scratch)).read_text())
+        out.append({"backbone": config["backbone"], "cell": config["tag.cell"], "seed": config["seed"],
+                    "ranks": np.asarray(ranks["ranks"]), **{c: float(metrics[metric_key("test", c)]) for c in COLUMNS}})
+    return out
+
+
+def ablate(args: argparse.Namespace) -> int:
+    if args.ray_address is None:
+        os.environ.update(LOCAL_RAY_ENV)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.seeds < 1 or args.concurrency < 1 or args.bootstrap < 100:
+        raise ValueError("--seeds and --concurrency must be >= 1 and --bootstrap >= 100")
+    name = args.name or f"ablation-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = (args.out or Path(name)).resolve()
+    if out.exists():
+        raise ValueError(f"--out {out} already exists; choose another folder")
+    uses_s3 = is_s3(args.storage) or is_s3(args.data) or args.s3_endpoint is not None
+    settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if uses_s3 else None
+    base = base_config(args, settings)
+    components = [parse_component(spec) for spec in args.components]
+    cells = design(components, args.design)
+    storage = search_storage(args.storage, name, resume=False, settings=settings)
+
+    from search.run import dataset_source
+    from trainables.models.base import Dims
+
+    manifest, location, data = dataset_source(args.data, settings)
+    backbones = args.backbones or [base["backbone"]]
+    configs = plan(base, cells, backbones, args.seeds, Dims(manifest.video_dim, manifest.query_dim), name)
+    print(f"ablation {name}: {len(cells)} cells ({', '.join(c.name for c in cells)}) x {len(backbones)} backbones "
+          f"x {args.seeds} seeds = {len(configs)} trials, every model built once", flush=True)
+    data = data() if callable(data) else data
+
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.searcher import FixedConfigs
+
+    from search import tuning
+    from search.ray_session import ray_session
+    from tracking.mlflow_runs import close_children, code_version, default_tracking_uri, start_parent, trial_status
+
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    try:
+        tracking = start_parent(tracking_uri, args.experiment, name, "ablation", resume=False,
+                                params={"command": " ".join(sys.argv), **vars(args),
+                                        "components": " ".join(args.components)},
+                                tags={"data": location, "storage": storage.uri, "data_manifest_sha256": manifest.sha256(),
+                                      "prvr.ablation": name, **code_version(Path(__file__).resolve().parents[1])})
+    except Exception as exc:
+        raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+    tracking.client().log_dict(tracking.parent_run_id, {"base": base, "cells": {c.name: c.as_dict() for c in cells}},
+                               "ablation.json")
+    resources = tuning.local_resources(args.concurrency, args.cpus_per_trial, args.gpus_per_trial)
+    with ray_session(args.ray_address, **({} if args.ray_address else resources)):
+        results = tuning.fit(
+            tuning.trainable(data, tracking, storage, args.cpus_per_trial, args.gpus_per_trial),
+            tune.TuneConfig(search_alg=ConcurrencyLimiter(FixedConfigs(configs), args.concurrency),
+                            num_samples=len(configs), trial_dirname_creator=tuning.trial_dirname),
+            name, storage, tracking, args.max_failures)
+    statuses = {}
+    for result in results:
+        metrics = dict(result.metrics or {})
+        if metrics.get("trial_id"):
+            statuses[metrics["trial_id"]] = "FAILED" if result.error else trial_status(metrics)
+    close_children(tracking, statuses)
+    runs = _collect(results, tracking)
+    markdown, rows = tables(runs, cells, backbones, args.bootstrap)
+    out.mkdir(parents=True)
+    (out / "ablation.md").write_text(f"# Ablation {name}\n\n{markdown}\n")
+    buffer = io.StringIO()
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    (out / "ablation.csv").write_text(buffer.getvalue())
+    if rows:
+        bar_chart(rows, out / "ablation.png")
+    for path in sorted(out.iterdir()):
+        tracking.client().log_artifact(tracking.parent_run_id, str(path))
+    failed = len(configs) - len(runs)
+    tracking.client().set_terminated(tracking.parent_run_id, "FINISHED" if not failed else "FAILED")
+    print(f"\n{markdown}\n\ntables and chart: {out}\nresults and checkpoints: {storage.uri}")
+    if failed:
+        print(f"error: {failed} of {len(configs)} trials did not finish", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return ablate(_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,260 @@
+"""Export the best trial of a search (or a named one) for production and register it in MLflow.
+
+    python search/export.py --name ral-1                      # best trial -> exports/ral-1-<trial>
+    python search/export.py --name ral-1 --trial 3f2a9c1e --out models/ral-1
+    python search/export.py --name ral-1 --storage s3://bucket/prvr --s3-endpoint http://127.0.0.1:9000
+
+The export folder (``trainables/export.py``) holds the trial's resolved config (``config.yaml``,
+which rebuilds the model without the search), its best weights (``weights.safetensors``), the input
+protocol, the metrics it was selected on and its provenance (search, trial, checkpoint, data manifest
+hash, git commit). It is then registered as a new version of ``prvr-<name>`` in the MLflow Model
+Registry (a pyfunc that ranks videos for queries) with the alias ``champion``; load it with
+``trainables.export.load_exported("models:/prvr-<name>@champion")`` or ``mlflow.pyfunc.load_model``.
+
+The dims and input protocol come from the trial's dataset manifest: the one the search's MLflow parent
+run names (tag ``data``), or ``--data``; its hash must be the checkpoint's. A search that does not exist
+or has no finished trial, an unknown or unfinished trial, an --out that exists, or a dataset that is not
+the trial's is one ``error:`` line and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from search.cli import run_main
+from tracking.storage import StorageSettings, is_s3
+
+SELECTION = "best_val_sumr"  # trainables.trial.METRIC: the searcher ranks trials on it (mode max)
+METRIC_PREFIXES = ("best_val_", "val_", "test_")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="search/export.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="the search's name")
+    p.add_argument("--trial", default=None, help="the trial id to export (default: the search's best trial)")
+    p.add_argument("--storage", default="prvr-results",
+                   help="where the search's results are: a local folder or s3://bucket/prefix (default: %(default)s)")
+    p.add_argument("--s3-endpoint", default=None, help="an S3-compatible endpoint (http://host:port) instead of AWS")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI of the search (default: sqlite:///<working folder>/mlflow.db)")
+    p.add_argument("--experiment", default="prvr", help="MLflow experiment of the search (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="the export folder, must not exist "
+                   "(default: exports/<name>-<trial>)")
+    p.add_argument("--registered-name", default=None, help="registered model name (default: prvr-<name>)")
+    p.add_argument("--no-register", action="store_true", help="write the folder only, register nothing")
+    p.add_argument("--data", default=None, help="the trial's dataset (folder, synthetic preset or s3:// URI) "
+                   "when the search's MLflow parent run is not there to name it")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def _local_store(tracking_uri: str) -> Path | None:
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def find_parent_run(tracking_uri: str, experiment: str, search: str, required: bool) -> Any | None:
+    """The search's MLflow parent run (newest if a name was reused), or None; with ``required`` (the
+    export is to be registered there) a missing or unreachable tracking store is an error. Never creates
+    a store."""
+    from mlflow.tracking import MlflowClient
+
+    from tracking.mlflow_runs import PARENT, TAG_KIND, TAG_SEARCH
+
+    store = _local_store(tracking_uri)
+    if store is not None and not store.is_file():
+        if required:
+            raise ValueError(f"no MLflow store at {store} (--tracking-uri {tracking_uri}); pass the search's "
+                             f"--tracking-uri, or --no-register")
+        return None
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        runs = [r for r in client.search_runs([found.experiment_id], f"tags.`{TAG_KIND}` = '{PARENT}'",
+                                              max_results=5000, order_by=["attributes.start_time DESC"])
+                if r.data.tags.get(TAG_SEARCH) == search]
+    except Exception as exc:  # an unreachable or broken tracking store
+        if required:
+            raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+        return None
+    return runs[0] if runs else None
+
+
+def pick_trial(search: Any, trial_id: str | None) -> Any:
+    """The best finished trial, or the named one, which must have finished and kept a checkpoint."""
+    from tracking.search_results import TRIAL_PREFIX
+
+    if trial_id is None:
+        trial = search.best()
+    else:
+        trial = search.trial(trial_id[len(TRIAL_PREFIX):] if trial_id.startswith(TRIAL_PREFIX) else trial_id)
+        if trial.failed:
+            raise ValueError(f"trial {trial.trial_id} of search {search.name!r} failed "
+                             f"({str(trial.last['trial_error']).splitlines()[0]}): nothing to export")
+        if not trial.finished:
+            raise ValueError(f"trial {trial.trial_id} of search {search.name!r} did not finish (stopped after "
+                             f"{len(trial.epochs())} epochs): it has no test metrics to export")
+    if trial.checkpoint is None:
+        raise ValueError(f"trial {trial.trial_id} of search {search.name!r} has no checkpoint in {search.storage.uri}")
+    return trial
+
+
+def read_trial_checkpoint(search: Any, trial: Any) -> tuple[dict[str, Any], str]:
+    """(the trial's newest checkpoint, weights-only loaded; its source URI). It must be the state the
+    trial's final report was made from: same epoch, same best epoch."""
+    from pyarrow import fs
+
+    from trainables.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    path = f"{trial.checkpoint}/{CHECKPOINT_NAME}"
+    source = path if search.storage.filesystem is None else f"s3://{path}"
+    with tempfile.TemporaryDirectory(prefix="prvr-export-") as scratch:
+        local = Path(scratch) / CHECKPOINT_NAME
+        fs.copy_files(path, str(local), source_filesystem=search.filesystem,
+                      destination_filesystem=fs.LocalFileSystem())
+        try:
+            state = load_checkpoint(local)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(str(local), source, 1)) from None
+    last = trial.last
+    for key in ("epoch", "best_epoch"):
+        if state.get(key) != last.get(key):
+            raise ValueError(f"{source}: checkpoint {key} {state.get(key)} is not the final report's "
+                             f"{last.get(key)}: not the state trial {trial.trial_id}'s test metrics came from")
+    return state, source
+
+
+def trial_manifest(spec: str | None, parent: Any | None, settings: StorageSettings | None,
+                   expected_sha256: str) -> tuple[Any, str]:
+    """(manifest, where) of the trial's dataset: ``--data`` or the parent run's ``data`` tag; its hash
+    must be the checkpoint's."""
+    from trainables.data.manifest import read_manifest
+    from trainables.data.synthetic import PRESETS, default_cache_dir
+
+    where = "--data" if spec is not None else "the search's MLflow parent run (tag data)"
+    location = spec if spec is not None else (parent.data.tags.get("data") if parent is not None else None)
+    if location is None:
+        raise ValueError("the trial's dataset is unknown (no MLflow parent run of the search names it): pass "
+                         "--data with its folder or s3:// URI, or the search's --tracking-uri and --experiment")
+    try:
+        if is_s3(location):
+            from trainables.data.remote import read_remote_manifest
+
+            manifest = read_remote_manifest(location, settings or StorageSettings.from_env())
+        else:
+            if location in PRESETS and not Path(location).exists():  # a preset, where the search generated it
+                location = str(default_cache_dir() / f"synthetic-{location}")
+            manifest = read_manifest(location)
+    except ValueError as exc:  # DatasetError
+        raise ValueError(f"dataset from {where}: {exc}") from None
+    if manifest.sha256() != expected_sha256:
+        raise ValueError(f"dataset {location} (from {where}) has manifest sha256 {manifest.sha256()[:12]}..., "
+                         f"the trial was trained on {expected_sha256[:12]}...; pass --data with the trial's dataset")
+    return manifest, location
+
+
+def trial_metrics(trial: Any) -> dict[str, Any]:
+    """What the trial was selected on and its metrics, from its final report."""
+    last = trial.last
+    return {"selection": {"metric": SELECTION, "mode": "max", "value": last.get(SELECTION)},
+            "best_epoch": last.get("best_epoch"), "epochs": last.get("epoch"),
+            "stopped_early": last.get("stopped_early"),
+            "metrics": {k: v for k, v in sorted(last.items()) if k.startswith(METRIC_PREFIXES)
+                        and isinstance(v, (int, float)) and not isinstance(v, bool)}}
+
+
+def code_provenance(parent: Any | None) -> dict[str, str]:
+    """The search's git commit and dirtiness from its parent run's tags, else this working tree's."""
+    from tracking.mlflow_runs import code_version
+
+    tags = parent.data.tags if parent is not None else {}
+    if "git_commit" in tags:
+        return {"git_commit": tags["git_commit"], "git_dirty": tags.get("git_dirty", "unknown"),
+                "source": f"MLflow parent run {parent.info.run_id} of the search"}
+    return {**code_version(Path(__file__).resolve().parents[1]), "source": "the exporting working tree"}
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def export(args: argparse.Namespace) -> int:
+    from tracking.mlflow_runs import default_tracking_uri
+    from tracking.registry import champion_uri, check_registered_name, register_export
+    from tracking.search_results import load_search
+    from trainables.data.protocol import Protocol
+    from trainables.export import Export, check_target, pin_dims, write_export
+    from trainables.models.base import Dims
+
+    register = not args.no_register
+    registered_name = args.registered_name or f"prvr-{args.name}"
+    if register:
+        check_registered_name(registered_name)
+    if args.out is not None:
+        check_target(args.out)
+    settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if (
+        is_s3(args.storage) or args.s3_endpoint is not None or (args.data and is_s3(args.data))) else None
+    if not is_s3(args.storage) and "://" not in args.storage and not (Path(args.storage) / args.name).is_dir():
+        raise ValueError(f"no search {args.name!r} in {Path(args.storage).resolve()}")  # load_search would mkdir
+    search = load_search(args.storage, args.name, settings)
+    trial = pick_trial(search, args.trial)
+    out = check_target(args.out or Path("exports") / f"{args.name}-{trial.trial_id}")
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    parent = find_parent_run(tracking_uri, args.experiment, args.name, required=register)
+    state, source = read_trial_checkpoint(search, trial)
+    manifest, data_location = trial_manifest(args.data, parent, settings, state["manifest_sha256"])
+
+    best_weights = state["best_weights"] if state["best_weights"] is not None else state["model"]
+    metrics = trial_metrics(trial)
+    provenance = {
+        "search": args.name, "trial_id": trial.trial_id, "storage": search.storage.uri,
+        "checkpoint": source, "checkpoint_epoch": state["epoch"], "best_epoch": state["best_epoch"],
+        "weights": "best_weights" if state["best_weights"] is not None else "model (the last epoch is the best)",
+        "data": {"manifest_sha256": state["manifest_sha256"], "name": manifest.name, "location": data_location},
+        "code": code_provenance(parent),
+        "mlflow": {"experiment": args.experiment, "parent_run_id": parent.info.run_id if parent else None},
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    export = Export(config=pin_dims(state["config"], Dims(manifest.video_dim, manifest.query_dim)),
+                    weights=best_weights, protocol=Protocol(l2_normalize=manifest.l2_normalize),
+                    metrics=metrics, provenance=provenance)
+    folder = write_export(export, out)
+    test_sumr = metrics["metrics"].get("test_sumr")
+    print(f"exported trial {trial.trial_id} of search {args.name} (best val SumR {metrics['selection']['value']}, "
+          f"test SumR {test_sumr}) to {folder}")
+    if not register:
+        return 0
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registered = register_export(
+            folder, registered_name, tracking_uri, args.experiment, search=args.name, trial_id=trial.trial_id,
+            parent_run_id=parent.info.run_id if parent is not None else None,
+            tags={"test_sumr": test_sumr, "data_manifest_sha256": state["manifest_sha256"],
+                  "git_commit": provenance["code"]["git_commit"], "git_dirty": provenance["code"]["git_dirty"]})
+    except MlflowException as exc:
+        raise ValueError(f"exported to {folder}, but registering {registered_name} at {tracking_uri} failed: "
+                         f"{str(exc.message).splitlines()[0]}") from None
+    print(f"registered {registered.name} version {registered.version} (alias champion) at {tracking_uri}")
+    print(f"load it: {champion_uri(registered.name)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return export(_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the output
+    sys.exit(run_main(main))

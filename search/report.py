@@ -1,0 +1,109 @@
+"""The report of a finished search: parameter importances, optimisation history, parallel coordinates of
+the top trials and learning curves of the best ones (PNG), and one self-contained HTML page with them and
+the best-trials table; written into --out and logged as artifacts ``report/`` of the search's MLflow parent
+run. ``search/run.py`` makes the same report when a search ends; this remakes it on demand.
+
+    python search/report.py --name ral-1
+    python search/report.py --name ral-1 --storage s3://bucket/prvr --s3-endpoint http://127.0.0.1:9000
+
+A missing search, a search without a finished trial, a missing MLflow store, experiment or parent run,
+or an --out folder that is not empty (without --overwrite) is one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from search.cli import run_main
+from tracking.storage import StorageSettings, is_s3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="search/report.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="the search's name")
+    p.add_argument("--storage", default="prvr-results",
+                   help="where the search's results are: a local folder or s3://bucket/prefix (default: %(default)s)")
+    p.add_argument("--s3-endpoint", default=None, help="an S3-compatible endpoint (http://host:port) instead of AWS")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI of the search (default: sqlite:///<working folder>/mlflow.db)")
+    p.add_argument("--experiment", default="prvr", help="MLflow experiment of the search (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="folder of the report (default: ./report-<name>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder that is not empty (the files of an earlier report are replaced)")
+    return p
+
+
+def _local_store(tracking_uri: str) -> Path | None:
+    """The SQLite file of a ``sqlite:///`` URI (None for other stores)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def parent_run_id(tracking_uri: str, experiment: str, search: str) -> str:
+    """The id of the parent run of ``search`` in ``experiment`` (the newest when a name was reused)."""
+    from mlflow.tracking import MlflowClient
+
+    from tracking.mlflow_runs import PARENT, TAG_KIND, TAG_SEARCH
+
+    store = _local_store(tracking_uri)
+    if store is not None and not store.is_file():
+        raise ValueError(f"no MLflow store at {store} (--tracking-uri {tracking_uri})")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+    except Exception as exc:  # an unreachable or broken tracking store
+        raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+    if found is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+    # filtered here rather than in the query: a search name may hold quotes
+    runs = [r for r in client.search_runs([found.experiment_id], f"tags.`{TAG_KIND}` = '{PARENT}'",
+                                          max_results=5000, order_by=["attributes.start_time DESC"])
+            if r.data.tags.get(TAG_SEARCH) == search]
+    if not runs:
+        raise ValueError(f"search {search!r} has no parent run in MLflow experiment {experiment!r} at {tracking_uri}")
+    return runs[0].info.run_id
+
+
+def _out_dir(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out} is not empty; pass --overwrite to write the report into it")
+    return out
+
+
+def report(args: argparse.Namespace) -> int:
+    from tracking.mlflow_runs import default_tracking_uri
+    from tracking.report import log_report, write_report
+    from tracking.search_results import load_search
+
+    out = _out_dir((args.out or Path(f"report-{args.name}")).resolve(), args.overwrite)
+    settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if (
+        is_s3(args.storage) or args.s3_endpoint is not None) else None
+    if not is_s3(args.storage) and "://" not in args.storage and not (Path(args.storage) / args.name).is_dir():
+        raise ValueError(f"no search {args.name!r} in {Path(args.storage).resolve()}")
+    try:
+        search = load_search(args.storage, args.name, settings)
+    except ValueError as exc:  # load_search reads a search to resume: its wording says so
+        raise ValueError(str(exc).removeprefix("nothing to resume: ")) from None
+    search.best()  # a search without a finished trial: ValueError
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    run_id = parent_run_id(tracking_uri, args.experiment, args.name)
+    paths = write_report(search, out)
+    log_report(tracking_uri, run_id, paths)
+    print(f"report of search {args.name}: {out / paths[-1].name}")
+    print(f"figures: {', '.join(p.name for p in paths[:-1])} in {out}")
+    print(f"logged as artifacts report/ of MLflow run {run_id} (experiment {args.experiment}, {tracking_uri})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return report(_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

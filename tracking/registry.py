@@ -1,0 +1,201 @@
+"""Exported models in the MLflow Model Registry: the ranking pyfunc model, its registration, its download.
+
+The registered model is an MLflow ``pyfunc`` whose one artifact is the export folder
+(``trainables/export.py``). It is logged as "models from code" (MLflow runs a three-line file that
+builds :class:`RankerModel`; nothing of the model is pickled) into an ``export-<trial>`` run of the
+search's experiment, nested under the search's parent run when there is one, registered under a name,
+and the new version gets the alias ``champion`` (stages are deprecated in MLflow 3).
+
+The pyfunc ranks videos for queries::
+
+    model = mlflow.pyfunc.load_model("models:/prvr-ral-1@champion")
+    model.predict({"query_tokens": [q0, q1],            # (tokens x query_dim) arrays or nested lists
+                   "video_frames": [v0, v1, v2],        # (frames x video_dim) arrays or nested lists
+                   "video_ids": ["a", "b", "c"],
+                   "top_k": 2})                         # optional; default: every video
+    -> [["b", "a"], ["c", "b"]]                          # per query, ids from best to worst
+
+Raw features go through the dataset's input protocol (clips, frame cap, L2 norms, token cap) and the
+evaluator's encode/score code, so a request holding a split's videos and queries ranks them exactly as
+the trial's evaluation did. Loading needs this project importable (``pip install -e .``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tracking.mlflow_runs import TAG_KIND, TAG_SEARCH, TAG_TRIAL, scrub
+
+CHAMPION = "champion"
+ARTIFACT_KEY = "export"  # the export folder's key in the pyfunc's artifacts
+MODEL_NAME = "model"  # the logged model's name in its run
+EXPORT_KIND = "export"  # prvr.kind of the run that logs an exported model
+#: the model's code file (MLflow "models from code"): builds the pyfunc without unpickling anything
+MODEL_CODE = '''"""PRVR ranking model (MLflow models from code): see tracking/registry.py."""
+import mlflow
+
+from tracking.registry import RankerModel
+
+mlflow.models.set_model(RankerModel())
+'''
+#: what MLflow accepts in a registered model name and what stays unambiguous in ``models:/<name>@alias``
+REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+def check_registered_name(name: str) -> str:
+    if not REGISTERED_NAME.match(name):
+        raise ValueError(f"registered model name {name!r} must be letters, digits, '.', '_' or '-' "
+                         f"(starting with a letter or digit); pass --registered-name")
+    return name
+
+
+def champion_uri(name: str) -> str:
+    return f"models:/{name}@{CHAMPION}"
+
+
+class RankerModel(mlflow.pyfunc.PythonModel):
+    """Ranks a request's videos for each of its queries with an exported PRVR model (see module doc)."""
+
+    #: the request is one dict of ragged arrays, which MLflow's type-hint validation cannot describe: the
+    #: input is left unannotated and validated by ``_request`` and ``rank_videos``; this is MLflow's own
+    #: switch (used by its ChatModel) to skip type-hint wrapping, and so its "add type hints" warning
+    _skip_type_hint_validation = True
+
+    def load_context(self, context: Any) -> None:
+        from trainables.export import load_folder
+
+        device = (context.model_config or {}).get("device", "cpu")
+        self.loaded = load_folder(context.artifacts[ARTIFACT_KEY], device)
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 (see above)
+        """Per query of ``model_input``, the ranked video ids (``list[list[str]]``)."""
+        from trainables.export import rank_videos
+
+        request = _request(model_input)
+        loaded = self.loaded
+        return rank_videos(loaded.model, loaded.config, loaded.protocol, request["query_tokens"],
+                           request["video_frames"], request["video_ids"], request.get("top_k"))
+
+
+def _request(model_input: Any) -> dict[str, Any]:
+    """The request as a dict; a one-row DataFrame (what some MLflow clients send) is taken as its row."""
+    if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):  # pandas, without importing it
+        rows = model_input.to_dict(orient="records")
+        if len(rows) != 1:
+            raise ValueError(f"a DataFrame request must have one row (got {len(rows)}): pass a dict instead")
+        model_input = rows[0]
+    if not isinstance(model_input, dict):
+        raise ValueError(f"the request must be a dict with query_tokens, video_frames and video_ids, "
+                         f"got {type(model_input).__name__}")
+    missing = [k for k in ("query_tokens", "video_frames", "video_ids") if k not in model_input]
+    if missing:
+        raise ValueError(f"the request has no {', '.join(missing)} (keys: query_tokens, video_frames, "
+                         f"video_ids, optional top_k)")
+    return model_input
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered version of an exported model."""
+
+    name: str
+    version: str
+    run_id: str
+    uri: str  # models:/<name>@champion
+
+
+def _requirements() -> list[str]:
+    """The packages the pyfunc imports, pinned to what logged it (MLflow's own inference would load the
+    model in a subprocess just to find them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("prvr-search", "mlflow", "torch", "numpy", "safetensors", "pyyaml", "h5py"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+@contextlib.contextmanager
+def _tracking(uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at ``uri`` for the block (its previous URI restored after)."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def register_export(folder: str | Path, registered_name: str, tracking_uri: str, experiment: str, *,
+                    search: str, trial_id: str, parent_run_id: str | None = None,
+                    tags: dict[str, Any] | None = None) -> Registered:
+    """Log ``folder`` as a pyfunc model in a new run of ``experiment`` (child of ``parent_run_id`` if
+    given), register it as a new version of ``registered_name`` and point the alias champion at it."""
+    check_registered_name(registered_name)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    run_tags = {TAG_KIND: EXPORT_KIND, TAG_SEARCH: search, TAG_TRIAL: trial_id, **scrub(tags or {})}
+    if parent_run_id is not None:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=f"export-{trial_id}", tags=run_tags)
+    run_id = run.info.run_id
+    try:
+        with tempfile.TemporaryDirectory(prefix="prvr-model-code-") as scratch, _tracking(tracking_uri):
+            code = Path(scratch) / "prvr_ranker.py"
+            code.write_text(MODEL_CODE)
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_NAME, python_model=str(code), artifacts={ARTIFACT_KEY: str(folder)},
+                    registered_model_name=registered_name, pip_requirements=_requirements(),
+                    model_config={"device": "cpu"})
+        version = str(info.registered_model_version)
+        client.set_registered_model_alias(registered_name, CHAMPION, version)
+        for key, value in {TAG_SEARCH: search, TAG_TRIAL: trial_id, **scrub(tags or {})}.items():
+            client.set_model_version_tag(registered_name, version, key, value)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_tag(run_id, "registered_model", f"{registered_name}/{version}")
+    client.set_terminated(run_id, "FINISHED")
+    return Registered(registered_name, version, run_id, champion_uri(registered_name))
+
+
+@contextlib.contextmanager
+def downloaded_export(uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
+    """The export folder of registered model ``uri`` (``models:/<name>@<alias>`` or ``.../<version>``),
+    downloaded into a temporary folder that is removed when the block ends. Nothing is executed: the
+    folder is found through the model's MLmodel file."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="prvr-registered-") as scratch:
+        try:
+            # through the fluent tracking URI: MLflow 3.17 resolves a models:/ URI on the default registry
+            # even when download_artifacts is given tracking_uri / registry_uri
+            with _tracking(tracking_uri or mlflow.get_tracking_uri()):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
+        except MlflowException as exc:
+            raise ValueError(f"{uri}: {str(exc.message).splitlines()[0]}") from None
+        try:
+            artifacts = Model.load(local).flavors["python_function"]["artifacts"]
+            folder = Path(local) / artifacts[ARTIFACT_KEY]["path"]
+        except (KeyError, TypeError, MlflowException) as exc:
+            raise ValueError(f"{uri}: not an exported PRVR model (no {ARTIFACT_KEY!r} artifact: {exc})") from None
+        yield folder
+
+
+__all__ = ["CHAMPION", "RankerModel", "Registered", "champion_uri", "check_registered_name", "downloaded_export",
+           "register_export"]

@@ -1,0 +1,131 @@
+"""A finished (or interrupted) search as Ray Tune left it in its storage, read without Ray.
+
+Layout (``search/run.py``): ``<storage>/<name>/trial_<id>/`` holds ``params.json`` (the trial's config),
+``result.json`` (one JSON line per report: every epoch, then a final report with ``finished`` and the
+test metrics) and ``checkpoint_*/checkpoint.pt``. Works on a local folder and on ``s3://bucket/prefix``
+through the same pyarrow filesystem Ray used. Used by the report and the export of a search.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tracking.storage import SearchStorage, StorageSettings, search_storage
+
+METRIC = "best_val_sumr"  # the searcher's metric (trainables.trial.METRIC; not imported: no torch here)
+TRIAL_PREFIX = "trial_"
+
+
+#: config keys every trial has and tables leave out (the search's fixed settings)
+QUIET_KEYS = frozenset({"epochs", "patience", "seed", "device"})
+
+
+def compact_config(config: dict[str, Any]) -> str:
+    """The sampled settings in one short line (floats to 3 significant digits)."""
+    parts = []
+    for key in sorted(config, key=lambda k: (k != "backbone", k)):
+        if key in QUIET_KEYS:
+            continue
+        value = config[key]
+        parts.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(parts)
+
+
+@dataclass
+class TrialRecord:
+    """One trial: its config, every result it reported, and its newest complete checkpoint (if any)."""
+
+    trial_id: str
+    config: dict[str, Any]
+    results: list[dict[str, Any]]
+    checkpoint: str | None  # a folder path on ``FinishedSearch.filesystem``
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.results[-1] if self.results else {}
+
+    @property
+    def failed(self) -> bool:
+        return "trial_error" in self.last
+
+    @property
+    def finished(self) -> bool:
+        """Ran to its own end (max epochs or patience), so it has test metrics."""
+        return bool(self.last.get("finished")) and not self.failed
+
+    @property
+    def score(self) -> float:
+        value = self.last.get(METRIC)
+        return float(value) if isinstance(value, (int, float)) and not self.failed else float("-inf")
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """The per-epoch reports (the final report left out), one per epoch: a resumed trial may have
+        reported an epoch twice, the later report counts."""
+        by_epoch = {r["epoch"]: r for r in self.results if "epoch" in r and not r.get("finished")}
+        return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+@dataclass
+class FinishedSearch:
+    name: str
+    storage: SearchStorage
+    filesystem: Any  # pyarrow filesystem (local or S3)
+    trials: list[TrialRecord]
+
+    def ranked(self) -> list[TrialRecord]:
+        """Trials that finished, best validation SumR first (the searcher's ranking)."""
+        return sorted((t for t in self.trials if t.finished), key=lambda t: t.score, reverse=True)
+
+    def best(self) -> TrialRecord:
+        ranked = self.ranked()
+        if not ranked:
+            raise ValueError(f"search {self.name!r} has no finished trial")
+        return ranked[0]
+
+    def trial(self, trial_id: str) -> TrialRecord:
+        for trial in self.trials:
+            if trial.trial_id == trial_id:
+                return trial
+        raise ValueError(f"search {self.name!r} has no trial {trial_id!r} "
+                         f"(trials: {', '.join(t.trial_id for t in self.trials) or 'none'})")
+
+
+def _read_text(filesystem: Any, path: str) -> str | None:
+    from pyarrow import fs
+
+    if filesystem.get_file_info(path).type != fs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as handle:
+        return handle.read().decode()
+
+
+def _trial(filesystem: Any, folder: str, trial_id: str) -> TrialRecord:
+    from search.checkpoints import newest_checkpoint
+
+    params = _read_text(filesystem, f"{folder}/params.json")
+    lines = (_read_text(filesystem, f"{folder}/result.json") or "").splitlines()
+    return TrialRecord(trial_id, json.loads(params) if params else {},
+                       [json.loads(line) for line in lines if line.strip()], newest_checkpoint(filesystem, folder))
+
+
+def load_search(storage: str, name: str, settings: StorageSettings | None = None) -> FinishedSearch:
+    """Read search ``name`` from ``storage`` (a local folder or ``s3://bucket/prefix``)."""
+    from pyarrow import fs
+
+    try:
+        location = search_storage(storage, name, resume=True, settings=settings)
+    except ValueError as exc:
+        if "nothing to resume" in str(exc):
+            raise ValueError(f"no search {name!r} in {storage}") from None
+        raise
+    filesystem = location.filesystem or fs.LocalFileSystem()
+    infos = filesystem.get_file_info(fs.FileSelector(location.path))
+    trials = [_trial(filesystem, info.path, info.base_name[len(TRIAL_PREFIX):]) for info in
+              sorted(infos, key=lambda i: i.base_name)
+              if info.type == fs.FileType.Directory and info.base_name.startswith(TRIAL_PREFIX)]
+    return FinishedSearch(name, location, filesystem, trials)
+
+
+__all__ = ["QUIET_KEYS", "FinishedSearch", "TrialRecord", "compact_config", "load_search"]

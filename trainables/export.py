@@ -1,0 +1,286 @@
+"""An exported model: one self-contained folder that rebuilds a trained backbone without its search.
+
+Layout (every file written by :func:`write_export`, all plain text except the weights)::
+
+    config.yaml          the trial's fully resolved flat config (``TrainConfig.to_dict``) with the
+                         dataset's dims pinned (``video_dim``, ``query_dim``): ``TrainConfig.from_dict``
+                         of it builds the model
+    weights.safetensors  the best weights (the ones the trial's test metrics were computed with);
+                         safetensors, so loading them never unpickles anything
+    protocol.json        the input protocol (``trainables.data.protocol.Protocol``) that turns raw
+                         video frames and query tokens into model inputs, as the trial's data loader did
+    metrics.json         the metrics the trial was selected on (best val SumR) and its val/test metrics
+    provenance.json      search, trial, checkpoint source, data manifest hash, code version
+
+The folder is written under a temporary name next to the target and renamed at the end, so a target
+either does not exist or is complete; an existing target is refused before anything is written.
+:func:`load_exported` rebuilds the model (eval mode) from a folder or from ``models:/<name>@<alias>``
+(MLflow Model Registry, see ``tracking/registry.py``); :func:`rank_videos` is the inference path the
+registered pyfunc model serves, the evaluator's own encode/score code on a request's features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from trainables.data.loader import PreparedSplit, prepare_split
+from trainables.data.protocol import Protocol
+from trainables.data.store import RawSplit
+from trainables.evaluation.evaluate import encode_videos, score_chunks
+from trainables.models.base import Backbone, Dims
+from trainables.training.config import TrainConfig
+
+CONFIG, WEIGHTS, PROTOCOL, METRICS, PROVENANCE = (
+    "config.yaml", "weights.safetensors", "protocol.json", "metrics.json", "provenance.json")
+EXPORT_FILES = (CONFIG, WEIGHTS, PROTOCOL, METRICS, PROVENANCE)
+MODELS_SCHEME = "models:/"
+#: the score branch that ranks videos (the one model selection and the reported metrics use)
+RANKING_BRANCH = "fused"
+
+
+@dataclass
+class Export:
+    """What an export folder holds, in memory."""
+
+    config: dict[str, Any]  # flat, dims pinned
+    weights: dict[str, torch.Tensor]
+    protocol: Protocol
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+
+    def train_config(self) -> TrainConfig:
+        return config_from_dict(self.config, CONFIG)
+
+
+def config_from_dict(flat: dict[str, Any], where: str) -> TrainConfig:
+    """The validated TrainConfig of an export's flat config, which must pin both dims."""
+    if not isinstance(flat, dict):
+        raise ValueError(f"{where}: expected a mapping of config keys, got {type(flat).__name__}")
+    try:
+        config = TrainConfig.from_dict(flat)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: not a valid config ({exc})") from None
+    for key in ("video_dim", "query_dim"):
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: {key} must be pinned to the dataset's dimension, got {value!r}")
+    return config
+
+
+def pin_dims(config: dict[str, Any], dims: Dims) -> dict[str, Any]:
+    """A trial's flat config with the dataset's dims pinned; dims already pinned must agree."""
+    for key, value in (("video_dim", dims.video_dim), ("query_dim", dims.query_dim)):
+        if config.get(key) is not None and config[key] != value:
+            raise ValueError(f"config pins {key}={config[key]} but the trial's dataset has {value}")
+    return {**config, "video_dim": dims.video_dim, "query_dim": dims.query_dim}
+
+
+def build_model(config: TrainConfig, weights: dict[str, torch.Tensor], where: str,
+                device: torch.device | str = "cpu") -> Backbone:
+    """The backbone of ``config`` holding exactly ``weights`` (every key, no extra one), in eval mode."""
+    model = config.build_model(Dims(config.video_dim, config.query_dim))
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"{where}: weights do not fit the config's model ({' '.join(first[:2])[:300]})") from None
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------ write
+
+
+def check_target(target: str | Path) -> Path:
+    """The absolute target folder; refused when anything is already there or its parent is a file."""
+    target = Path(target).expanduser().absolute()
+    if target.exists() or target.is_symlink():
+        raise ValueError(f"export target {target} already exists; choose another --out or remove it")
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"export target {target}: {parent} is a file, not a folder")
+    return target
+
+
+def write_export(export: Export, target: str | Path) -> Path:
+    """Write ``export`` into the new folder ``target`` (temp folder next to it, then one rename)."""
+    from safetensors.torch import save_file
+
+    target = check_target(target)
+    config = export.train_config()  # refuse a config that would not rebuild, before any write
+    build_model(config, export.weights, "export")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        (staging / CONFIG).write_text(yaml.safe_dump(export.config, sort_keys=True))
+        # own contiguous storage per tensor: safetensors refuses shared or strided tensors
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in export.weights.items()},
+                  str(staging / WEIGHTS), metadata={"format": "pt"})
+        (staging / PROTOCOL).write_text(_json(dataclasses.asdict(export.protocol)))
+        (staging / METRICS).write_text(_json(export.metrics))
+        (staging / PROVENANCE).write_text(_json(export.provenance))
+        if target.exists():  # appeared while writing: never replace it
+            raise ValueError(f"export target {target} already exists; choose another --out or remove it")
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- read
+
+
+def read_export(folder: str | Path) -> Export:
+    """Read an export folder (weights with safetensors: no pickle); errors name the file at fault."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no exported model there (not a folder)")
+    missing = [name for name in EXPORT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{folder}: not a complete exported model (missing {', '.join(missing)})")
+    try:
+        config = yaml.safe_load((folder / CONFIG).read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{folder / CONFIG}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        weights = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{folder / WEIGHTS}: not a safetensors file ({exc})") from None
+    texts = {name: _read_json(folder / name) for name in (PROTOCOL, METRICS, PROVENANCE)}
+    try:
+        protocol = Protocol(**texts[PROTOCOL])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{folder / PROTOCOL}: not an input protocol ({exc})") from None
+    export = Export(config, weights, protocol, texts[METRICS], texts[PROVENANCE])
+    config_from_dict(config, str(folder / CONFIG))
+    return export
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+@dataclass
+class LoadedModel:
+    """A rebuilt exported model with what inference needs besides it."""
+
+    model: Backbone
+    config: TrainConfig
+    protocol: Protocol
+    export: Export
+
+
+def load_folder(folder: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    export = read_export(folder)
+    config = config_from_dict(export.config, str(Path(folder) / CONFIG))
+    model = build_model(config, export.weights, str(Path(folder) / WEIGHTS), device)
+    return LoadedModel(model, config, export.protocol, export)
+
+
+def load_exported(source: str | Path, *, tracking_uri: str | None = None,
+                  device: torch.device | str = "cpu") -> tuple[Backbone, TrainConfig]:
+    """(model in eval mode, its config) from an export folder or a registered model
+    ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` (``tracking_uri``: MLflow's default if None)."""
+    if str(source).startswith(MODELS_SCHEME):
+        from tracking.registry import downloaded_export
+
+        with downloaded_export(str(source), tracking_uri) as folder:
+            loaded = load_folder(folder, device)
+    else:
+        loaded = load_folder(source, device)
+    return loaded.model, loaded.config
+
+
+# -------------------------------------------------------------------------------------- inference
+
+
+def request_split(query_tokens: Sequence[Any], video_frames: Sequence[Any], video_ids: Sequence[str],
+                  dims: Dims, protocol: Protocol) -> PreparedSplit:
+    """A request's raw features as a prepared split, by the data loader's own code (so a video and a
+    query become exactly the model inputs they were in evaluation)."""
+    if len(video_frames) != len(video_ids):
+        raise ValueError(f"video_frames has {len(video_frames)} videos but video_ids has {len(video_ids)} ids")
+    if not video_ids or not len(query_tokens):
+        raise ValueError("a request needs at least one query and one video")
+    ids = [str(v) for v in video_ids]
+    if len(set(ids)) != len(ids):
+        duplicate = next(v for v in ids if ids.count(v) > 1)
+        raise ValueError(f"video_ids must be unique, {duplicate!r} appears twice")
+    frames = [_matrix(f, dims.video_dim, f"video_frames[{i}]") for i, f in enumerate(video_frames)]
+    tokens = [_matrix(t, dims.query_dim, f"query_tokens[{i}]") for i, t in enumerate(query_tokens)]
+    raw = RawSplit(
+        name="request", video_ids=ids, frames=np.concatenate(frames),
+        frame_offsets=np.concatenate([[0], np.cumsum([len(f) for f in frames])]).astype(np.int64),
+        query_ids=[str(i) for i in range(len(tokens))], query_text=[""] * len(tokens),
+        query_video=np.zeros(len(tokens), dtype=np.int64), tokens=np.concatenate(tokens),
+        token_offsets=np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.int64))
+    return prepare_split(raw, protocol)
+
+
+def _matrix(value: Any, dim: int, where: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where} is not a numeric matrix ({exc})") from None
+    if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] != dim:
+        raise ValueError(f"{where} must be (rows >= 1) x {dim}, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{where} holds NaN or infinite values")
+    return array
+
+
+@contextlib.contextmanager
+def inference_mode(model: Backbone, config: TrainConfig) -> Iterator[torch.device]:
+    """No gradients, eval mode and the trial's own autocast setting (bf16 or not), on the model's device."""
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+        yield device
+
+
+def rank_videos(model: Backbone, config: TrainConfig, protocol: Protocol, query_tokens: Sequence[Any],
+                video_frames: Sequence[Any], video_ids: Sequence[str], top_k: int | None = None) -> list[list[str]]:
+    """Per query, the ids of ``video_ids`` from best to worst fused score (the first ``top_k``): videos
+    encoded ``eval_video_batch`` at a time and queries scored ``eval_query_chunk`` at a time, as the
+    trial's evaluation did. Equal scores keep the request's video order."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}")
+    split = request_split(query_tokens, video_frames, video_ids, Dims(config.video_dim, config.query_dim), protocol)
+    keep = split.num_videos if top_k is None else min(int(top_k), split.num_videos)
+    ranked: list[list[str]] = []
+    with inference_mode(model, config) as device:
+        videos = encode_videos(model, split, device, config.eval_video_batch)
+        for _, scores in score_chunks(model, split, videos, device, config.eval_query_chunk):
+            fused = scores[RANKING_BRANCH].float().cpu().numpy()
+            order = np.argsort(-fused, axis=1, kind="stable")[:, :keep]
+            ranked.extend([split.video_ids[j] for j in row] for row in order)
+    return ranked
+
+
+__all__ = ["CONFIG", "EXPORT_FILES", "METRICS", "PROTOCOL", "PROVENANCE", "WEIGHTS", "Export", "LoadedModel",
+           "build_model", "check_target", "config_from_dict", "load_exported", "load_folder", "pin_dims",
+           "rank_videos", "read_export", "request_split", "write_export"]
