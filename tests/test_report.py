@@ -50,9 +50,10 @@ class Search:
         return sorted(p for p in (self.storage / NAME).glob("trial_*") if p.is_dir())
 
     def report(self, *args: str, storage: Path | None = None) -> subprocess.CompletedProcess:
-        command = [sys.executable, "search/report.py", "--storage", str(storage or self.storage),
+        command = [sys.executable, str(ROOT / "search/report.py"), "--storage", str(storage or self.storage),
                    "--tracking-uri", self.tracking_uri, *args]
-        return subprocess.run(command, cwd=ROOT, env=_env(self.base), capture_output=True, text=True, timeout=120)
+        # from the test's folder: nothing (./mlruns, a default ./report-<name>) lands in the repository
+        return subprocess.run(command, cwd=self.base, env=_env(self.base), capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +61,11 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> Search:
     """A finished search of 4 trials x 3 epochs (no scheduler: every trial finishes, so fANOVA has 4
     complete trials), with its report made by the search's end hook."""
     base = tmp_path_factory.mktemp("report")
-    command = [sys.executable, "search/run.py", "--data", "tiny", "--space", "base", "--backbones", "mssl",
+    command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--space", "base", "--backbones", "mssl",
                "--trials", "4", "--max-epochs", "3", "--scheduler", "none", "--set", "hidden_size=16", "n_heads=2",
                "--validate-samples", "20", "--storage", str(base / "results"),
                "--tracking-uri", f"sqlite:///{base / 'm.db'}", "--name", NAME]
-    done = subprocess.run(command, cwd=ROOT, env=_env(base), capture_output=True, text=True, timeout=420)
+    done = subprocess.run(command, cwd=base, env=_env(base), capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return Search(base, done.stdout + done.stderr)
 
