@@ -57,21 +57,15 @@ def _parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------ inputs
 
 
-def _local_store(tracking_uri: str) -> Path | None:
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
-
-
 def find_parent_run(tracking_uri: str, experiment: str, search: str, required: bool) -> Any | None:
     """The search's MLflow parent run (newest if a name was reused), or None; with ``required`` (the
     export is to be registered there) a missing or unreachable tracking store is an error. Never creates
     a store."""
     from mlflow.tracking import MlflowClient
 
-    from tracking.mlflow_runs import PARENT, TAG_KIND, TAG_SEARCH
+    from tracking.mlflow_runs import local_store, parent_runs
 
-    store = _local_store(tracking_uri)
+    store = local_store(tracking_uri)
     if store is not None and not store.is_file():
         if required:
             raise ValueError(f"no MLflow store at {store} (--tracking-uri {tracking_uri}); pass the search's "
@@ -82,9 +76,7 @@ def find_parent_run(tracking_uri: str, experiment: str, search: str, required: b
         found = client.get_experiment_by_name(experiment)
         if found is None:
             return None
-        runs = [r for r in client.search_runs([found.experiment_id], f"tags.`{TAG_KIND}` = '{PARENT}'",
-                                              max_results=5000, order_by=["attributes.start_time DESC"])
-                if r.data.tags.get(TAG_SEARCH) == search]
+        runs = parent_runs(client, found.experiment_id, search)
     except Exception as exc:  # an unreachable or broken tracking store
         if required:
             raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
@@ -205,8 +197,6 @@ def export(args: argparse.Namespace) -> int:
         check_target(args.out)
     settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if (
         is_s3(args.storage) or args.s3_endpoint is not None or (args.data and is_s3(args.data))) else None
-    if not is_s3(args.storage) and "://" not in args.storage and not (Path(args.storage) / args.name).is_dir():
-        raise ValueError(f"no search {args.name!r} in {Path(args.storage).resolve()}")  # load_search would mkdir
     search = load_search(args.storage, args.name, settings)
     trial = pick_trial(search, args.trial)
     out = check_target(args.out or Path("exports") / f"{args.name}-{trial.trial_id}")

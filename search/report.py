@@ -36,20 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _local_store(tracking_uri: str) -> Path | None:
-    """The SQLite file of a ``sqlite:///`` URI (None for other stores)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
-
-
 def parent_run_id(tracking_uri: str, experiment: str, search: str) -> str:
     """The id of the parent run of ``search`` in ``experiment`` (the newest when a name was reused)."""
     from mlflow.tracking import MlflowClient
 
-    from tracking.mlflow_runs import PARENT, TAG_KIND, TAG_SEARCH
+    from tracking.mlflow_runs import local_store, parent_runs
 
-    store = _local_store(tracking_uri)
+    store = local_store(tracking_uri)
     if store is not None and not store.is_file():
         raise ValueError(f"no MLflow store at {store} (--tracking-uri {tracking_uri})")
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -59,10 +52,7 @@ def parent_run_id(tracking_uri: str, experiment: str, search: str) -> str:
         raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
     if found is None:
         raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
-    # filtered here rather than in the query: a search name may hold quotes
-    runs = [r for r in client.search_runs([found.experiment_id], f"tags.`{TAG_KIND}` = '{PARENT}'",
-                                          max_results=5000, order_by=["attributes.start_time DESC"])
-            if r.data.tags.get(TAG_SEARCH) == search]
+    runs = parent_runs(client, found.experiment_id, search)
     if not runs:
         raise ValueError(f"search {search!r} has no parent run in MLflow experiment {experiment!r} at {tracking_uri}")
     return runs[0].info.run_id
@@ -84,12 +74,7 @@ def report(args: argparse.Namespace) -> int:
     out = _out_dir((args.out or Path(f"report-{args.name}")).resolve(), args.overwrite)
     settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if (
         is_s3(args.storage) or args.s3_endpoint is not None) else None
-    if not is_s3(args.storage) and "://" not in args.storage and not (Path(args.storage) / args.name).is_dir():
-        raise ValueError(f"no search {args.name!r} in {Path(args.storage).resolve()}")
-    try:
-        search = load_search(args.storage, args.name, settings)
-    except ValueError as exc:  # load_search reads a search to resume: its wording says so
-        raise ValueError(str(exc).removeprefix("nothing to resume: ")) from None
+    search = load_search(args.storage, args.name, settings)
     search.best()  # a search without a finished trial: ValueError
     tracking_uri = args.tracking_uri or default_tracking_uri()
     run_id = parent_run_id(tracking_uri, args.experiment, args.name)

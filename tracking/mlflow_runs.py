@@ -77,7 +77,7 @@ def start_parent(uri: str, experiment: str, search: str, space: str, params: dic
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
-    existing = _runs(client, experiment_id, f"tags.`{TAG_KIND}` = '{PARENT}' and tags.`{TAG_SEARCH}` = '{search}'")
+    existing = parent_runs(client, experiment_id, search)
     if existing and resume:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -87,6 +87,21 @@ def start_parent(uri: str, experiment: str, search: str, space: str, params: dic
         run_id = run.info.run_id
         client.log_batch(run_id, params=[Param(k, v) for k, v in scrub(params).items()])
     return Tracking(uri, experiment_id, run_id, search, space)
+
+
+def local_store(tracking_uri: str) -> Path | None:
+    """The SQLite file of a ``sqlite:///`` URI (None for other stores): checked before a read, which would
+    otherwise create an empty store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def parent_runs(client: MlflowClient, experiment_id: str, search: str) -> list[Any]:
+    """The parent runs of ``search``, newest first (filtered here, not in the query: a name may hold quotes)."""
+    runs = client.search_runs([experiment_id], f"tags.`{TAG_KIND}` = '{PARENT}'", max_results=5000,
+                              order_by=["attributes.start_time DESC"])
+    return [r for r in runs if r.data.tags.get(TAG_SEARCH) == search]
 
 
 def _runs(client: MlflowClient, experiment_id: str, query: str) -> list[Any]:

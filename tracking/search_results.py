@@ -116,10 +116,8 @@ def load_search(storage: str, name: str, settings: StorageSettings | None = None
 
     try:
         location = search_storage(storage, name, resume=True, settings=settings)
-    except ValueError as exc:
-        if "nothing to resume" in str(exc):
-            raise ValueError(f"no search {name!r} in {storage}") from None
-        raise
+    except ValueError as exc:  # search_storage's wording is for --resume
+        raise ValueError(str(exc).removeprefix("nothing to resume: ")) from None
     filesystem = location.filesystem or fs.LocalFileSystem()
     infos = filesystem.get_file_info(fs.FileSelector(location.path))
     trials = [_trial(filesystem, info.path, info.base_name[len(TRIAL_PREFIX):]) for info in

@@ -138,7 +138,8 @@ def search_storage(storage: str, name: str, resume: bool, settings: StorageSetti
             raise ValueError(f"storage {storage!r}: use a local folder or s3://bucket/prefix")
         root = Path(storage).expanduser().resolve()
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            if not resume:  # reading a search (resume, report, export) creates nothing
+                root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ValueError(f"storage {root} cannot be created: {exc.strerror}") from None
         _check_exists(str(root / name), (root / name).exists(), name, str(root), resume)
