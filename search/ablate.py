@@ -232,6 +232,9 @@ def ablate(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.seeds < 1 or args.concurrency < 1 or args.bootstrap < 100:
         raise ValueError("--seeds and --concurrency must be >= 1 and --bootstrap >= 100")
+    from search import tuning
+
+    resources = tuning.ray_resources(args.ray_address, args.concurrency, args.cpus_per_trial, args.gpus_per_trial)
     name = args.name or f"ablation-{time.strftime('%Y%m%d-%H%M%S')}"
     out = (args.out or Path(name)).resolve()
     if out.exists():
@@ -258,11 +261,12 @@ def ablate(args: argparse.Namespace) -> int:
 
     from search.searcher import FixedConfigs
 
-    from search import tuning
-    from search.ray_session import ray_session
+    from search.ray_session import on_cluster, ray_session
     from tracking.mlflow_runs import close_children, code_version, default_tracking_uri, start_parent, trial_status
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
+    if args.ray_address is not None:
+        tracking_uri = on_cluster(tracking_uri, storage.uri)
     try:
         tracking = start_parent(tracking_uri, args.experiment, name, "ablation", resume=False,
                                 params={"command": " ".join(sys.argv), **vars(args),
@@ -273,8 +277,7 @@ def ablate(args: argparse.Namespace) -> int:
         raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
     tracking.client().log_dict(tracking.parent_run_id, {"base": base, "cells": {c.name: c.as_dict() for c in cells}},
                                "ablation.json")
-    resources = tuning.local_resources(args.concurrency, args.cpus_per_trial, args.gpus_per_trial)
-    with ray_session(args.ray_address, **({} if args.ray_address else resources)):
+    with ray_session(args.ray_address, **resources):
         results = tuning.fit(
             tuning.trainable(data, tracking, storage, args.cpus_per_trial, args.gpus_per_trial),
             tune.TuneConfig(search_alg=ConcurrencyLimiter(FixedConfigs(configs), args.concurrency),

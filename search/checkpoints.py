@@ -15,27 +15,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from trainables.training.checkpoint import CHECKPOINT_NAME
+from trainables.training.stored_checkpoints import is_complete, newest_checkpoint
 
 logger = logging.getLogger(__name__)
-
-
-def _complete(filesystem: Any, folder: str) -> bool:
-    """``folder`` holds a checkpoint file (an S3 object is there whole or not at all)."""
-    from pyarrow import fs
-
-    info = filesystem.get_file_info(f"{folder.rstrip('/')}/{CHECKPOINT_NAME}")
-    return info.type == fs.FileType.File and info.size > 0
-
-
-def newest_checkpoint(filesystem: Any, trial_path: str) -> str | None:
-    """The newest ``checkpoint_*`` folder under ``trial_path`` that holds a complete checkpoint file."""
-    from pyarrow import fs
-
-    infos = filesystem.get_file_info(fs.FileSelector(trial_path, allow_not_found=True))
-    folders = sorted((i.path for i in infos if i.type == fs.FileType.Directory
-                      and i.base_name.startswith("checkpoint_")), reverse=True)
-    return next((folder for folder in folders if _complete(filesystem, folder)), None)
 
 
 def with_checkpoint_fallback(trainable: Any) -> type:
@@ -51,7 +33,7 @@ def with_checkpoint_fallback(trainable: Any) -> type:
     class CheckpointFallback(trainable):  # type: ignore[misc, valid-type]
         def restore(self, checkpoint_path: Any) -> None:
             checkpoint = getattr(checkpoint_path, "checkpoint", None)
-            if checkpoint is not None and not _complete(checkpoint.filesystem, checkpoint.path):
+            if checkpoint is not None and not is_complete(checkpoint.filesystem, checkpoint.path):
                 newest = newest_checkpoint(checkpoint.filesystem, checkpoint.path.rstrip("/").rsplit("/", 1)[0])
                 if newest is None:
                     logger.warning("checkpoint %s is gone or incomplete and the trial has no other: it starts over",

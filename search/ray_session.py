@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +25,46 @@ LOCAL_RAY_ENV = {
 }
 #: the driver's Tune settings: no warning about frequent experiment snapshots (one per epoch is the point)
 DRIVER_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
+#: hosts that name each machine itself: a trial on another node would reach its own, not the driver's
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def cluster_tracking_uri(uri: str, driver_ip: str) -> str:
+    """The tracking server URI for a search on a cluster: a loopback host (``http://127.0.0.1:5000`` on
+    the head) becomes the driver node's address, so trials on every node reach the same server."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.hostname not in LOOPBACK_HOSTS or driver_ip in LOOPBACK_HOSTS:
+        return uri
+    host = f"[{driver_ip}]" if ":" in driver_ip else driver_ip
+    return parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")).geturl()
+
+
+def single_machine_warnings(tracking_uri: str, storage_uri: str) -> list[str]:
+    """Warnings for a search on a cluster whose MLflow store or results are files on the driver's machine:
+    trials on other nodes would write their own copies (fine only on a shared filesystem)."""
+    warnings = []
+    if urllib.parse.urlsplit(tracking_uri).scheme not in ("http", "https", "databricks"):
+        warnings.append(f"--tracking-uri {tracking_uri} is a store on this machine: trials on other nodes log to "
+                        "their own copy unless it is on a shared filesystem; use a tracking server "
+                        "(search/tracking_server.py on the head, --tracking-uri http://...)")
+    if "://" not in storage_uri:
+        warnings.append(f"--storage {storage_uri} is a folder on this machine: Ray needs it on a shared filesystem "
+                        "for trials on other nodes; use s3://bucket/prefix")
+    return warnings
+
+
+def on_cluster(tracking_uri: str, storage_uri: str) -> str:
+    """The tracking URI trials on every node of the cluster reach; warns about stores only this machine has."""
+    import ray
+
+    reachable = cluster_tracking_uri(tracking_uri, ray.util.get_node_ip_address())
+    if reachable != tracking_uri:
+        print(f"tracking URI for the trials: {reachable} (this node's address; {tracking_uri} is each node's own)")
+    for warning in single_machine_warnings(reachable, storage_uri):
+        print(f"warning: {warning}", file=sys.stderr)
+    return reachable
 
 
 @contextmanager

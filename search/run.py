@@ -124,7 +124,7 @@ def search(args: argparse.Namespace) -> int:
     from ray.tune.search import ConcurrencyLimiter
 
     from search import tuning
-    from search.ray_session import ray_session
+    from search.ray_session import on_cluster, ray_session
     from search.results import best_trials_table, ranked
     from search.searcher import PruneAwareOptunaSearch, make_sampler
     from tracking.mlflow_runs import (close_children, code_version, default_tracking_uri, finish_parent,
@@ -132,6 +132,7 @@ def search(args: argparse.Namespace) -> int:
     from trainables.trial import METRIC, MODE, TIME_ATTR
 
     _check_args(args)
+    resources = tuning.ray_resources(args.ray_address, args.concurrency, args.cpus_per_trial, args.gpus_per_trial)
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     uses_s3 = is_s3(args.storage) or is_s3(args.data) or args.s3_endpoint is not None
     settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if uses_s3 else None
@@ -147,6 +148,8 @@ def search(args: argparse.Namespace) -> int:
     data = data() if callable(data) else data
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
+    if args.ray_address is not None:
+        tracking_uri = on_cluster(tracking_uri, storage.uri)
     try:
         tracking = start_parent(
             tracking_uri, args.experiment, name, space.name, resume=args.resume,
@@ -163,8 +166,7 @@ def search(args: argparse.Namespace) -> int:
         # final report (test metrics, ``finished``) of a trial that ran every epoch
         time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=args.max_epochs + 1,
         grace_period=min(args.grace_epochs, args.max_epochs), reduction_factor=args.reduction_factor)
-    resources = tuning.local_resources(args.concurrency, args.cpus_per_trial, args.gpus_per_trial)
-    with ray_session(args.ray_address, **({} if args.ray_address else resources)):
+    with ray_session(args.ray_address, **resources):
         results = tuning.fit(
             tuning.trainable(data, tracking, storage, args.cpus_per_trial, args.gpus_per_trial),
             tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency), scheduler=scheduler,

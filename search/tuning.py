@@ -17,10 +17,20 @@ def trial_dirname(trial: Any) -> str:
     return dirname(trial.trial_id)
 
 
-def local_resources(concurrency: int, cpus_per_trial: float, gpus_per_trial: float) -> dict[str, Any]:
-    """``num_cpus``/``num_gpus`` of a private local Ray that runs ``concurrency`` trials at once."""
-    return {"num_cpus": max(1, int(round(concurrency * cpus_per_trial))),
-            "num_gpus": max(1, math.ceil(concurrency * gpus_per_trial)) if gpus_per_trial else None}
+def ray_resources(address: str | None, concurrency: int, cpus_per_trial: float, gpus_per_trial: float
+                  ) -> dict[str, Any]:
+    """``ray_session`` arguments: none for a running cluster (its own resources and autoscaler); for a
+    private local Ray, CPUs for ``concurrency`` trials and the machine's GPUs (Ray detects them; a trial
+    asking for a GPU on a machine with none would wait forever, so that is an error here)."""
+    if address is not None:
+        return {}
+    if gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--gpus-per-trial {gpus_per_trial:g}: this machine has no GPU (CUDA is not available); "
+                             "run on a cluster with GPUs (--ray-address) or leave it at 0")
+    return {"num_cpus": max(1, int(round(concurrency * cpus_per_trial))), "num_gpus": None}
 
 
 def trainable(data: Any, tracking: Tracking, storage: SearchStorage, cpus: float, gpus: float) -> Any:
@@ -52,4 +62,4 @@ def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tra
     return tuner.fit()
 
 
-__all__ = ["fit", "local_resources", "trainable", "trial_dirname"]
+__all__ = ["fit", "ray_resources", "trainable", "trial_dirname"]

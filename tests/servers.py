@@ -218,3 +218,49 @@ def _stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(15)
+
+
+def _descendants(root: int) -> set[int]:
+    """``root`` and every process below it (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == pid and p not in found]
+        found.update(children)
+        frontier.extend(children)
+    return found
+
+
+def _address(hex_address: str) -> str:
+    """/proc/net/tcp's little-endian hex address as text (IPv4, or IPv6 with v4-mapped shown as v4)."""
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    text = socket.inet_ntop(socket.AF_INET6, words)
+    return text.removeprefix("::ffff:")
+
+
+def listening_hosts(root: int) -> set[str]:
+    """The addresses that ``root`` and its descendant processes accept TCP connections on."""
+    inodes = set()
+    for pid in _descendants(root):
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        inodes.update(link[len("socket:["):-1] for link in links if link.startswith("socket:["))
+    hosts = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # state LISTEN, one of our sockets
+                hosts.add(_address(fields[1].split(":")[0]))
+    return hosts

@@ -66,6 +66,14 @@ def last_result(trial: Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
+def failures(experiment: Path) -> dict[str, int]:
+    """{trial id: how often Ray retried it} from Tune's experiment state."""
+    (path,) = experiment.glob("experiment_state-*.json")
+    trials = [(json.loads(t[0]), json.loads(t[1]) if isinstance(t[1], str) else t[1])
+              for t in json.loads(path.read_text())["trial_data"]]
+    return {spec["trial_id"]: state["num_failures"] for spec, state in trials}
+
+
 def searcher_state(experiment: Path) -> dict:
     """What the searcher told Optuna (its state file, as Tune saved it)."""
     (path,) = experiment.glob("searcher-state-*.pkl")
@@ -139,39 +147,19 @@ def test_trials_that_fail_on_their_own_are_reported_and_a_search_of_failures_exi
     assert sorted(told.values()) == ["FAIL", "FAIL"]
 
 
-def test_killed_driver_resumes_and_counts_every_trial_once(tmp_path):
-    args = ["--space", "base", "--backbones", "mssl", "--trials", "4", "--max-epochs", "6", "--scheduler", "none",
-            "--name", "r", *TINY_MODEL]
-    command = _command(tmp_path, *args)
-    driver = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    experiment = tmp_path / "results" / "r"
-    ray_dirs = set(Path(tempfile.gettempdir()).glob("prvr-ray-*"))
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not list(experiment.glob("trial_*/checkpoint_*")):
-            time.sleep(0.5)
-        assert list(experiment.glob("trial_*/checkpoint_*")), "no checkpoint before the deadline"
-        time.sleep(1.0)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, nothing else
-        driver.wait(timeout=60)
-        for orphan in set(Path(tempfile.gettempdir()).glob("prvr-ray-*")) - ray_dirs:  # its private temp folder
-            shutil.rmtree(orphan, ignore_errors=True)
-    before = {p.name for p in trial_dirs(experiment)}
-    assert not all(last_result(t).get("finished") for t in trial_dirs(experiment)), "search ended before the kill"
-
-    resumed = run_search(tmp_path, *args, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    rows = re.findall(r"^\d+\s+(\w+)\s+\d+\s", resumed.stdout, re.M)
-    assert len(rows) == len(set(rows)) == 4, resumed.stdout[-3000:] + resumed.stderr[-3000:]  # every trial once
-    assert "4 trials: 4 ran, 0 failed" in resumed.stdout
-    after = trial_dirs(experiment)
-    assert before <= {p.name for p in after} and len(after) == 4
-    assert all(last_result(t).get("finished") for t in after)
-    parent, children = mlflow_runs(tmp_path, "r")
-    assert len(children) == 4 and sorted(r.data.tags["prvr.trial_id"] for r in children) == sorted(rows)
-    assert {r.info.status for r in children} == {"FINISHED"} and parent.info.status == "FINISHED"
+def test_a_trial_whose_own_config_fails_is_failed_once_with_its_error_not_retried(tmp_path):
+    # device=cuda passes the driver's checks (the driver may be a CPU head node) and fails in the trial
+    result = run_search(tmp_path, "--space", "base", "--backbones", "mssl", "--trials", "2", "--max-epochs", "2",
+                        "--max-failures", "3", "--name", "own", *TINY_MODEL, "device=cuda")
+    assert result.returncode == 1, result.stdout[-2000:]
+    message = "ValueError: device 'cuda' requested but CUDA is not available"
+    assert len(re.findall(rf"^trial \w+: failed: {message}", result.stdout, re.M)) == 2, result.stdout[-3000:]
+    experiment = tmp_path / "results" / "own"
+    assert failures(experiment) == {t.name.removeprefix("trial_"): 0 for t in trial_dirs(experiment)}  # no retry
+    assert all(len((t / "result.json").read_text().splitlines()) == 1 for t in trial_dirs(experiment))
+    _, children = mlflow_runs(tmp_path, "own")
+    assert len(children) == 2 and {r.info.status for r in children} == {"FAILED"}
+    assert {r.data.tags["error"] for r in children} == {message}
 
 
 @pytest.mark.parametrize(("args", "fragments"), [

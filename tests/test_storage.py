@@ -7,6 +7,8 @@ import argparse
 import os
 import pickle
 
+import time
+
 import pytest
 from servers import TEST_ACCESS_KEY, TEST_SECRET_KEY, FlakyProxy, s3_env
 
@@ -125,7 +127,7 @@ def test_tracking_server_command_is_lean_and_takes_s3_settings(aws_env, tmp_path
 def test_newest_complete_checkpoint_is_found_on_s3_and_locally(aws_env, tmp_path):
     from pyarrow import fs
 
-    from search.checkpoints import newest_checkpoint
+    from trainables.training.stored_checkpoints import newest_checkpoint
 
     aws_env.make_bucket("ckpt-bucket")
     s3 = StorageSettings.from_env(endpoint=aws_env.endpoint).pyarrow_filesystem()
@@ -140,3 +142,10 @@ def test_newest_complete_checkpoint_is_found_on_s3_and_locally(aws_env, tmp_path
                 handle.write(payload)
         # 3 has no checkpoint file and 4 an empty one: the newest complete checkpoint is 2
         assert newest_checkpoint(filesystem, root) == f"{root}/checkpoint_000002"
+    time.sleep(1.1)  # S3 times have whole seconds
+    for filesystem, root in ((s3, "ckpt-bucket/search/trial_a"), (local, str(tmp_path / "trial_a"))):
+        # a trial resumed from an unrecorded checkpoint numbers its next ones from Tune's record again
+        filesystem.create_dir(f"{root}/checkpoint_000000")
+        with filesystem.open_output_stream(f"{root}/checkpoint_000000/checkpoint.pt") as handle:
+            handle.write(b"later")
+        assert newest_checkpoint(filesystem, root) == f"{root}/checkpoint_000000"

@@ -102,7 +102,7 @@ def _read_text(filesystem: Any, path: str) -> str | None:
 
 
 def _trial(filesystem: Any, folder: str, trial_id: str) -> TrialRecord:
-    from search.checkpoints import newest_checkpoint
+    from trainables.training.stored_checkpoints import newest_checkpoint
 
     params = _read_text(filesystem, f"{folder}/params.json")
     lines = (_read_text(filesystem, f"{folder}/result.json") or "").splitlines()

@@ -6,12 +6,14 @@ Each epoch reports the validation metrics of that epoch (``val_*``), the best va
 the full training state (``trainables.training.checkpoint``, loaded weights-only). A trial that ends on
 its own (max epochs or early stopping on patience) makes one more report with ``finished: True`` and the
 test metrics of its best weights; a trial stopped by the scheduler never does, which is how the searcher
-tells the two apart. A trial whose own config or training fails (bad config, NaN loss) ends with one
-report carrying ``trial_error`` instead of raising, so Ray does not retry it: retries are for lost nodes.
+tells the two apart. A trial whose own config or training fails (bad config, NaN loss, any exception
+that is not I/O) ends with one report carrying ``trial_error`` instead of raising, so Ray does not retry
+it; infrastructure errors are raised and retried (``trainables/failures.py``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -26,11 +28,14 @@ from tracking.mlflow_runs import Tracking, child_run, end_run, log_dict, log_met
 from trainables.data.source import RemoteDataset, materialize
 from trainables.evaluation.metrics import RECALL_KS
 from trainables.plugins import list_plugins
-from trainables.training.loop import DataSplits, EpochReport, NonFiniteLoss, train
+from trainables.failures import describe, is_infrastructure_error
+from trainables.training.loop import DataSplits, EpochReport, train
+from trainables.training.stored_checkpoints import newest_checkpoint
 
 METRIC = "best_val_sumr"
 MODE = "max"
 TIME_ATTR = "epoch"
+logger = logging.getLogger(__name__)
 COLUMNS = [f"R@{k}" for k in RECALL_KS] + ["SumR"]
 #: config keys ``tag.<name>`` are not settings: they become tags of the trial's child run (an ablation's cell)
 TAG_PREFIX = "tag."
@@ -47,15 +52,27 @@ def flat_metrics(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {metric_key(prefix, c): float(metrics[c]) for c in COLUMNS}
 
 
-def _use_assigned_resources(config: dict[str, Any]) -> dict[str, Any]:
-    """Torch threads = the trial's CPUs; the GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES) if any."""
+def device_for(requested: str, gpus: float, cuda_available: bool) -> str:
+    """The torch device of a trial: ``auto`` becomes ``cuda`` when Ray assigned it a GPU (a fraction too)
+    and CUDA works; Ray's ``CUDA_VISIBLE_DEVICES`` makes ``cuda`` that GPU. Anything else stays as asked."""
+    return "cuda" if requested == "auto" and gpus > 0 and cuda_available else requested
+
+
+def _use_assigned_resources(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Torch threads = the trial's CPUs; the GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES) if any.
+    Also returns where the trial runs (node, GPU ids, resources), tags of its MLflow run."""
     import ray
 
-    resources = ray.get_runtime_context().get_assigned_resources()
+    context = ray.get_runtime_context()
+    resources = context.get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
-    if resources.get("GPU", 0) > 0 and torch.cuda.is_available() and config.get("device", "auto") == "auto":
-        return {**config, "device": "cuda"}
-    return config
+    device = device_for(config.get("device", "auto"), resources.get("GPU", 0), torch.cuda.is_available())
+    if device != config.get("device", "auto"):
+        config = {**config, "device": device}
+    placement = {"ray.node_id": context.get_node_id(), "ray.node_ip": ray.util.get_node_ip_address(),
+                 "ray.cpus": f"{resources.get('CPU', 0):g}", "ray.gpus": f"{resources.get('GPU', 0):g}",
+                 "ray.gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids()), "ray.pid": str(os.getpid())}
+    return config, placement
 
 
 SCRATCH_PREFIX = "prvr-trial-"
@@ -82,6 +99,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _unrecorded_checkpoint() -> tune.Checkpoint | None:
+    """The trial's newest complete checkpoint on storage when Tune has none on record for it. Tune's
+    experiment snapshot reaches storage after the checkpoints do: a driver killed in between resumes a
+    trial that has checkpoints as if it had none, and its epochs would start over."""
+    storage = tune.get_context().get_storage()
+    newest = newest_checkpoint(storage.storage_filesystem, storage.trial_fs_path)
+    if newest is None:
+        return None
+    logger.warning("no checkpoint of trial %s on record; resuming from %s, its newest on storage",
+                   tune.get_context().get_trial_id(), newest)
+    return tune.Checkpoint(newest, filesystem=storage.storage_filesystem)
+
+
 def trial_dirname(trial_id: str) -> str:
     """The folder of a trial's results and checkpoints under the search's storage."""
     return f"trial_{trial_id}"
@@ -93,14 +123,14 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, tracking
     ``tracking``, the trial logs to its own child run of the search's parent run, tagged with where its
     checkpoints are (under ``results_uri``, the search's storage: a local folder or ``s3://...``)."""
     tags = {k[len(TAG_PREFIX):]: v for k, v in config.items() if k.startswith(TAG_PREFIX)}
-    config = _use_assigned_resources({k: v for k, v in config.items() if not k.startswith(TAG_PREFIX)})
+    config, placement = _use_assigned_resources({k: v for k, v in config.items() if not k.startswith(TAG_PREFIX)})
     context = tune.get_context()
     run_id = None
     if tracking is not None:
         run_id = child_run(tracking, context.get_trial_id(), config, list_plugins(), tags)
         where = context.get_trial_dir() if results_uri is None else \
             f"{results_uri.rstrip('/')}/{trial_dirname(context.get_trial_id())}"
-        set_tags(tracking, run_id, {"checkpoints": where})
+        set_tags(tracking, run_id, {"checkpoints": where, **placement})  # a restarted trial: where it runs now
 
     def log(metrics: dict[str, Any], step: int) -> None:
         if run_id is not None:
@@ -109,7 +139,7 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, tracking
     scratch = _scratch_dir()
     try:
         resume_from = None
-        checkpoint = tune.get_checkpoint()
+        checkpoint = tune.get_checkpoint() or _unrecorded_checkpoint()
         if checkpoint is not None:
             resume_from = scratch / "resume"
             checkpoint.to_directory(str(resume_from))
@@ -126,8 +156,10 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, tracking
 
         try:
             result = train(config, materialize(data), on_epoch=on_epoch, resume_from=resume_from)
-        except (NonFiniteLoss, ValueError) as exc:  # DatasetError (a shard that stays corrupt) is a ValueError
-            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise  # Ray retries the trial from its last checkpoint (FailureConfig.max_failures)
+            error = describe(exc)  # the trial's own: its config, a NaN loss, a corrupt shard, a bug
             if run_id is not None:
                 set_tags(tracking, run_id, {"error": error})
                 end_run(tracking, run_id, "FAILED")

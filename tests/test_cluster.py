@@ -1,0 +1,212 @@
+"""The search on a multi-node Ray cluster on 127.0.0.1 (``ray.cluster_utils.Cluster``, Ray's own harness;
+every node is a real raylet with its own workers): fractional-GPU packing on a logical GPU, a node and a
+worker lost while trials run, and the driver killed and resumed with the cluster still up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from search.ray_session import LOCAL_RAY_ENV
+from servers import listening_hosts
+from test_search import TINY_MODEL, failures, mlflow_runs, tracking_uri, trial_dirs
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 2**20
+#: a lost node is declared dead after about 2 s (Ray's default is about 15 s)
+FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                      "health_check_failure_threshold": 4}
+SEARCH = ["--space", "base", "--backbones", "mssl", "--scheduler", "none", *TINY_MODEL]
+
+
+@pytest.fixture
+def make_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., object]]:
+    """``make_cluster(head, *workers)``: a Ray cluster on 127.0.0.1 with the given node resources, in a
+    private temp folder, shut down (only its own processes) after the test."""
+    import ray._private.ray_constants
+    import ray._private.utils
+    from ray.cluster_utils import Cluster
+
+    for key, value in LOCAL_RAY_ENV.items():  # nodes are child processes of this one: they inherit it
+        monkeypatch.setenv(key, value)
+    # Ray read RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when this process imported it: the head would take the
+    # machine's outward address without this
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+    made: list[tuple[Cluster, str]] = []
+
+    def make(head: dict, *workers: dict) -> Cluster:
+        temp = tempfile.mkdtemp(prefix="prvr-cluster-")
+        # Cluster records its address in /tmp/ray for a later bare ray.init(); keep it in our own folder
+        write = ray._private.utils.write_ray_address
+        monkeypatch.setattr(ray._private.utils, "write_ray_address", lambda address, temp_dir=None: write(address, temp))
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "temp_dir": temp, "object_store_memory": 80 * MB, "_system_config": FAST_HEALTH_CHECKS, **head})
+        made.append((cluster, temp))
+        for worker in workers:
+            cluster.add_node(object_store_memory=80 * MB, **worker)
+        cluster.wait_for_nodes()
+        return cluster
+
+    yield make
+    for cluster, temp in made:
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def driver_command(tmp_path: Path, cluster: object, *args: str) -> tuple[list[str], dict]:
+    command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--storage", str(tmp_path / "results"),
+               "--tracking-uri", tracking_uri(tmp_path), "--ray-address", cluster.address, *SEARCH, *args]
+    env = {**os.environ, **LOCAL_RAY_ENV, "PRVR_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    return command, env
+
+
+def run_driver(tmp_path: Path, cluster: object, *args: str) -> subprocess.CompletedProcess:
+    command, env = driver_command(tmp_path, cluster, *args)
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+
+
+def start_driver(tmp_path: Path, cluster: object, *args: str) -> subprocess.Popen:
+    command, env = driver_command(tmp_path, cluster, *args)
+    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=open(tmp_path / "driver.log", "w"),
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def epochs(trial: Path) -> list[int]:
+    """The epochs a trial reported, in order (its last report repeats the last epoch with the test metrics)."""
+    rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+    return [row["epoch"] for row in rows if not row.get("finished")]
+
+
+def running_trials(tmp_path: Path, search: str, checkpointed: bool = True) -> dict[str, dict[str, str]]:
+    """{trial id: its child run's tags} for running trials (only those with a checkpoint: ``checkpointed``)."""
+    from mlflow.tracking import MlflowClient
+
+    if not list((tmp_path / "results" / search).glob("trial_*/checkpoint_*")):
+        return {}  # and the store may not exist yet: opening it now would race the driver creating it
+    client = MlflowClient(tracking_uri=tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name("prvr")
+    if experiment is None:
+        return {}
+    runs = client.search_runs([experiment.experiment_id], f"tags.`prvr.search` = '{search}' and "
+                              "tags.`prvr.kind` = 'child' and attributes.status = 'RUNNING'")
+    folder = tmp_path / "results" / search
+    return {r.data.tags["prvr.trial_id"]: r.data.tags for r in runs
+            if "ray.node_id" in r.data.tags and (not checkpointed or
+                                                 list(folder.glob(f"trial_{r.data.tags['prvr.trial_id']}/checkpoint_*")))}
+
+
+def wait_for(condition: Callable[[], object], what: str, driver: subprocess.Popen, log: Path,
+             timeout: float = 240) -> object:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert driver.poll() is None, f"driver ended before {what}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
+
+
+def test_gpu_fractions_pack_four_trials_on_one_gpu_and_a_fifth_waits(tmp_path, make_cluster):
+    cluster = make_cluster({"num_cpus": 5, "num_gpus": 1})  # one logical GPU: Ray schedules it, no GPU needed
+    result = run_driver(tmp_path, cluster, "--trials", "5", "--concurrency", "5", "--gpus-per-trial", "0.25",
+                        "--max-epochs", "4", "--name", "g")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "5 trials: 5 ran, 0 failed" in result.stdout
+    assert listening_hosts(os.getpid()) == {"127.0.0.1"}  # the cluster's processes accept loopback connections only
+    _, children = mlflow_runs(tmp_path, "g")
+    assert len(children) == 5
+    # each trial holds a quarter of GPU 0: Ray set CUDA_VISIBLE_DEVICES=0 for it
+    assert {(r.data.tags["ray.gpus"], r.data.tags["ray.gpu_ids"]) for r in children} == {("0.25", "0")}
+    spans = sorted((r.info.start_time, r.info.end_time) for r in children)  # each trial's own run: start to end
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running, most = 0, 0
+    for _, step in events:  # an end at the same millisecond as a start comes first
+        running += step
+        most = max(most, running)
+    assert most == 4, spans
+    first_four, fifth = spans[:4], spans[4]
+    assert fifth[0] >= min(end for _, end in first_four), spans  # the fifth started only when one had ended
+
+
+def test_trials_survive_a_lost_node_and_a_killed_worker_and_resume_from_their_checkpoints(tmp_path, make_cluster):
+    cluster = make_cluster({"num_cpus": 0}, {"num_cpus": 2}, {"num_cpus": 2})  # the driver's head runs no trial
+    head, *workers = cluster.list_all_nodes()
+    driver = start_driver(tmp_path, cluster, "--trials", "4", "--concurrency", "4", "--max-epochs", "7",
+                          "--max-failures", "3", "--name", "n")
+    log = tmp_path / "driver.log"
+    try:
+        def one_checkpointed_trial_on_each_node() -> dict | None:
+            trials = running_trials(tmp_path, "n")
+            nodes = {tags["ray.node_id"] for tags in trials.values()}
+            return trials if {w.node_id for w in workers} <= nodes else None
+
+        trials = wait_for(one_checkpointed_trial_on_each_node, "a checkpointed trial on each node", driver, log)
+        lost, kept = workers
+        on_lost = {t for t, tags in trials.items() if tags["ray.node_id"] == lost.node_id}
+        killed = next(t for t, tags in trials.items() if tags["ray.node_id"] == kept.node_id)
+        everywhere = running_trials(tmp_path, "n", checkpointed=False)
+        os.kill(int(trials[killed]["ray.pid"]), signal.SIGKILL)  # a worker process dies (its node lives on)
+        cluster.remove_node(lost, allow_graceful=False)  # the node dies with its trials' workers
+        cluster.add_node(num_cpus=2, object_store_memory=80 * MB)  # the autoscaler's replacement
+        driver.wait(timeout=420)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    out = log.read_text()
+    assert driver.returncode == 0, out[-4000:]
+    assert "4 trials: 4 ran, 0 failed" in out, out[-4000:]
+    experiment = tmp_path / "results" / "n"
+    assert len(trial_dirs(experiment)) == 4
+    for trial in trial_dirs(experiment):  # every epoch once, in order: a restarted trial went on from its checkpoint
+        assert epochs(trial) == list(range(1, 8)), (trial.name, epochs(trial))
+    parent, children = mlflow_runs(tmp_path, "n")
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+    now = {r.data.tags["prvr.trial_id"]: r.data.tags for r in children}
+    assert all(now[t]["ray.node_id"] != lost.node_id for t in on_lost)  # restarted on a live node
+    assert now[killed]["ray.pid"] != trials[killed]["ray.pid"]  # restarted in a new worker
+    retried = failures(experiment)  # Ray retried exactly the trials that lost their node or worker
+    interrupted = {t for t, tags in everywhere.items() if tags["ray.node_id"] == lost.node_id} | {killed}
+    assert on_lost | {killed} <= {t for t, n in retried.items() if n} <= interrupted, retried
+    assert set(retried.values()) <= {0, 1}, retried
+
+
+def test_killed_driver_resumes_on_the_cluster_and_counts_every_trial_once(tmp_path, make_cluster):
+    cluster = make_cluster({"num_cpus": 0}, {"num_cpus": 2}, {"num_cpus": 2})
+    _, *workers = cluster.list_all_nodes()
+    args = ["--trials", "4", "--concurrency", "4", "--max-epochs", "6", "--name", "r"]
+    driver = start_driver(tmp_path, cluster, *args)
+    log = tmp_path / "driver.log"
+    try:
+        trials = wait_for(lambda: (lambda t: t if len({tags["ray.node_id"] for tags in t.values()}) == 2 else None)(
+            running_trials(tmp_path, "r")), "checkpointed trials on both nodes", driver, log)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver only: the cluster's processes are not in its group
+        driver.wait(timeout=60)
+    experiment = tmp_path / "results" / "r"
+    assert not all((t / "result.json").is_file() and '"finished": true' in (t / "result.json").read_text()
+                   for t in trial_dirs(experiment)), "search ended before the kill"
+    checkpointed = {t: max(epochs(experiment / f"trial_{t}")) for t in trials}
+
+    resumed = run_driver(tmp_path, cluster, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "4 trials: 4 ran, 0 failed" in resumed.stdout
+    assert len(trial_dirs(experiment)) == 4
+    for trial, epoch in checkpointed.items():
+        seen = epochs(experiment / f"trial_{trial}")
+        assert seen[:epoch] == list(range(1, epoch + 1)) and 1 not in seen[epoch:], (trial, seen)
+    parent, children = mlflow_runs(tmp_path, "r")
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"

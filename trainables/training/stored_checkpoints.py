@@ -1,0 +1,39 @@
+"""A trial's checkpoints where Ray Tune stores them (``<search>/trial_<id>/checkpoint_NNNNNN/``, on a local
+folder or S3 through a pyarrow filesystem): which are complete and which is the newest.
+
+Tune's experiment snapshot, the record of each trial's latest checkpoint, reaches storage later than the
+checkpoints themselves; after a killed driver it can name a checkpoint that is already deleted, or none
+for a trial that has one. The trial (``trainables/trial.py``) and the restore fallback
+(``search/checkpoints.py``) then go by what is really on storage, through these functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainables.training.checkpoint import CHECKPOINT_NAME
+
+
+def is_complete(filesystem: Any, folder: str) -> bool:
+    """``folder`` holds a checkpoint file (an S3 object is there whole or not at all; a local one is
+    renamed into place when written)."""
+    from pyarrow import fs
+
+    info = filesystem.get_file_info(f"{folder.rstrip('/')}/{CHECKPOINT_NAME}")
+    return info.type == fs.FileType.File and info.size > 0
+
+
+def newest_checkpoint(filesystem: Any, trial_path: str) -> str | None:
+    """The newest ``checkpoint_*`` folder under ``trial_path`` that holds a complete checkpoint file: by the
+    file's modification time, then by Tune's index (a trial resumed from an unrecorded checkpoint
+    numbers its next ones from the recorded index again, so names alone can mislead)."""
+    from pyarrow import fs
+
+    infos = filesystem.get_file_info(fs.FileSelector(trial_path, allow_not_found=True))
+    folders = [i.path for i in infos if i.type == fs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+    files = {f: filesystem.get_file_info(f"{f.rstrip('/')}/{CHECKPOINT_NAME}") for f in folders}
+    complete = [f for f, info in files.items() if info.type == fs.FileType.File and info.size > 0]
+    return max(complete, key=lambda f: (files[f].mtime_ns or 0, f), default=None)
+
+
+__all__ = ["is_complete", "newest_checkpoint"]
