@@ -1,4 +1,4 @@
-"""Shared by the quality benchmarks: a results file that survives interruption, and mean +- std cells."""
+"""Shared by the benchmarks: a results file that survives interruption, mean +- std cells, the JSON output."""
 
 from __future__ import annotations
 
@@ -33,3 +33,11 @@ def mean_std(values: Sequence[float], width: int = 6) -> str:
     """``mean +- std`` (population std over seeds, as the README tables report)."""
     array = np.asarray(values, dtype=float)
     return f"{array.mean():>{width}.1f} +-{array.std():>4.1f}"
+
+
+def write_json(path: str | Path, result: Any) -> Path:
+    """``result`` as indented JSON at ``path`` (folders created); values JSON cannot hold become strings."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return path

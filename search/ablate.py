@@ -281,7 +281,8 @@ def ablate(args: argparse.Namespace) -> int:
         results = tuning.fit(
             tuning.trainable(data, tracking, storage, args.cpus_per_trial, args.gpus_per_trial),
             tune.TuneConfig(search_alg=ConcurrencyLimiter(FixedConfigs(configs), args.concurrency),
-                            num_samples=len(configs), trial_dirname_creator=tuning.trial_dirname),
+                            num_samples=len(configs), trial_dirname_creator=tuning.trial_dirname,
+                            reuse_actors=tuning.REUSE_ACTORS),
             name, storage, tracking, args.max_failures)
     statuses = {}
     for result in results:

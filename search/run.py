@@ -33,7 +33,7 @@ from trainables.training.config import parse_assignments
 
 # Ray is imported inside ``search`` only: a local Ray reads its loopback setting when ray is imported
 
-SCHEDULERS = ("asha", "none")
+SCHEDULERS = ("asha", "none")  # search/schedulers.py
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,12 +120,12 @@ def search(args: argparse.Namespace) -> int:
     if args.ray_address is None:  # read when ray is imported: a local Ray stays on 127.0.0.1
         os.environ.update(LOCAL_RAY_ENV)
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from search import tuning
     from search.ray_session import on_cluster, ray_session
     from search.results import best_trials_table, ranked
+    from search.schedulers import make_scheduler
     from search.searcher import PruneAwareOptunaSearch, make_sampler
     from tracking.mlflow_runs import (close_children, code_version, default_tracking_uri, finish_parent,
                                       start_parent, trial_status, ui_command)
@@ -161,17 +161,15 @@ def search(args: argparse.Namespace) -> int:
     tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
                                                         space.groups.items()}, "space.json")
     searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler, args.seed))
-    scheduler = FIFOScheduler() if args.scheduler == "none" else ASHAScheduler(
-        # max_t one past the last epoch: ASHA stops a trial that reaches max_t, which would cut off the
-        # final report (test metrics, ``finished``) of a trial that ran every epoch
-        time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=args.max_epochs + 1,
-        grace_period=min(args.grace_epochs, args.max_epochs), reduction_factor=args.reduction_factor)
+    scheduler = make_scheduler(args.scheduler, metric=METRIC, mode=MODE, time_attr=TIME_ATTR,
+                               max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
+                               reduction_factor=args.reduction_factor)
     with ray_session(args.ray_address, **resources):
         results = tuning.fit(
             tuning.trainable(data, tracking, storage, args.cpus_per_trial, args.gpus_per_trial),
             tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency), scheduler=scheduler,
                             num_samples=args.trials, time_budget_s=args.time_budget,
-                            trial_dirname_creator=tuning.trial_dirname),
+                            trial_dirname_creator=tuning.trial_dirname, reuse_actors=tuning.REUSE_ACTORS),
             name, storage, tracking, args.max_failures, resume=args.resume)
     rows = rows_of(results)
     table = best_trials_table(rows)

@@ -11,6 +11,12 @@ from tracking.mlflow_runs import Tracking
 from tracking.storage import SearchStorage
 
 
+#: a finished trial's worker process runs the next trial that asks for the same resources: no new process
+#: importing torch and the trainable (a trial after the first on a node starts its first epoch in about
+#: 1 s instead of 3-4 s; benchmarks/overhead.py)
+REUSE_ACTORS = True
+
+
 def trial_dirname(trial: Any) -> str:
     from trainables.trial import trial_dirname as dirname
 
@@ -46,8 +52,9 @@ def trainable(data: Any, tracking: Tracking, storage: SearchStorage, cpus: float
 
 
 def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tracking: Tracking,
-        max_failures: int, resume: bool = False) -> Any:
-    """Run (or, with ``resume``, restore and continue) the Tuner; returns its ResultGrid."""
+        max_failures: int, resume: bool = False, callbacks: list[Any] | None = None) -> Any:
+    """Run (or, with ``resume``, restore and continue) the Tuner; returns its ResultGrid. ``callbacks``:
+    Tune callbacks besides the status lines (e.g. a benchmark's timings; not kept for a restore)."""
     from ray import tune
 
     from search.results import TrialStatus
@@ -57,9 +64,9 @@ def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tra
     else:
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=tune.RunConfig(
             name=name, storage_path=storage.storage_path, storage_filesystem=storage.filesystem,
-            callbacks=[TrialStatus(tracking)], verbose=1, failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[TrialStatus(tracking), *(callbacks or [])], verbose=1, failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     return tuner.fit()
 
 
-__all__ = ["fit", "ray_resources", "trainable", "trial_dirname"]
+__all__ = ["REUSE_ACTORS", "fit", "ray_resources", "trainable", "trial_dirname"]

@@ -112,8 +112,8 @@ def test_upload_then_fetch_and_second_fetch_downloads_nothing(s3, make_dataset, 
         second = proxy.gets()
     assert folder == again == cache / BUCKET / "round" / manifest.sha256()[:16]
     assert first == Counter(shard_paths(manifest, "round") + [f"/{BUCKET}/round/{MANIFEST_NAME}"])
-    assert second == Counter([f"/{BUCKET}/round/{MANIFEST_NAME}"])  # only the manifest, no shard
-    assert [m for m, _ in proxy.log] == ["GET"]
+    assert second == Counter()  # the node holds this version: no GET at all, not even the manifest's
+    assert proxy.log == [("HEAD", f"/{BUCKET}/round/{MANIFEST_NAME}")]  # only "is the manifest unchanged?"
     FeatureStore(folder).verify()
     assert_same_data(local, folder)
 
@@ -130,11 +130,44 @@ def test_default_cache_root_and_changed_dataset_gets_a_new_folder(s3, make_datas
         upload_dataset(second, f"s3://{BUCKET}/changing", settings_for(proxy.endpoint))
     writes = [(method, path.rsplit("/", 1)[-1]) for method, path in proxy.log if method in ("PUT", "DELETE")]
     assert writes[0] == ("DELETE", MANIFEST_NAME) and writes[-1] == ("PUT", MANIFEST_NAME)  # never a stale one
-    new = fetch_dataset(f"s3://{BUCKET}/changing", settings)
+    with CountingProxy(s3.endpoint) as proxy:
+        new = fetch_dataset(f"s3://{BUCKET}/changing", settings_for(proxy.endpoint))
+    manifest_path = f"/{BUCKET}/changing/{MANIFEST_NAME}"
+    assert proxy.log[:2] == [("HEAD", manifest_path), ("GET", manifest_path)]  # the change is noticed
     assert new != old and new.parent == old.parent
     assert new.name == read_manifest(second).sha256()[:16]
     assert_same_data(second, new)
     assert_same_data(first, old)  # the old version is untouched
+
+
+def test_changed_manifest_of_the_same_size_is_noticed_and_a_damaged_record_costs_one_get(s3, make_dataset,
+                                                                                           tmp_path):
+    local, _, _ = make_dataset()
+    uri, cache = f"s3://{BUCKET}/renamed", tmp_path / "cache"
+    upload_dataset(local, uri, settings_for(s3.endpoint))
+    old = fetch_dataset(uri, settings_for(s3.endpoint), cache)
+    text = (local / MANIFEST_NAME).read_text()
+    (local / MANIFEST_NAME).write_text(text.replace('"handmade"', '"handmadE"'))  # same size, other content
+    changed = read_manifest(local)
+    upload_dataset(local, uri, settings_for(s3.endpoint))
+    manifest_path = f"/{BUCKET}/renamed/{MANIFEST_NAME}"
+    with CountingProxy(s3.endpoint) as proxy:
+        new = fetch_dataset(uri, settings_for(proxy.endpoint), cache)
+    assert new == cache / BUCKET / "renamed" / changed.sha256()[:16] != old
+    assert proxy.gets()[manifest_path] == 1 and read_manifest(new) == changed
+    assert_same_data(local, new)
+
+    record = cache / BUCKET / "renamed" / ".s3-manifest.json"
+    for damage in (lambda: record.write_text("{not json"), record.unlink,
+                   lambda: (new / MANIFEST_NAME).write_text(text)):  # a cached manifest that was edited
+        with CountingProxy(s3.endpoint) as proxy:
+            assert fetch_dataset(uri, settings_for(proxy.endpoint), cache) == new
+        assert proxy.gets() == Counter()  # intact: HEAD only
+        damage()
+        with CountingProxy(s3.endpoint) as proxy:
+            assert fetch_dataset(uri, settings_for(proxy.endpoint), cache) == new
+        assert proxy.gets() == Counter([manifest_path])  # in doubt: the manifest is read again, no shard
+    assert (new / MANIFEST_NAME).read_text() == (local / MANIFEST_NAME).read_text()
 
 
 FETCH_SCRIPT = """
@@ -208,8 +241,7 @@ def test_corrupt_or_truncated_cached_file_is_fetched_again(s3, make_dataset, tmp
     with CountingProxy(s3.endpoint) as proxy:
         assert fetch_dataset(f"s3://{BUCKET}/heal", settings_for(proxy.endpoint), cache) == folder
         gets = proxy.gets()
-    assert gets == Counter([f"/{BUCKET}/heal/{flipped.name}", f"/{BUCKET}/heal/{truncated.name}",
-                            f"/{BUCKET}/heal/{MANIFEST_NAME}"])
+    assert gets == Counter([f"/{BUCKET}/heal/{flipped.name}", f"/{BUCKET}/heal/{truncated.name}"])
     assert (folder / f".{unmarked.name}.verified").is_file()
     for path in (flipped, truncated, unmarked):
         assert sha256_file(path) == sha256_file(local / path.name)

@@ -131,9 +131,10 @@ def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, 
             epochs = _result_lines(objects, trial)
             steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_sumr")})
             assert steps == list(range(1, epochs[-1]["epoch"] + 1))  # per-epoch val metrics, step = epoch
-            # the resumed trial continued from its checkpoint: the epochs never start again from 1
+            # the resumed trial continued from its checkpoint: the epochs never start again from 1 (the
+            # first may be missing: a checkpoint can reach S3 before the killed driver recorded its result)
             seen = [line["epoch"] for line in epochs if "epoch" in line]
-            assert seen[0] == 1 and 1 not in seen[1:], seen
+            assert 1 not in seen[1:] and seen == sorted(seen), seen
             for column in COLUMNS:
                 assert run.data.metrics[metric_key("test", column)] == pytest.approx(epochs[-1][metric_key("test", column)])
             (tmp_path / trial).mkdir()

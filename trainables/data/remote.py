@@ -9,11 +9,19 @@ so a changed dataset never mixes with an old one. Each shard is downloaded at mo
 per-shard file lock, into a temporary file of the same folder, checked against the manifest's sha256 and
 then renamed into place (atomic). A sidecar ``.<file>.verified`` records the size and mtime of a checked
 file; a cached file whose sidecar no longer matches is hashed again and re-fetched when it is wrong.
+
+A node that already holds a complete, verified version makes no GET at all: ``<cache root>/<bucket>/<prefix>/
+.s3-manifest.json`` records the ETag and size of the manifest object it was fetched from and the version
+folder it went into, so a later fetch sends one HEAD of the manifest and, when ETag and size are unchanged
+(and the cached manifest and shards still check out locally), returns that folder. A changed manifest on S3
+has another ETag and is fetched again. Without that record (or a server that sends no ETag) the manifest
+is read with a GET as before.
 Transient S3 errors are retried by the client that :class:`~tracking.storage.StorageSettings` builds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -32,6 +40,8 @@ DOWNLOAD_ATTEMPTS = 3
 #: attempts of the bucket check: a wrong endpoint fails in seconds, not after minutes of backoff
 BUCKET_CHECK_ATTEMPTS = 3
 SHA256_METADATA = "sha256"
+#: per prefix in the node cache: which manifest object (ETag, size) the cached version was fetched from
+MANIFEST_RECORD = ".s3-manifest.json"
 
 
 # -- locations -----------------------------------------------------------------------------------
@@ -55,15 +65,20 @@ def default_cache_root() -> Path:
     return (Path(env).expanduser() if env else Path.home() / ".cache" / "prvr") / "s3"
 
 
-def cache_folder(uri: str, manifest: Manifest, cache_root: Path | None = None) -> Path:
-    """``<root>/<bucket>/<prefix>/<manifest sha256, 16 hex>``: the local folder of one dataset version."""
+def _prefix_folder(uri: str, cache_root: Path | None) -> Path:
+    """``<root>/<bucket>/<prefix>``: where the node cache keeps the versions of the dataset at ``uri``."""
     root = dataset_root(uri)
     parts = [p for p in root.key.split("/") if p]
     bad = [p for p in parts if p in (".", "..")]
     if bad:
         raise ValueError(f"{uri}: a prefix with a {bad[0]!r} component cannot be cached locally")
     base = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
-    return base.joinpath(root.bucket, *parts, manifest.sha256()[:16])
+    return base.joinpath(root.bucket, *parts)
+
+
+def cache_folder(uri: str, manifest: Manifest, cache_root: Path | None = None) -> Path:
+    """``<root>/<bucket>/<prefix>/<manifest sha256, 16 hex>``: the local folder of one dataset version."""
+    return _prefix_folder(uri, cache_root) / manifest.sha256()[:16]
 
 
 def _error_code(exc: BaseException) -> str:
@@ -168,11 +183,18 @@ def upload_dataset(folder: Path, uri: str, settings: StorageSettings) -> str:
 # -- manifest ------------------------------------------------------------------------------------
 def _get_manifest(client: Any, uri: str) -> tuple[bytes, Manifest]:
     """The manifest's bytes as stored and the validated manifest of the dataset at ``uri``."""
+    blob, manifest, _ = _get_manifest_and_etag(client, uri)
+    return blob, manifest
+
+
+def _get_manifest_and_etag(client: Any, uri: str) -> tuple[bytes, Manifest, str]:
+    """Like ``_get_manifest``, plus the ETag of the object those bytes came from ('' if none was sent)."""
     from botocore.exceptions import ClientError
 
     target = manifest_uri(uri)
     try:
-        blob = client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read()
+        response = client.get_object(Bucket=target.bucket, Key=target.key)
+        blob = response["Body"].read()
     except ClientError as exc:
         code = _error_code(exc)
         if code in ("404", "NoSuchKey", "NotFound"):
@@ -184,7 +206,7 @@ def _get_manifest(client: Any, uri: str) -> tuple[bytes, Manifest]:
         raw = json.loads(blob)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{target}: manifest is not valid JSON ({exc})") from None
-    return blob, Manifest.from_dict(raw, str(target))
+    return blob, Manifest.from_dict(raw, str(target)), str(response.get("ETag") or "")
 
 
 def read_remote_manifest(uri: str, settings: StorageSettings) -> Manifest:
@@ -289,22 +311,76 @@ def _ensure_shard(client: Any, root: S3Uri, uri: str, shard: ShardInfo, folder: 
         _download_shard(client, root, uri, shard, path)
 
 
+def _record_path(uri: str, cache_root: Path | None) -> Path:
+    """Where the node cache records the manifest object of the dataset at ``uri`` (next to its versions)."""
+    return _prefix_folder(uri, cache_root) / MANIFEST_RECORD
+
+
+def _cached_version(client: Any, uri: str, cache_root: Path | None) -> tuple[Path, Manifest] | None:
+    """The cached version of ``uri`` when S3's manifest object is the one it was fetched from, else None.
+
+    One HEAD of the manifest (ETag and size against the record); the cached manifest's bytes must still
+    hash to what the record says. Any doubt (no record, no ETag, an error) answers None: fetch normally.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    record_file = _record_path(uri, cache_root)
+    try:
+        record = json.loads(record_file.read_text())
+        etag, size, version, digest = (record[k] for k in ("etag", "bytes", "version", "sha256"))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not etag:
+        return None
+    target = manifest_uri(uri)
+    try:
+        head = client.head_object(Bucket=target.bucket, Key=target.key)
+    except (ClientError, BotoCoreError):  # the GET that follows reports the problem precisely
+        return None
+    if head.get("ETag") != etag or head.get("ContentLength") != size:
+        return None
+    local = record_file.parent / str(version) / MANIFEST_NAME
+    try:
+        blob = local.read_bytes()
+        manifest = Manifest.from_dict(json.loads(blob), str(local))
+    except (OSError, ValueError, DatasetError):
+        return None
+    if len(blob) != size or hashlib.sha256(blob).hexdigest() != digest:
+        return None
+    folder = cache_folder(uri, manifest, cache_root)
+    return (folder, manifest) if folder == local.parent else None
+
+
+def _write_record(uri: str, cache_root: Path | None, folder: Path, blob: bytes, etag: str) -> None:
+    record = {"etag": etag, "bytes": len(blob), "version": folder.name, "sha256": hashlib.sha256(blob).hexdigest()}
+    _write_atomic(_record_path(uri, cache_root), json.dumps(record).encode())
+
+
 def fetch_dataset(uri: str, settings: StorageSettings, cache_root: Path | None = None) -> Path:
     """The local folder of the dataset at ``uri``: manifest.json and every shard, verified, cached per node.
 
     Safe when several processes of one node ask at once: each shard is downloaded once, under a file
-    lock; later calls trust files whose size and mtime are unchanged since they were verified.
+    lock; later calls trust files whose size and mtime are unchanged since they were verified. A node
+    that already holds the version S3's manifest names makes one HEAD request and no GET.
     """
     client = settings.boto3_client()
-    blob, manifest = _get_manifest(client, uri)
+    root = dataset_root(uri)
+    cached = _cached_version(client, uri, cache_root)
+    if cached is not None:
+        folder, manifest = cached
+        for shard in manifest.shards:  # stat only, unless a file changed since it was verified
+            _ensure_shard(client, root, uri, shard, folder)
+        return folder
+    blob, manifest, etag = _get_manifest_and_etag(client, uri)
     folder = cache_folder(uri, manifest, cache_root)
     folder.mkdir(parents=True, exist_ok=True)
-    root = dataset_root(uri)
     for shard in manifest.shards:
         _ensure_shard(client, root, uri, shard, folder)
     local_manifest = folder / MANIFEST_NAME
     if not local_manifest.is_file() or local_manifest.read_bytes() != blob:
         _write_atomic(local_manifest, blob)
+    if etag:
+        _write_record(uri, cache_root, folder, blob, etag)
     return folder
 
 

@@ -1,0 +1,370 @@
+"""Search efficiency: the epochs ASHA + TPE needs to match the best val SumR random search finds.
+
+    python benchmarks/search_efficiency.py                 # default: 3 seeds x 3 strategies, ~8 min on 2 cores
+    python benchmarks/search_efficiency.py --quick         # smoke run (about 1 minute)
+    python benchmarks/search_efficiency.py --seeds 0 1 2 3 4 --trials 24 --out /tmp/efficiency.json
+
+Why: the project's default search is ASHA early stopping with Optuna TPE, and trials ASHA stops are told to
+Optuna as PRUNED (``search.searcher.PruneAwareOptunaSearch``) instead of COMPLETE with their early score (what
+Ray's ``OptunaSearch`` does). This measures what that buys in compute on the synthetic benchmark.
+
+Strategies, the same number of trials each, for every seed (searcher seed = every trial's training seed, as
+``search/run.py --seed`` does):
+
+* ``random``: Optuna's RandomSampler, no early stopping (FIFO: every trial runs ``--max-epochs``);
+* ``asha-tpe-pruned``: ASHA + TPE, stopped trials told as PRUNED (the project's default);
+* ``asha-tpe-complete``: ASHA + TPE, stopped trials told as COMPLETE with their early score (Ray's behaviour).
+
+Each search runs through the project's search path: ``search/run.py``'s space, searcher, scheduler (ASHA on
+``epoch``, never stopping a trial at its last epoch (``search/schedulers.py``), grace ``--grace-epochs`` = 1, reduction factor 2),
+``ConcurrencyLimiter`` and the ``search.tuning`` trainable (checkpoints, MLflow child runs), on one
+private local Ray shared by all searches, with Ray actors reused between trials (``--new-actor-per-trial``
+for run.py's one actor per trial: same configs and epochs, more wall time, since each new actor imports
+torch). The Tuner is built here (as ``search.tuning.fit`` builds it) because ``search/run.py`` has no
+option for ``stopped_as``; one extra Tune callback records the order in which the driver received the
+trials' epoch reports. Results are read back from the search's storage (``tracking.search_results``) and
+checked against it.
+
+Definitions (per seed):
+
+* an *epoch* is one per-epoch report of any trial (the trial's ``result.json``, final report left out); the
+  epochs of a search are counted in the order the driver received them (the compute clock; with concurrency 2
+  this counts the epochs of trials running alongside). The count is the compute spent: a Tune function trial
+  waits at each report until the driver lets it go on, so a stopped trial never starts an epoch it then loses;
+* *target* = the best val SumR (``best_val_sumr``: a trial's best epoch on the validation split) of any
+  trial of the ``random`` search;
+* *epochs to target* of a strategy = the number of epochs counted up to and including the first epoch
+  report, of any trial, whose ``best_val_sumr`` >= target ("not reached" if none; random always reaches it);
+* *speed-up* = epochs to target of ``random`` / epochs to target of the strategy; a seed where the strategy
+  does not reach the target counts as speed-up 0 in the median (conservative). Fallback, labelled ``@95%``:
+  the same with target 0.95 x random's best.
+
+Target: median speed-up of ASHA + TPE >= 3 (3x fewer epochs). Note: TPE samples its first 10 trials
+(``n_startup_trials``) at random with its seed, and those are exactly RandomSampler's first 10 configs for the
+same seed, so the strategies share those configs (and, with the same training seed, their learning curves):
+the comparison is paired, and with 16 trials only the last ~6 are chosen by TPE itself. When random's best
+is one of the shared configs, ASHA + TPE gains only the epochs it saved on the trials before it (roughly
+8p / (8 + 2.5 (p - 1)) for the p-th trial at 8 epochs, if ASHA spends ~2.5 epochs on an average trial:
+under 3 for p <= 16) and never reaches it if ASHA stopped that config (a slow starter); beating 3x needs
+TPE to find an at least as good config early.
+
+Default data: synthetic ``ci`` with MS-SL at hidden size 32, which learns within 8 epochs (val SumR from
+about chance, 127, to about 170), so early epochs carry some signal and configs differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as ``python benchmarks/search_efficiency.py``
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.runs import write_json  # noqa: E402
+from search.cli import run_main  # noqa: E402
+from search.ray_session import LOCAL_RAY_ENV  # noqa: E402
+
+TARGET_SPEEDUP = 3.0
+FALLBACK_FRACTION = 0.95
+EXPERIMENT = "search-efficiency"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    sampler: str
+    scheduler: str
+    stopped_as: str
+    label: str
+
+
+STRATEGIES = (
+    Strategy("random", "random", "none", "pruned", "random search, no early stopping"),
+    Strategy("asha-tpe-pruned", "tpe", "asha", "pruned", "ASHA + TPE, stopped trials told as PRUNED (default)"),
+    Strategy("asha-tpe-complete", "tpe", "asha", "complete", "ASHA + TPE, stopped trials told as COMPLETE"),
+)
+BASELINE = STRATEGIES[0].name
+
+QUICK = {"data": "tiny", "seeds": [0], "trials": 4, "max_epochs": 2, "set": ["hidden_size=16", "n_heads=2"]}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmarks/search_efficiency.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny data, 1 seed, 4 trials of <= 2 epochs, hidden_size=16 (about 1 minute); "
+                        "options given explicitly still apply")
+    p.add_argument("--data", default="ci", help="synthetic preset or dataset folder (default: ci)")
+    p.add_argument("--space", default="base", help="search space (default: base)")
+    p.add_argument("--backbones", nargs="+", default=["mssl"], help="backbones searched over (default: mssl)")
+    p.add_argument("--set", nargs="+", default=["hidden_size=32", "n_heads=2"], metavar="KEY=VALUE",
+                   help="settings fixed in every trial (default: hidden_size=32 n_heads=2)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="searcher (and training) seeds")
+    p.add_argument("--trials", type=int, default=16, help="trials per search")
+    p.add_argument("--max-epochs", type=int, default=8, help="epochs of a trial that is never stopped early")
+    p.add_argument("--concurrency", type=int, default=2, help="trials running at once")
+    p.add_argument("--grace-epochs", type=int, default=1,
+                   help="ASHA: epochs before a trial can be stopped (search/run.py's default: 1)")
+    p.add_argument("--new-actor-per-trial", action="store_true",
+                   help="start a new Ray actor for every trial, as search/run.py does (slower: each imports torch); "
+                        "by default actors are reused, which changes no sampled config and no counted epoch")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/search_efficiency.json"), help="JSON results")
+    return p
+
+
+# --- analysis (pure: no Ray) -------------------------------------------------------------------------------
+
+def epochs_to_reach(scores: list[float], target: float) -> int | None:
+    """1 + the index of the first epoch report (in compute order) whose best val SumR >= ``target``."""
+    for count, score in enumerate(scores, 1):
+        if score >= target - 1e-9:
+            return count
+    return None
+
+
+def speedup(baseline: int | None, strategy: int | None) -> float:
+    """epochs(baseline) / epochs(strategy); 0 when the strategy never reached the target."""
+    if baseline is None:
+        raise ValueError("the baseline did not reach its own target")
+    return 0.0 if strategy is None else baseline / strategy
+
+
+def analyse(searches: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per strategy: epochs to random's best (and to 95% of it) and the speed-ups, from the searches of one
+    seed (``{strategy: {"scores": [best_val_sumr of each epoch report, compute order], ...}}``)."""
+    target = max(searches[BASELINE]["scores"])
+    fallback = FALLBACK_FRACTION * target
+    base_at = epochs_to_reach(searches[BASELINE]["scores"], target)
+    base_at95 = epochs_to_reach(searches[BASELINE]["scores"], fallback)
+    out: dict[str, Any] = {"target": target, "target_95": fallback, "strategies": {}}
+    for name, search in searches.items():
+        at, at95 = epochs_to_reach(search["scores"], target), epochs_to_reach(search["scores"], fallback)
+        out["strategies"][name] = {
+            "epochs": len(search["scores"]), "best_val_sumr": max(search["scores"], default=float("nan")),
+            "epochs_to_target": at, "epochs_to_target_95": at95, "reached": at is not None,
+            "speedup": speedup(base_at, at), "speedup_95": speedup(base_at95, at95)}
+    return out
+
+
+def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Median speed-ups over seeds and the PASS/FAIL of the target, per ASHA + TPE strategy; the effect of
+    pruned vs complete (epochs to target of complete / of pruned; best val SumR difference)."""
+    summary: dict[str, Any] = {}
+    for strategy in STRATEGIES[1:]:
+        rows = [seed["strategies"][strategy.name] for seed in per_seed.values()]
+        median = statistics.median(r["speedup"] for r in rows)
+        summary[strategy.name] = {
+            "median_speedup": median, "median_speedup_95": statistics.median(r["speedup_95"] for r in rows),
+            "seeds_reached": sum(r["reached"] for r in rows), "seeds": len(rows),
+            "target": TARGET_SPEEDUP, "pass": median >= TARGET_SPEEDUP}
+    pruned, complete = "asha-tpe-pruned", "asha-tpe-complete"
+    ratios = []
+    for seed in per_seed.values():
+        a, b = seed["strategies"][pruned]["epochs_to_target"], seed["strategies"][complete]["epochs_to_target"]
+        if a is not None and b is not None:
+            ratios.append(b / a)
+    summary["pruned_vs_complete"] = {
+        "median_epochs_ratio_complete_over_pruned": statistics.median(ratios) if ratios else None,
+        "seeds_both_reached": len(ratios),
+        "median_best_val_sumr_difference": statistics.median(
+            seed["strategies"][pruned]["best_val_sumr"] - seed["strategies"][complete]["best_val_sumr"]
+            for seed in per_seed.values())}
+    return summary
+
+
+# --- running the searches ----------------------------------------------------------------------------------
+
+def _order_callback() -> Any:
+    from ray.tune import Callback
+
+    from trainables.trial import METRIC
+
+    class EpochOrder(Callback):
+        """The trials' epoch reports in the order the driver received them (the compute clock)."""
+
+        def __init__(self) -> None:
+            self.events: list[tuple[str, int, float]] = []
+            self.seconds: list[float] = []  # when the driver received each (since the search started)
+            self.start = time.perf_counter()
+
+        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
+                            **info: Any) -> None:
+            if "epoch" in result and not result.get("finished") and METRIC in result:
+                self.events.append((trial.trial_id, int(result["epoch"]), float(result[METRIC])))
+                self.seconds.append(round(time.perf_counter() - self.start, 2))
+
+    return EpochOrder()
+
+
+def run_search(strategy: Strategy, seed: int, args: argparse.Namespace, data: Any, storage_root: Path,
+               tracking_uri: str) -> dict[str, Any]:
+    """One search as ``search/run.py`` runs it (with ``stopped_as`` chosen); its epoch reports in compute
+    order, read back from the search's storage."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search import tuning
+    from search.results import TrialStatus
+    from search.schedulers import make_scheduler
+    from search.searcher import PruneAwareOptunaSearch, make_sampler
+    from spaces import build_space
+    from tracking.mlflow_runs import close_children, start_parent, trial_status
+    from tracking.search_results import load_search
+    from tracking.storage import search_storage
+    from trainables.training.config import parse_assignments
+    from trainables.trial import METRIC, MODE, TIME_ATTR
+
+    name = f"{strategy.name}-seed{seed}"
+    # patience = max epochs: no early stopping within a trial, so FIFO trials run every epoch
+    fixed = {"epochs": args.max_epochs, "patience": args.max_epochs, "seed": seed, **parse_assignments(args.set)}
+    space = build_space(args.space, backbones=args.backbones, fixed=fixed)
+    storage = search_storage(str(storage_root), name, resume=False)
+    tracking = start_parent(tracking_uri, EXPERIMENT, name, space.name, resume=False,
+                            params={"strategy": strategy.name, "seed": seed}, tags={"data": args.data})
+    searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE,
+                                      sampler=make_sampler(strategy.sampler, seed), stopped_as=strategy.stopped_as)
+    scheduler = make_scheduler(strategy.scheduler, metric=METRIC, mode=MODE, time_attr=TIME_ATTR,
+                               max_epochs=args.max_epochs, grace_epochs=args.grace_epochs, reduction_factor=2.0)
+    order = _order_callback()
+    tuner = tune.Tuner(
+        tuning.trainable(data, tracking, storage, 1.0, 0.0),
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency), scheduler=scheduler,
+                                    num_samples=args.trials, trial_dirname_creator=tuning.trial_dirname,
+                                    reuse_actors=not args.new_actor_per_trial),
+        run_config=tune.RunConfig(name=name, storage_path=storage.storage_path, storage_filesystem=storage.filesystem,
+                                  callbacks=[TrialStatus(tracking), order], verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=2),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    start = order.start = time.perf_counter()
+    grid = tuner.fit()
+    seconds = time.perf_counter() - start
+    finished = load_search(str(storage_root), name)
+    close_children(tracking, {t.trial_id: "FAILED" if t.failed else trial_status(t.last) for t in finished.trials})
+    if not order.events:
+        raise RuntimeError(f"search {name}: the driver saw no epoch report")
+    stored = {t.trial_id: {r["epoch"]: float(r[METRIC]) for r in t.epochs()} for t in finished.trials}
+    # the compute order comes from the driver; every value must be the one in the trial's result.json
+    mismatched = [(tid, epoch) for tid, epoch, score in order.events if stored.get(tid, {}).get(epoch) != score]
+    if mismatched or sum(map(len, stored.values())) != len(order.events):
+        raise RuntimeError(f"search {name}: the driver's epoch reports differ from the stored result.json "
+                           f"({len(order.events)} vs {sum(map(len, stored.values()))}, e.g. {mismatched[:3]})")
+    told = {}
+    for state in searcher.told.values():
+        told[state] = told.get(state, 0) + 1
+    return {"name": name, "seconds": seconds, "errors": grid.num_errors,
+            "trials": len(finished.trials), "finished": sum(t.finished for t in finished.trials),
+            "failed": sum(t.failed for t in finished.trials), "told_to_optuna": told,
+            # ran every epoch, yet the scheduler stopped it at its last epoch report (an ASHA rung at max epochs)
+            "stopped_at_max_epochs": sum(not t.finished and not t.failed and len(t.epochs()) == args.max_epochs
+                                         for t in finished.trials),
+            "scores": [score for _, _, score in order.events],
+            "order": [[tid, epoch] for tid, epoch, _ in order.events], "report_seconds": order.seconds}
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag, ok in [("--trials", args.trials >= 1), ("--max-epochs", args.max_epochs >= 1),
+                     ("--concurrency", args.concurrency >= 1), ("--grace-epochs", args.grace_epochs >= 1),
+                     ("--seeds", len(set(args.seeds)) == len(args.seeds))]:
+        if not ok:
+            raise ValueError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Every (seed, strategy) search on one local Ray in a private temp folder; the analysis per seed."""
+    os.environ.update(LOCAL_RAY_ENV)  # before ray is imported: a local Ray on 127.0.0.1
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from mlflow.tracking import MlflowClient
+
+    from search.ray_session import ray_session
+    from trainables.data.datasets import resolve_dataset
+    from trainables.training.loop import load_data
+
+    _check_args(args)
+    data = load_data(resolve_dataset(args.data))
+    started = time.perf_counter()
+    per_seed: dict[int, dict[str, Any]] = {}
+    searches: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="prvr-efficiency-") as tmp:
+        tracking_uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        # artifacts in the temp folder (a SQLite store would put them in ./mlruns of the working folder)
+        MlflowClient(tracking_uri).create_experiment(EXPERIMENT, artifact_location=str(Path(tmp) / "artifacts"))
+        with ray_session(num_cpus=args.concurrency, num_gpus=None):
+            for seed in args.seeds:
+                searches[seed] = {}
+                for strategy in STRATEGIES:
+                    result = run_search(strategy, seed, args, data, Path(tmp) / "results", tracking_uri)
+                    searches[seed][strategy.name] = result
+                    print(f"seed {seed} {strategy.name}: {len(result['scores'])} epochs, best val SumR "
+                          f"{max(result['scores']):.1f}, told {result['told_to_optuna']} ({result['seconds']:.0f}s)",
+                          flush=True)
+                per_seed[seed] = analyse(searches[seed])
+    return {"settings": {k: v for k, v in vars(args).items() if k != "out"},
+            "definitions": {"target": "best val SumR (best_val_sumr) of any random-search trial",
+                            "epochs_to_target": "epoch reports of all trials, in the order the driver received "
+                                                "them, up to the first with best_val_sumr >= target",
+                            "speedup": "epochs_to_target(random) / epochs_to_target(strategy); 0 if not reached",
+                            "speedup_95": f"the same with target {FALLBACK_FRACTION} x random's best"},
+            "wall_seconds": time.perf_counter() - started, "searches": searches, "per_seed": per_seed,
+            "summary": summarise(per_seed)}
+
+
+def _cell(value: int | None, total: int) -> str:
+    return f"{value}" if value is not None else f"not reached (>{total})"
+
+
+def report(results: dict[str, Any]) -> str:
+    """The table (strategy x seed) and the summary lines with the target's PASS/FAIL."""
+    settings = results["settings"]
+    lines = [f"search efficiency: data {settings['data']}, space {settings['space']} over "
+             f"{' '.join(settings['backbones'])}, {' '.join(settings['set'])}, {settings['trials']} trials x "
+             f"<= {settings['max_epochs']} epochs, concurrency {settings['concurrency']}, ASHA grace "
+             f"{settings.get('grace_epochs', 1)} epoch(s)",
+             "target = best val SumR of random search (same seed); epochs counted over all trials in report order",
+             "",
+             f"{'seed':>4}  {'strategy':<18}{'epochs':>7}{'best val SumR':>15}{'target':>8}"
+             f"{'epochs to target':>22}{'speed-up':>9}{'epochs @95%':>22}{'speed-up @95%':>15}"]
+    for seed, analysis in results["per_seed"].items():
+        for name, row in analysis["strategies"].items():
+            lines.append(f"{seed:>4}  {name:<18}{row['epochs']:>7}{row['best_val_sumr']:>15.1f}"
+                         f"{analysis['target']:>8.1f}"
+                         f"{_cell(row['epochs_to_target'], row['epochs']):>22}{row['speedup']:>8.2f}x"
+                         f"{_cell(row['epochs_to_target_95'], row['epochs']):>22}{row['speedup_95']:>14.2f}x")
+    lines.append("")
+    summary = results["summary"]
+    for strategy in STRATEGIES[1:]:
+        s = summary[strategy.name]
+        lines.append(f"{strategy.label}: median speed-up {s['median_speedup']:.2f}x "
+                     f"(target >= {s['target']:g}x: {'PASS' if s['pass'] else 'FAIL'}), reached random's best in "
+                     f"{s['seeds_reached']}/{s['seeds']} seeds; @95% of it: {s['median_speedup_95']:.2f}x")
+    effect = summary["pruned_vs_complete"]
+    ratio = effect["median_epochs_ratio_complete_over_pruned"]
+    lines.append("pruned vs complete (no target): epochs to random's best, complete / pruned: "
+                 + (f"median {ratio:.2f}" if ratio is not None else "n/a")
+                 + f" over {effect['seeds_both_reached']} seeds where both reached it (> 1: pruned is faster); "
+                 f"best val SumR pruned - complete: median {effect['median_best_val_sumr_difference']:+.1f}")
+    lines.append(f"wall time {results['wall_seconds']:.0f}s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    if parser.parse_args(argv).quick:  # the quick sizes become the defaults; options given still win
+        parser.set_defaults(**QUICK)
+    args = parser.parse_args(argv)
+    results = run_benchmark(args)
+    print("\n" + report(results))
+    out = write_json(args.out, results)
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
