@@ -101,9 +101,12 @@ def running_trials(tmp_path: Path, search: str, checkpointed: bool = True) -> di
     runs = client.search_runs([experiment.experiment_id], f"tags.`prvr.search` = '{search}' and "
                               "tags.`prvr.kind` = 'child' and attributes.status = 'RUNNING'")
     folder = tmp_path / "results" / search
+    # a checkpoint counts once the driver recorded its epoch: Ray writes the checkpoint before it sends the
+    # result, so it is whole (a folder seen earlier may still be being copied when the test acts)
     return {r.data.tags["prvr.trial_id"]: r.data.tags for r in runs
-            if "ray.node_id" in r.data.tags and (not checkpointed or
-                                                 list(folder.glob(f"trial_{r.data.tags['prvr.trial_id']}/checkpoint_*")))}
+            if "ray.node_id" in r.data.tags and (not checkpointed or (
+                list(folder.glob(f"trial_{r.data.tags['prvr.trial_id']}/checkpoint_*"))
+                and epochs(folder / f"trial_{r.data.tags['prvr.trial_id']}")))}
 
 
 def wait_for(condition: Callable[[], object], what: str, driver: subprocess.Popen, log: Path,
@@ -199,8 +202,7 @@ def test_killed_driver_resumes_on_the_cluster_and_counts_every_trial_once(tmp_pa
     experiment = tmp_path / "results" / "r"
     assert not all((t / "result.json").is_file() and '"finished": true' in (t / "result.json").read_text()
                    for t in trial_dirs(experiment)), "search ended before the kill"
-    # epochs on record at the kill (possibly none: a checkpoint reaches storage before the driver records
-    # its result); each of these trials has a checkpoint
+    # epochs on record at the kill; each of these trials has a whole checkpoint on storage
     before = {t: epochs(experiment / f"trial_{t}") for t in trials}
 
     resumed = run_driver(tmp_path, cluster, *args, "--resume")
