@@ -109,6 +109,12 @@ def running_trials(tmp_path: Path, search: str, checkpointed: bool = True) -> di
                 and epochs(folder / f"trial_{r.data.tags['prvr.trial_id']}")))}
 
 
+def on_every_node(tmp_path: Path, search: str, workers: list) -> dict[str, dict[str, str]] | None:
+    """The running checkpointed trials (``running_trials``) once every worker node has one, else None."""
+    trials = running_trials(tmp_path, search)
+    return trials if {w.node_id for w in workers} <= {tags["ray.node_id"] for tags in trials.values()} else None
+
+
 def wait_for(condition: Callable[[], object], what: str, driver: subprocess.Popen, log: Path,
              timeout: float = 240) -> object:
     deadline = time.time() + timeout
@@ -145,17 +151,13 @@ def test_gpu_fractions_pack_four_trials_on_one_gpu_and_a_fifth_waits(tmp_path, m
 
 def test_trials_survive_a_lost_node_and_a_killed_worker_and_resume_from_their_checkpoints(tmp_path, make_cluster):
     cluster = make_cluster({"num_cpus": 0}, {"num_cpus": 2}, {"num_cpus": 2})  # the driver's head runs no trial
-    head, *workers = cluster.list_all_nodes()
+    _, *workers = cluster.list_all_nodes()
     driver = start_driver(tmp_path, cluster, "--trials", "4", "--concurrency", "4", "--max-epochs", "7",
                           "--max-failures", "3", "--name", "n")
     log = tmp_path / "driver.log"
     try:
-        def one_checkpointed_trial_on_each_node() -> dict | None:
-            trials = running_trials(tmp_path, "n")
-            nodes = {tags["ray.node_id"] for tags in trials.values()}
-            return trials if {w.node_id for w in workers} <= nodes else None
-
-        trials = wait_for(one_checkpointed_trial_on_each_node, "a checkpointed trial on each node", driver, log)
+        trials = wait_for(lambda: on_every_node(tmp_path, "n", workers), "a checkpointed trial on each node",
+                          driver, log)
         lost, kept = workers
         on_lost = {t for t, tags in trials.items() if tags["ray.node_id"] == lost.node_id}
         killed = next(t for t, tags in trials.items() if tags["ray.node_id"] == kept.node_id)
@@ -194,8 +196,8 @@ def test_killed_driver_resumes_on_the_cluster_and_counts_every_trial_once(tmp_pa
     driver = start_driver(tmp_path, cluster, *args)
     log = tmp_path / "driver.log"
     try:
-        trials = wait_for(lambda: (lambda t: t if len({tags["ray.node_id"] for tags in t.values()}) == 2 else None)(
-            running_trials(tmp_path, "r")), "checkpointed trials on both nodes", driver, log)
+        trials = wait_for(lambda: on_every_node(tmp_path, "r", workers), "checkpointed trials on both nodes",
+                          driver, log)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver only: the cluster's processes are not in its group
         driver.wait(timeout=60)

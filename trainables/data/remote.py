@@ -181,14 +181,9 @@ def upload_dataset(folder: Path, uri: str, settings: StorageSettings) -> str:
 
 
 # -- manifest ------------------------------------------------------------------------------------
-def _get_manifest(client: Any, uri: str) -> tuple[bytes, Manifest]:
-    """The manifest's bytes as stored and the validated manifest of the dataset at ``uri``."""
-    blob, manifest, _ = _get_manifest_and_etag(client, uri)
-    return blob, manifest
-
-
-def _get_manifest_and_etag(client: Any, uri: str) -> tuple[bytes, Manifest, str]:
-    """Like ``_get_manifest``, plus the ETag of the object those bytes came from ('' if none was sent)."""
+def _get_manifest(client: Any, uri: str) -> tuple[bytes, Manifest, str]:
+    """The manifest's bytes as stored, the validated manifest of the dataset at ``uri`` and the ETag of the
+    object those bytes came from ('' if none was sent)."""
     from botocore.exceptions import ClientError
 
     target = manifest_uri(uri)
@@ -371,7 +366,7 @@ def fetch_dataset(uri: str, settings: StorageSettings, cache_root: Path | None =
         for shard in manifest.shards:  # stat only, unless a file changed since it was verified
             _ensure_shard(client, root, uri, shard, folder)
         return folder
-    blob, manifest, etag = _get_manifest_and_etag(client, uri)
+    blob, manifest, etag = _get_manifest(client, uri)
     folder = cache_folder(uri, manifest, cache_root)
     folder.mkdir(parents=True, exist_ok=True)
     for shard in manifest.shards:

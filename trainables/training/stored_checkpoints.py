@@ -14,13 +14,18 @@ from typing import Any
 from trainables.training.checkpoint import CHECKPOINT_NAME
 
 
-def is_complete(filesystem: Any, folder: str) -> bool:
-    """``folder`` holds a checkpoint file (an S3 object is there whole or not at all; a local one is
-    renamed into place when written)."""
+def _checkpoint_file(filesystem: Any, folder: str) -> Any | None:
+    """The FileInfo of ``folder``'s checkpoint file when it is there and not empty (an S3 object is there
+    whole or not at all; a local one is renamed into place when written), else None."""
     from pyarrow import fs
 
     info = filesystem.get_file_info(f"{folder.rstrip('/')}/{CHECKPOINT_NAME}")
-    return info.type == fs.FileType.File and info.size > 0
+    return info if info.type == fs.FileType.File and info.size > 0 else None
+
+
+def is_complete(filesystem: Any, folder: str) -> bool:
+    """``folder`` holds a checkpoint file."""
+    return _checkpoint_file(filesystem, folder) is not None
 
 
 def newest_checkpoint(filesystem: Any, trial_path: str) -> str | None:
@@ -30,10 +35,10 @@ def newest_checkpoint(filesystem: Any, trial_path: str) -> str | None:
     from pyarrow import fs
 
     infos = filesystem.get_file_info(fs.FileSelector(trial_path, allow_not_found=True))
-    folders = [i.path for i in infos if i.type == fs.FileType.Directory and i.base_name.startswith("checkpoint_")]
-    files = {f: filesystem.get_file_info(f"{f.rstrip('/')}/{CHECKPOINT_NAME}") for f in folders}
-    complete = [f for f, info in files.items() if info.type == fs.FileType.File and info.size > 0]
-    return max(complete, key=lambda f: (files[f].mtime_ns or 0, f), default=None)
+    files = {i.path: _checkpoint_file(filesystem, i.path) for i in infos
+             if i.type == fs.FileType.Directory and i.base_name.startswith("checkpoint_")}
+    complete = {folder: info for folder, info in files.items() if info is not None}
+    return max(complete, key=lambda f: (complete[f].mtime_ns or 0, f), default=None)
 
 
 __all__ = ["is_complete", "newest_checkpoint"]
