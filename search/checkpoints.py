@@ -20,11 +20,28 @@ from trainables.training.stored_checkpoints import is_complete, newest_checkpoin
 logger = logging.getLogger(__name__)
 
 
+def stand_in(filesystem: Any, checkpoint_path: str) -> bool:
+    """Make ``checkpoint_path`` hold a complete checkpoint: itself when it is complete, else a copy of the
+    trial's newest complete one. False when the trial has none (it then starts over)."""
+    if is_complete(filesystem, checkpoint_path):
+        return True
+    newest = newest_checkpoint(filesystem, checkpoint_path.rstrip("/").rsplit("/", 1)[0])
+    if newest is None:
+        logger.warning("checkpoint %s is gone or incomplete and the trial has no other: it starts over",
+                       checkpoint_path)
+        return False
+    logger.warning("checkpoint %s is gone or incomplete: restoring %s in its place", checkpoint_path, newest)
+    from pyarrow import fs
+
+    filesystem.create_dir(checkpoint_path, recursive=True)  # a local copy does not create its target folder
+    fs.copy_files(newest, checkpoint_path, source_filesystem=filesystem, destination_filesystem=filesystem)
+    return True
+
+
 def with_checkpoint_fallback(trainable: Any) -> type:
     """``trainable`` (a Tune function trainable, or its class) as a class whose restore puts the trial's
     newest complete checkpoint where the experiment snapshot expects one that is gone, then restores it
     (so Tune's own bookkeeping, including deleting that checkpoint later, stays consistent)."""
-    from pyarrow import fs
     from ray.tune.trainable.function_trainable import wrap_function
 
     if not isinstance(trainable, type):
@@ -33,16 +50,8 @@ def with_checkpoint_fallback(trainable: Any) -> type:
     class CheckpointFallback(trainable):  # type: ignore[misc, valid-type]
         def restore(self, checkpoint_path: Any) -> None:
             checkpoint = getattr(checkpoint_path, "checkpoint", None)
-            if checkpoint is not None and not is_complete(checkpoint.filesystem, checkpoint.path):
-                newest = newest_checkpoint(checkpoint.filesystem, checkpoint.path.rstrip("/").rsplit("/", 1)[0])
-                if newest is None:
-                    logger.warning("checkpoint %s is gone or incomplete and the trial has no other: it starts over",
-                                   checkpoint.path)
-                    return None
-                logger.warning("checkpoint %s is gone or incomplete: restoring %s in its place", checkpoint.path,
-                               newest)
-                fs.copy_files(newest, checkpoint.path, source_filesystem=checkpoint.filesystem,
-                              destination_filesystem=checkpoint.filesystem)
+            if checkpoint is not None and not stand_in(checkpoint.filesystem, checkpoint.path):
+                return None
             return super().restore(checkpoint_path)
 
     CheckpointFallback.__name__ = CheckpointFallback.__qualname__ = trainable.__name__

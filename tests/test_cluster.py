@@ -209,7 +209,7 @@ def test_killed_driver_resumes_on_the_cluster_and_counts_every_trial_once(tmp_pa
 
     resumed = run_driver(tmp_path, cluster, *args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "4 trials: 4 ran, 0 failed" in resumed.stdout
+    assert "4 trials: 4 ran, 0 failed" in resumed.stdout, resumed.stdout[-3000:]
     assert len(trial_dirs(experiment)) == 4
     for trial, recorded in before.items():  # resumed from its checkpoint: epoch 1 never again
         seen = epochs(experiment / f"trial_{trial}")

@@ -149,3 +149,45 @@ def test_newest_complete_checkpoint_is_found_on_s3_and_locally(aws_env, tmp_path
         with filesystem.open_output_stream(f"{root}/checkpoint_000000/checkpoint.pt") as handle:
             handle.write(b"later")
         assert newest_checkpoint(filesystem, root) == f"{root}/checkpoint_000000"
+
+
+def test_a_gone_recorded_checkpoint_is_stood_in_for_by_the_newest_on_s3_and_locally(aws_env, tmp_path):
+    """The restore fallback: the snapshot names checkpoint 4, whose folder Tune deleted whole (a local
+    folder) or emptied; the trial's newest complete checkpoint (5) is copied in its place."""
+    from pyarrow import fs
+
+    from search.checkpoints import stand_in
+
+    aws_env.make_bucket("stand-in")
+    s3 = StorageSettings.from_env(endpoint=aws_env.endpoint).pyarrow_filesystem()
+    for filesystem, root in ((s3, "stand-in/search/trial_a"), (fs.LocalFileSystem(), str(tmp_path / "trial_a"))):
+        assert not stand_in(filesystem, f"{root}/checkpoint_000004")  # no checkpoint at all: start over
+        filesystem.create_dir(f"{root}/checkpoint_000005")
+        with filesystem.open_output_stream(f"{root}/checkpoint_000005/checkpoint.pt") as handle:
+            handle.write(b"five")
+        for gone in ("checkpoint_000004", "checkpoint_000003"):
+            if gone == "checkpoint_000003":
+                filesystem.create_dir(f"{root}/{gone}")  # a folder left without its file
+            assert stand_in(filesystem, f"{root}/{gone}")
+            with filesystem.open_input_stream(f"{root}/{gone}/checkpoint.pt") as handle:
+                assert handle.read() == b"five"
+        with filesystem.open_output_stream(f"{root}/checkpoint_000004/checkpoint.pt") as handle:
+            handle.write(b"four")
+        assert stand_in(filesystem, f"{root}/checkpoint_000004")  # complete: left as it is
+        with filesystem.open_input_stream(f"{root}/checkpoint_000004/checkpoint.pt") as handle:
+            assert handle.read() == b"four"
+
+
+def test_a_checkpoint_cut_short_does_not_load(tmp_path):
+    """A trial resuming from an unrecorded checkpoint passes over one a killed driver was still copying."""
+    import torch
+
+    from trainables.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from trainables.training.stored_checkpoints import loads
+
+    path = save_checkpoint({"format": CHECKPOINT_FORMAT, "model": {"w": torch.arange(4096.0)}}, tmp_path / "whole")
+    assert loads(tmp_path / "whole")
+    cut = tmp_path / "cut" / path.name
+    cut.parent.mkdir()
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert not loads(cut.parent) and not loads(tmp_path / "missing")

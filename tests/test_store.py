@@ -19,8 +19,12 @@ def _leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
+@pytest.mark.parametrize("max_direct_reads", [0, 64], ids=["whole-matrix", "read-into-place"])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_round_trip_every_split_and_shard(make_dataset, dtype):
+def test_round_trip_every_split_and_shard(make_dataset, dtype, max_direct_reads, monkeypatch):
+    """Both ways rows reach the output (one HDF5 read per run of rows, or the matrix read once and the
+    runs copied out) give each item its own rows, in a split in stored order and in one reversed."""
+    monkeypatch.setattr("trainables.data.store.MAX_DIRECT_READS", max_direct_reads)
     root, videos, queries = make_dataset(dtype=dtype, sentence_dim=5)
     manifest = read_manifest(root)
     assert len(manifest.shards_of("videos")) == 3 and len(manifest.shards_of("queries")) == 4

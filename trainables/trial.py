@@ -30,7 +30,7 @@ from trainables.evaluation.metrics import RECALL_KS
 from trainables.plugins import list_plugins
 from trainables.failures import describe, is_infrastructure_error
 from trainables.training.loop import DataSplits, EpochReport, train
-from trainables.training.stored_checkpoints import newest_checkpoint
+from trainables.training.stored_checkpoints import loads, newest_checkpoint
 
 METRIC = "best_val_sumr"
 MODE = "max"
@@ -112,6 +112,22 @@ def _unrecorded_checkpoint() -> tune.Checkpoint | None:
     return tune.Checkpoint(newest, filesystem=storage.storage_filesystem)
 
 
+def _resume_folder(folder: Path) -> Path | None:
+    """``folder`` holding the checkpoint the trial resumes from: Tune's record, else its newest on storage
+    (None: the trial starts at epoch 1). An unrecorded checkpoint may be one a killed driver was still
+    copying; one that does not load is passed over with a warning instead of failing the trial."""
+    recorded = tune.get_checkpoint()
+    checkpoint = recorded or _unrecorded_checkpoint()
+    if checkpoint is None:
+        return None
+    checkpoint.to_directory(str(folder))
+    if recorded is None and not loads(folder):
+        logger.warning("checkpoint %s does not load (cut short by a lost driver?): trial %s starts over",
+                       checkpoint.path, tune.get_context().get_trial_id())
+        return None
+    return folder
+
+
 def trial_dirname(trial_id: str) -> str:
     """The folder of a trial's results and checkpoints under the search's storage."""
     return f"trial_{trial_id}"
@@ -138,11 +154,7 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, tracking
 
     scratch = _scratch_dir()
     try:
-        resume_from = None
-        checkpoint = tune.get_checkpoint() or _unrecorded_checkpoint()
-        if checkpoint is not None:
-            resume_from = scratch / "resume"
-            checkpoint.to_directory(str(resume_from))
+        resume_from = _resume_folder(scratch / "resume")
 
         def on_epoch(report: EpochReport) -> None:
             metrics = {TIME_ATTR: report.epoch, METRIC: report.best_score, "best_epoch": report.best_epoch,

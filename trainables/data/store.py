@@ -88,6 +88,24 @@ class _Missing(Exception):
         self.item = item
 
 
+#: up to this many contiguous runs of rows per shard are read by HDF5 into place, more read the whole matrix
+MAX_DIRECT_READS = 64
+
+
+def _runs(rows: np.ndarray, positions: np.ndarray, offsets: np.ndarray,
+          out_offsets: np.ndarray) -> list[tuple[int, int, int]]:
+    """The picked items' feature rows as maximal runs ``(source start, target start, length)``: items
+    next to each other in the shard that are also next to each other in the output make one run."""
+    order = np.argsort(positions, kind="stable")
+    rows, positions = rows[order], positions[order]
+    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(positions) != 1)) + 1
+    runs = []
+    for first, last in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]]) - 1):
+        source, target = int(offsets[rows[first]]), int(out_offsets[positions[first]])
+        runs.append((source, target, int(offsets[rows[last] + 1]) - source))
+    return runs
+
+
 class FeatureStore:
     """A dataset opened by its manifest. Nothing but the manifest is read until asked."""
 
@@ -202,12 +220,30 @@ class FeatureStore:
         for shard, rows, positions, offsets in plan:
             path, handle = self._open(shard, verify=False)  # checked in the first pass
             with handle:
-                data = self._read(path, handle, key, dim)
-                for row, pos in zip(rows, positions):
-                    out[out_offsets[pos] : out_offsets[pos + 1]] = data[offsets[row] : offsets[row + 1]]
+                self._copy_rows(path, handle, key, dim, _runs(rows, positions, offsets, out_offsets), out)
                 if extra is not None:
                     out_extra[positions] = self._read(path, handle, *extra)[rows]
         return _Rows(out, out_offsets, values, out_extra)
+
+    def _copy_rows(self, path: Path, handle: h5py.File, key: str, dim: int,
+                   runs: list[tuple[int, int, int]], out: np.ndarray) -> None:
+        """Copy each run ``(source start, target start, length)`` of ``key``'s rows into ``out``.
+
+        Few runs (a split that takes a shard's items in stored order is one run) are read by HDF5 straight
+        into their slice of ``out``: one pass over the bytes, as fast as a plain file read. Many scattered
+        runs read the matrix once and copy, since each HDF5 read has a fixed cost."""
+        matrix = self._matrix(path, handle, key, dim)
+        try:
+            if len(runs) <= MAX_DIRECT_READS:
+                for source, target, length in runs:
+                    if length:
+                        matrix.read_direct(out, np.s_[source : source + length], np.s_[target : target + length])
+                return
+            data = matrix[()]
+        except OSError as exc:
+            raise DatasetError(f"{path}: '{key}' cannot be read ({exc})") from None
+        for source, target, length in runs:
+            out[target : target + length] = data[source : source + length]
 
     def load_split(self, split: str, verify: bool = False) -> RawSplit:
         """Load one split's queries and videos into memory, checking them against the manifest."""

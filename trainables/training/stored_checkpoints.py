@@ -9,9 +9,10 @@ for a trial that has one. The trial (``trainables/trial.py``) and the restore fa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from trainables.training.checkpoint import CHECKPOINT_NAME
+from trainables.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 
 def _checkpoint_file(filesystem: Any, folder: str) -> Any | None:
@@ -41,4 +42,13 @@ def newest_checkpoint(filesystem: Any, trial_path: str) -> str | None:
     return max(complete, key=lambda f: (complete[f].mtime_ns or 0, f), default=None)
 
 
-__all__ = ["is_complete", "newest_checkpoint"]
+def loads(folder: str | Path) -> bool:
+    """The checkpoint in a local ``folder`` loads (weights-only): not cut short, not another format."""
+    try:
+        load_checkpoint(folder)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+__all__ = ["is_complete", "loads", "newest_checkpoint"]
