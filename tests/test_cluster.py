@@ -60,7 +60,11 @@ def make_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., obje
     yield make
     for cluster, temp in made:
         cluster.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+        for _ in range(20):  # Ray's exiting processes can still write into their session folder for a moment
+            shutil.rmtree(temp, ignore_errors=True)
+            if not os.path.exists(temp):
+                break
+            time.sleep(0.25)
 
 
 def driver_command(tmp_path: Path, cluster: object, *args: str) -> tuple[list[str], dict]:
