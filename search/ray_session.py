@@ -25,6 +25,11 @@ LOCAL_RAY_ENV = {
 }
 #: the driver's Tune settings: no warning about frequent experiment snapshots (one per epoch is the point)
 DRIVER_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+#: settings of the local Ray's own processes (read by its raylet when it starts): trial workers at the
+#: driver's CPU priority. Ray starts workers at niceness 15, so on a machine with any other load a trial
+#: got less CPU than the same training in the driver: 6% slower epochs in a plain actor, 8-12% in a
+#: trial (benchmarks/overhead.py, on a 2-core machine shared with other jobs), and a slower start.
+LOCAL_RAY_SYSTEM_ENV = {"RAY_worker_niceness": "0"}
 
 
 #: hosts that name each machine itself: a trial on another node would reach its own, not the driver's
@@ -79,6 +84,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         os.environ.setdefault(key, value)
     if address is None:
         os.environ.update(LOCAL_RAY_ENV)
+        for key, value in LOCAL_RAY_SYSTEM_ENV.items():
+            os.environ.setdefault(key, value)
         temp_dir = tempfile.mkdtemp(prefix="prvr-ray-")
         context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                            object_store_memory=object_store_memory, _temp_dir=temp_dir,

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.search_efficiency import BASELINE, analyse, epochs_to_reach, report, summarise
+import pytest
+
+from benchmarks.search_efficiency import BASELINE, _check_args, _parser, analyse, epochs_to_reach, report, summarise
 
 
 def _searches(random: list[float], pruned: list[float], complete: list[float]) -> dict[str, dict]:
@@ -45,10 +47,22 @@ def test_epochs_to_random_best_speedups_and_summary():
     assert effect["median_best_val_sumr_difference"] == (30 + 0.5) / 2
 
     results = {"settings": {"data": "ci", "space": "base", "backbones": ["mssl"], "set": ["hidden_size=32"],
-                            "trials": 4, "max_epochs": 8, "concurrency": 2},
+                            "trials": 4, "max_epochs": 8, "concurrency": 2, "grace_epochs": 2,
+                            "reduction_factor": 4.0},
                "per_seed": {0: seed0, 1: seed1}, "summary": summary, "wall_seconds": 1.0}
     table = report(results)
+    assert "4 trials x <= 8 epochs, concurrency 2, ASHA grace 2 epoch(s), reduction factor 4" in table
     assert "not reached (>3)" in table
     assert "median speed-up 3.00x (target >= 3x: PASS)" in table
     assert "median speed-up 1.00x (target >= 3x: FAIL)" in table
     json.dumps(results)  # what the script writes
+
+
+def test_asha_settings_are_checked():
+    """The ASHA settings given are the ones checked (a reduction factor <= 1 would never stop a trial)."""
+    _check_args(_parser().parse_args([]))  # the defaults
+    _check_args(_parser().parse_args(["--reduction-factor", "3", "--grace-epochs", "2"]))
+    for argv, flag in [(["--reduction-factor", "1"], "--reduction-factor"), (["--grace-epochs", "0"], "--grace-epochs"),
+                       (["--seeds", "0", "0"], "--seeds")]:
+        with pytest.raises(ValueError, match=flag):
+            _check_args(_parser().parse_args(argv))
