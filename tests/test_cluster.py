@@ -179,15 +179,21 @@ def test_trials_survive_a_lost_node_and_a_killed_worker_and_resume_from_their_ch
     assert "4 trials: 4 ran, 0 failed" in out, out[-4000:]
     experiment = tmp_path / "results" / "n"
     assert len(trial_dirs(experiment)) == 4
-    for trial in trial_dirs(experiment):  # every epoch once, in order: a restarted trial went on from its checkpoint
-        assert epochs(trial) == list(range(1, 8)), (trial.name, epochs(trial))
+    retried = failures(experiment)
+    for trial in trial_dirs(experiment):  # in order; a restarted trial went on from its last registered checkpoint
+        seen = epochs(trial)
+        assert sorted(set(seen)) == list(range(1, 8)) and seen[0] == 1, (trial.name, seen)
+        assert all(b - a in (0, 1) for a, b in zip(seen, seen[1:])), (trial.name, seen)  # never back to epoch 1
+        # an epoch's result can be on record before Tune registers its checkpoint: a worker lost in between
+        # repeats that one epoch from the checkpoint before it (seen once in CI), at most once per failure
+        assert len(seen) - len(set(seen)) <= retried[trial.name.removeprefix("trial_")], (trial.name, seen, retried)
     parent, children = mlflow_runs(tmp_path, "n")
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
     assert parent.info.status == "FINISHED"
     now = {r.data.tags["prvr.trial_id"]: r.data.tags for r in children}
     assert all(now[t]["ray.node_id"] != lost.node_id for t in on_lost)  # restarted on a live node
     assert now[killed]["ray.pid"] != trials[killed]["ray.pid"]  # restarted in a new worker
-    retried = failures(experiment)  # Ray retried exactly the trials that lost their node or worker
+    # Ray retried exactly the trials that lost their node or worker
     interrupted = {t for t, tags in everywhere.items() if tags["ray.node_id"] == lost.node_id} | {killed}
     assert on_lost | {killed} <= {t for t, n in retried.items() if n} <= interrupted, retried
     assert set(retried.values()) <= {0, 1}, retried
