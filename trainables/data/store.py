@@ -232,18 +232,18 @@ class FeatureStore:
         Few runs (a split that takes a shard's items in stored order is one run) are read by HDF5 straight
         into their slice of ``out``: one pass over the bytes, as fast as a plain file read. Many scattered
         runs read the matrix once and copy, since each HDF5 read has a fixed cost."""
+        if len(runs) > MAX_DIRECT_READS:
+            data = self._read(path, handle, key, dim)
+            for source, target, length in runs:
+                out[target : target + length] = data[source : source + length]
+            return
         matrix = self._matrix(path, handle, key, dim)
         try:
-            if len(runs) <= MAX_DIRECT_READS:
-                for source, target, length in runs:
-                    if length:
-                        matrix.read_direct(out, np.s_[source : source + length], np.s_[target : target + length])
-                return
-            data = matrix[()]
+            for source, target, length in runs:
+                if length:
+                    matrix.read_direct(out, np.s_[source : source + length], np.s_[target : target + length])
         except OSError as exc:
             raise DatasetError(f"{path}: '{key}' cannot be read ({exc})") from None
-        for source, target, length in runs:
-            out[target : target + length] = data[source : source + length]
 
     def load_split(self, split: str, verify: bool = False) -> RawSplit:
         """Load one split's queries and videos into memory, checking them against the manifest."""
