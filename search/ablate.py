@@ -249,37 +249,40 @@ def ablate(args: argparse.Namespace) -> int:
     from search.run import dataset_source
     from trainables.models.base import Dims
 
-    manifest, location, data = dataset_source(args.data, settings)
-    backbones = args.backbones or [base["backbone"]]
-    configs = plan(base, cells, backbones, args.seeds, Dims(manifest.video_dim, manifest.query_dim), name)
-    print(f"ablation {name}: {len(cells)} cells ({', '.join(c.name for c in cells)}) x {len(backbones)} backbones "
-          f"x {args.seeds} seeds = {len(configs)} trials, every model built once", flush=True)
-    data = data() if callable(data) else data
-
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-
-    from search.searcher import FixedConfigs
-
     from search.ray_session import on_cluster, ray_session
-    from tracking.mlflow_runs import close_children, code_version, default_tracking_uri, start_parent, trial_status
 
-    tracking_uri = args.tracking_uri or default_tracking_uri()
-    if args.ray_address is not None:
-        tracking_uri = on_cluster(tracking_uri, storage.uri)
-    try:
-        tracking = start_parent(tracking_uri, args.experiment, name, "ablation", resume=False,
-                                params={"command": " ".join(sys.argv), **vars(args),
-                                        "components": " ".join(args.components)},
-                                tags={"data": location, "storage": storage.uri, "data_manifest_sha256": manifest.sha256(),
-                                      "prvr.ablation": name, **code_version(Path(__file__).resolve().parents[1])})
-    except Exception as exc:
-        raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
-    tracking.client().log_dict(tracking.parent_run_id, {"base": base, "cells": {c.name: c.as_dict() for c in cells}},
-                               "ablation.json")
+    manifest, location, data = dataset_source(args.data, settings)
+    # Ray first: the trial workers it starts ahead warm up while this driver builds the models, loads the
+    # data and opens the parent run (search/warm_workers.py)
     with ray_session(args.ray_address, **resources):
+        backbones = args.backbones or [base["backbone"]]
+        configs = plan(base, cells, backbones, args.seeds, Dims(manifest.video_dim, manifest.query_dim), name)
+        print(f"ablation {name}: {len(cells)} cells ({', '.join(c.name for c in cells)}) x {len(backbones)} backbones "
+              f"x {args.seeds} seeds = {len(configs)} trials, every model built once", flush=True)
+        data = data() if callable(data) else data
+
+        from ray import tune
+        from ray.tune.search import ConcurrencyLimiter
+
+        from search.searcher import FixedConfigs
+
+        from tracking.mlflow_runs import close_children, code_version, default_tracking_uri, start_parent, trial_status
+
+        tracking_uri = args.tracking_uri or default_tracking_uri()
+        if args.ray_address is not None:
+            on_cluster(storage.uri)
+        try:
+            tracking = start_parent(tracking_uri, args.experiment, name, "ablation", resume=False,
+                                    params={"command": " ".join(sys.argv), **vars(args),
+                                            "components": " ".join(args.components)},
+                                    tags={"data": location, "storage": storage.uri, "data_manifest_sha256": manifest.sha256(),
+                                          "prvr.ablation": name, **code_version(Path(__file__).resolve().parents[1])})
+        except Exception as exc:
+            raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+        tracking.client().log_dict(tracking.parent_run_id, {"base": base, "cells": {c.name: c.as_dict() for c in cells}},
+                                   "ablation.json")
         results = tuning.fit(
-            tuning.trainable(data, tracking, storage, args.cpus_per_trial, args.gpus_per_trial),
+            tuning.trainable(data, args.cpus_per_trial, args.gpus_per_trial),
             tune.TuneConfig(search_alg=ConcurrencyLimiter(FixedConfigs(configs), args.concurrency),
                             num_samples=len(configs), trial_dirname_creator=tuning.trial_dirname,
                             reuse_actors=tuning.REUSE_ACTORS),

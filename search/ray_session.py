@@ -11,7 +11,6 @@ import os
 import shutil
 import sys
 import tempfile
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,52 +31,32 @@ DRIVER_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 LOCAL_RAY_SYSTEM_ENV = {"RAY_worker_niceness": "0"}
 
 
-#: hosts that name each machine itself: a trial on another node would reach its own, not the driver's
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+def single_machine_warnings(storage_uri: str) -> list[str]:
+    """Warnings for a search on a cluster whose results are a folder on the driver's machine: trials on
+    other nodes would write their own copies (fine only on a shared filesystem). The MLflow store needs
+    none: only the driver writes to it (``tracking/trial_runs.py``)."""
+    if "://" in storage_uri:
+        return []
+    return [f"--storage {storage_uri} is a folder on this machine: Ray needs it on a shared filesystem "
+            "for trials on other nodes; use s3://bucket/prefix"]
 
 
-def cluster_tracking_uri(uri: str, driver_ip: str) -> str:
-    """The tracking server URI for a search on a cluster: a loopback host (``http://127.0.0.1:5000`` on
-    the head) becomes the driver node's address, so trials on every node reach the same server."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in ("http", "https") or parts.hostname not in LOOPBACK_HOSTS or driver_ip in LOOPBACK_HOSTS:
-        return uri
-    host = f"[{driver_ip}]" if ":" in driver_ip else driver_ip
-    return parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")).geturl()
-
-
-def single_machine_warnings(tracking_uri: str, storage_uri: str) -> list[str]:
-    """Warnings for a search on a cluster whose MLflow store or results are files on the driver's machine:
-    trials on other nodes would write their own copies (fine only on a shared filesystem)."""
-    warnings = []
-    if urllib.parse.urlsplit(tracking_uri).scheme not in ("http", "https", "databricks"):
-        warnings.append(f"--tracking-uri {tracking_uri} is a store on this machine: trials on other nodes log to "
-                        "their own copy unless it is on a shared filesystem; use a tracking server "
-                        "(search/tracking_server.py on the head, --tracking-uri http://...)")
-    if "://" not in storage_uri:
-        warnings.append(f"--storage {storage_uri} is a folder on this machine: Ray needs it on a shared filesystem "
-                        "for trials on other nodes; use s3://bucket/prefix")
-    return warnings
-
-
-def on_cluster(tracking_uri: str, storage_uri: str) -> str:
-    """The tracking URI trials on every node of the cluster reach; warns about stores only this machine has."""
-    import ray
-
-    reachable = cluster_tracking_uri(tracking_uri, ray.util.get_node_ip_address())
-    if reachable != tracking_uri:
-        print(f"tracking URI for the trials: {reachable} (this node's address; {tracking_uri} is each node's own)")
-    for warning in single_machine_warnings(reachable, storage_uri):
+def on_cluster(storage_uri: str) -> None:
+    """Warns about a search's results folder that only this machine has."""
+    for warning in single_machine_warnings(storage_uri):
         print(f"warning: {warning}", file=sys.stderr)
-    return reachable
 
 
 @contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: float | None = None,
-                object_store_memory: int | None = None) -> Iterator[dict[str, Any]]:
+                object_store_memory: int | None = None, warm_workers: int = 0) -> Iterator[dict[str, Any]]:
     """``ray.init`` for the duration of the block: ``address`` of a running cluster, or (None) a new local
-    Ray on 127.0.0.1 with ``num_cpus``/``num_gpus`` (logical GPUs are fine) in a private temp folder."""
+    Ray on 127.0.0.1 with ``num_cpus``/``num_gpus`` (logical GPUs are fine) in a private temp folder,
+    whose workers import what a trial needs when they start, ``warm_workers`` of them started at once
+    for the first trials (``search/warm_workers.py``)."""
     import ray
+
+    from search.warm_workers import SETUP_HOOK, prestart
 
     temp_dir = None
     for key, value in DRIVER_ENV.items():
@@ -89,8 +68,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         temp_dir = tempfile.mkdtemp(prefix="prvr-ray-")
         context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                            object_store_memory=object_store_memory, _temp_dir=temp_dir,
-                           runtime_env={"env_vars": dict(LOCAL_RAY_ENV)}, logging_level="WARNING",
-                           log_to_driver=True)
+                           runtime_env={"env_vars": dict(LOCAL_RAY_ENV), "worker_process_setup_hook": SETUP_HOOK},
+                           logging_level="WARNING", log_to_driver=True)
+        prestart(warm_workers)
     else:
         context = ray.init(address=address, logging_level="WARNING")
     try:

@@ -132,7 +132,8 @@ def search(args: argparse.Namespace) -> int:
     from trainables.trial import METRIC, MODE, TIME_ATTR
 
     _check_args(args)
-    resources = tuning.ray_resources(args.ray_address, args.concurrency, args.cpus_per_trial, args.gpus_per_trial)
+    resources = tuning.ray_resources(args.ray_address, min(args.concurrency, args.trials), args.cpus_per_trial,
+                                     args.gpus_per_trial)
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     uses_s3 = is_s3(args.storage) or is_s3(args.data) or args.s3_endpoint is not None
     settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if uses_s3 else None
@@ -145,28 +146,30 @@ def search(args: argparse.Namespace) -> int:
     built = space.validate(Dims(manifest.video_dim, manifest.query_dim), count=args.validate_samples)
     print(f"space {space.name} over {', '.join(space.backbones)}: {args.validate_samples} sampled configs valid, "
           f"{built} distinct models built ({time.perf_counter() - start:.1f}s)", flush=True)
-    data = data() if callable(data) else data
-
-    tracking_uri = args.tracking_uri or default_tracking_uri()
-    if args.ray_address is not None:
-        tracking_uri = on_cluster(tracking_uri, storage.uri)
-    try:
-        tracking = start_parent(
-            tracking_uri, args.experiment, name, space.name, resume=args.resume,
-            params={"command": " ".join(sys.argv), **{k: v for k, v in vars(args).items()}},
-            tags={"data": location, "storage": storage.uri, "data_manifest_sha256": manifest.sha256(),
-                  **code_version(Path(__file__).resolve().parents[1])})
-    except Exception as exc:  # an unreachable or broken tracking store, before Ray starts
-        raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
-    tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
-                                                        space.groups.items()}, "space.json")
-    searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler, args.seed))
-    scheduler = make_scheduler(args.scheduler, metric=METRIC, mode=MODE, time_attr=TIME_ATTR,
-                               max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
-                               reduction_factor=args.reduction_factor)
+    # Ray before the data and the parent run: the trial workers it starts ahead import torch and Tune
+    # meanwhile (search/warm_workers.py)
     with ray_session(args.ray_address, **resources):
+        data = data() if callable(data) else data
+
+        tracking_uri = args.tracking_uri or default_tracking_uri()
+        if args.ray_address is not None:
+            on_cluster(storage.uri)
+        try:
+            tracking = start_parent(
+                tracking_uri, args.experiment, name, space.name, resume=args.resume,
+                params={"command": " ".join(sys.argv), **{k: v for k, v in vars(args).items()}},
+                tags={"data": location, "storage": storage.uri, "data_manifest_sha256": manifest.sha256(),
+                      **code_version(Path(__file__).resolve().parents[1])})
+        except Exception as exc:  # an unreachable or broken tracking store
+            raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+        tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
+                                                            space.groups.items()}, "space.json")
+        searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler, args.seed))
+        scheduler = make_scheduler(args.scheduler, metric=METRIC, mode=MODE, time_attr=TIME_ATTR,
+                                   max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
+                                   reduction_factor=args.reduction_factor)
         results = tuning.fit(
-            tuning.trainable(data, tracking, storage, args.cpus_per_trial, args.gpus_per_trial),
+            tuning.trainable(data, args.cpus_per_trial, args.gpus_per_trial),
             tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency), scheduler=scheduler,
                             num_samples=args.trials, time_budget_s=args.time_budget,
                             trial_dirname_creator=tuning.trial_dirname, reuse_actors=tuning.REUSE_ACTORS),

@@ -26,8 +26,9 @@ def trial_dirname(trial: Any) -> str:
 def ray_resources(address: str | None, concurrency: int, cpus_per_trial: float, gpus_per_trial: float
                   ) -> dict[str, Any]:
     """``ray_session`` arguments: none for a running cluster (its own resources and autoscaler); for a
-    private local Ray, CPUs for ``concurrency`` trials and the machine's GPUs (Ray detects them; a trial
-    asking for a GPU on a machine with none would wait forever, so that is an error here)."""
+    private local Ray, CPUs for ``concurrency`` trials, the machine's GPUs (Ray detects them; a trial
+    asking for a GPU on a machine with none would wait forever, so that is an error here) and a worker
+    started ahead for each of the first ``concurrency`` trials."""
     if address is not None:
         return {}
     if gpus_per_trial > 0:
@@ -36,19 +37,27 @@ def ray_resources(address: str | None, concurrency: int, cpus_per_trial: float, 
         if not torch.cuda.is_available():
             raise ValueError(f"--gpus-per-trial {gpus_per_trial:g}: this machine has no GPU (CUDA is not available); "
                              "run on a cluster with GPUs (--ray-address) or leave it at 0")
-    return {"num_cpus": max(1, int(round(concurrency * cpus_per_trial))), "num_gpus": None}
+    return {"num_cpus": max(1, int(round(concurrency * cpus_per_trial))), "num_gpus": None,
+            "warm_workers": concurrency}
 
 
-def trainable(data: Any, tracking: Tracking, storage: SearchStorage, cpus: float, gpus: float) -> Any:
-    """``run_trial`` with its parameters and resources, restoring a lost checkpoint's newest sibling."""
+def trainable(data: Any, cpus: float, gpus: float) -> Any:
+    """``run_trial`` with its data and resources, restoring a lost checkpoint's newest sibling."""
     from ray import tune
 
     from search.checkpoints import with_checkpoint_fallback
     from trainables.trial import run_trial
 
-    return tune.with_resources(
-        with_checkpoint_fallback(tune.with_parameters(run_trial, data=data, tracking=tracking, results_uri=storage.uri)),
-        {"cpu": cpus, "gpu": gpus})
+    return tune.with_resources(with_checkpoint_fallback(tune.with_parameters(run_trial, data=data)),
+                               {"cpu": cpus, "gpu": gpus})
+
+
+def trial_callbacks(tracking: Tracking, storage: SearchStorage) -> list[Any]:
+    """The Tune callbacks every search has: the trials' MLflow child runs and their status lines."""
+    from search.results import TrialStatus
+    from tracking.trial_runs import TrialRuns
+
+    return [TrialRuns(tracking, storage.uri), TrialStatus(tracking)]
 
 
 def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tracking: Tracking,
@@ -57,16 +66,17 @@ def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tra
     Tune callbacks besides the status lines (e.g. a benchmark's timings; not kept for a restore)."""
     from ray import tune
 
-    from search.results import TrialStatus
+    from search.warm_workers import wait_until_ready
 
+    wait_until_ready()  # the workers a local session started ahead, before Tune asks for trial workers
     if resume:
         tuner = tune.Tuner.restore(storage.path, trainable, resume_errored=True, storage_filesystem=storage.filesystem)
     else:
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=tune.RunConfig(
             name=name, storage_path=storage.storage_path, storage_filesystem=storage.filesystem,
-            callbacks=[TrialStatus(tracking), *(callbacks or [])], verbose=1, failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[*trial_callbacks(tracking, storage), *(callbacks or [])], verbose=1, failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     return tuner.fit()
 
 
-__all__ = ["REUSE_ACTORS", "fit", "ray_resources", "trainable", "trial_dirname"]
+__all__ = ["REUSE_ACTORS", "fit", "ray_resources", "trainable", "trial_callbacks", "trial_dirname"]

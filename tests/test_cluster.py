@@ -113,9 +113,12 @@ def running_trials(tmp_path: Path, search: str, checkpointed: bool = True) -> di
                 and epochs(folder / f"trial_{r.data.tags['prvr.trial_id']}")))}
 
 
-def on_every_node(tmp_path: Path, search: str, workers: list) -> dict[str, dict[str, str]] | None:
-    """The running checkpointed trials (``running_trials``) once every worker node has one, else None."""
+def on_every_node(tmp_path: Path, search: str, workers: list, placed: int = 0) -> dict[str, dict[str, str]] | None:
+    """The running checkpointed trials (``running_trials``) once every worker node has one and at least
+    ``placed`` running trials say where they run (a trial's first report does), else None."""
     trials = running_trials(tmp_path, search)
+    if len(running_trials(tmp_path, search, checkpointed=False)) < placed:
+        return None
     return trials if {w.node_id for w in workers} <= {tags["ray.node_id"] for tags in trials.values()} else None
 
 
@@ -160,7 +163,8 @@ def test_trials_survive_a_lost_node_and_a_killed_worker_and_resume_from_their_ch
                           "--max-failures", "3", "--name", "n")
     log = tmp_path / "driver.log"
     try:
-        trials = wait_for(lambda: on_every_node(tmp_path, "n", workers), "a checkpointed trial on each node",
+        # all 4 placed: the test must know which trials the lost node takes with it
+        trials = wait_for(lambda: on_every_node(tmp_path, "n", workers, placed=4), "a checkpointed trial on each node",
                           driver, log)
         lost, kept = workers
         on_lost = {t for t, tags in trials.items() if tags["ray.node_id"] == lost.node_id}

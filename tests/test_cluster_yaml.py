@@ -128,3 +128,13 @@ def test_head_starts_mlflow_through_the_project_once():
     guard = re.search(r'pgrep -f "([^"]+)"', command).group(1)
     assert re.search(guard, "/home/ubuntu/prvr-venv/bin/python -m mlflow server --backend-store-uri x")
     assert not re.search(guard, f"bash --login -c -i 'true && source ~/.bashrc && ({command})'")
+
+
+def test_every_node_runs_trial_workers_at_normal_priority():
+    """As a local Ray does (search/ray_session.py): Ray's worker niceness 15 slows trials on a busy node."""
+    from search.ray_session import LOCAL_RAY_SYSTEM_ENV
+
+    config = load()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "bin/ray start" in c]
+        assert starts and all(f"{k}={v} " in c for c in starts for k, v in LOCAL_RAY_SYSTEM_ENV.items()), key

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.ray_session import cluster_tracking_uri, single_machine_warnings
+from search.ray_session import single_machine_warnings
 from search.tuning import ray_resources
 from trainables.failures import describe, is_infrastructure_error
 from trainables.training.loop import NonFiniteLoss
@@ -98,19 +98,10 @@ def test_a_trial_uses_the_gpu_ray_assigned(requested, gpus, cuda, device):
     assert device_for(requested, gpus, cuda) == device
 
 
-@pytest.mark.parametrize(("uri", "expected"), [
-    ("http://127.0.0.1:5000", "http://10.0.1.5:5000"), ("http://localhost:5000/", "http://10.0.1.5:5000/"),
-    ("https://[::1]:443", "https://10.0.1.5:443"), ("http://10.0.0.9:5000", "http://10.0.0.9:5000"),
-    ("sqlite:///mlflow.db", "sqlite:///mlflow.db")])
-def test_a_loopback_tracking_server_becomes_the_driver_nodes_address(uri, expected):
-    assert cluster_tracking_uri(uri, "10.0.1.5") == expected
-    assert cluster_tracking_uri(uri, "127.0.0.1") == uri  # a one-machine cluster: nothing to change
-
-
-def test_stores_only_the_driver_machine_has_are_warned_about():
-    assert single_machine_warnings("http://10.0.0.1:5000", "s3://bucket/searches") == []
-    warnings = single_machine_warnings("sqlite:///mlflow.db", "/home/me/prvr-results")
-    assert len(warnings) == 2 and "tracking server" in warnings[0] and "s3://" in warnings[1]
+def test_a_results_folder_only_the_driver_machine_has_is_warned_about():
+    assert single_machine_warnings("s3://bucket/searches") == []
+    warnings = single_machine_warnings("/home/me/prvr-results")
+    assert len(warnings) == 1 and "s3://" in warnings[0] and "/home/me/prvr-results" in warnings[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
@@ -118,7 +109,7 @@ def test_gpu_trials_on_a_local_ray_without_a_gpu_are_refused():
     with pytest.raises(ValueError, match=r"--gpus-per-trial 0.25: this machine has no GPU"):
         ray_resources(None, 4, 1.0, 0.25)
     assert ray_resources("127.0.0.1:6379", 4, 1.0, 0.25) == {}  # a cluster brings (or autoscales) its own GPUs
-    assert ray_resources(None, 3, 0.5, 0.0) == {"num_cpus": 2, "num_gpus": None}
+    assert ray_resources(None, 3, 0.5, 0.0) == {"num_cpus": 2, "num_gpus": None, "warm_workers": 3}
     result = subprocess.run([sys.executable, str(ROOT / "search/run.py"), "--gpus-per-trial", "0.25"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [

@@ -1,13 +1,14 @@
 """MLflow runs of a search: one parent run per search, one nested child run per trial.
 
-The parent is created by the driver; each child is opened inside the trial's own process (tagged
-``mlflow.parentRunId``, so the UI shows the search as one expandable row) and found again by its trial id
-when Ray restarts the trial or the search is resumed: a trial keeps exactly one child run. The driver
+Both are written by the search's driver: the parent when the search starts, each child from its trial's
+reports (``tracking/trial_runs.py``; a trial's process never imports MLflow). A child is tagged
+``mlflow.parentRunId``, so the UI shows the search as one expandable row, and is found again by its trial
+id when Ray restarts the trial or the search is resumed: a trial keeps exactly one child run. The driver
 ends every child (FINISHED, KILLED when the scheduler stopped it, FAILED on an error) so none stays
 RUNNING, and deletes the children of trials Ray re-suggested under new ids after a driver was killed.
 
-Everything goes through ``MlflowClient`` with explicit run ids (no global active run), so the same code
-runs in the driver and in the trials against a local SQLite store or a tracking server.
+Everything goes through ``MlflowClient`` with explicit run ids (no global active run), against a local
+SQLite store or a tracking server.
 """
 
 from __future__ import annotations

@@ -9,27 +9,29 @@ test metrics of its best weights; a trial stopped by the scheduler never does, w
 tells the two apart. A trial whose own config or training fails (bad config, NaN loss, any exception
 that is not I/O) ends with one report carrying ``trial_error`` instead of raising, so Ray does not retry
 it; infrastructure errors are raised and retried (``trainables/failures.py``).
+
+The trial does not talk to MLflow: the search's driver writes its child run from these reports
+(``tracking/trial_runs.py``), so a trial's process never imports MLflow.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
-from tracking.mlflow_runs import Tracking, child_run, end_run, log_dict, log_metrics, set_tags
+from trainables import warm_up
 from trainables.data.source import RemoteDataset, materialize
 from trainables.evaluation.metrics import RECALL_KS
-from trainables.plugins import list_plugins
 from trainables.failures import describe, is_infrastructure_error
-from trainables.training.loop import DataSplits, EpochReport, train
+from trainables.training.loop import SELECTION_BRANCH, SELECTION_METRIC, DataSplits, EpochReport, train
 from trainables.training.stored_checkpoints import loads, newest_checkpoint
 
 METRIC = "best_val_sumr"
@@ -41,6 +43,11 @@ COLUMNS = [f"R@{k}" for k in RECALL_KS] + ["SumR"]
 TAG_PREFIX = "tag."
 #: the child run's artifact of per-query test ranks (fused score; ablation statistics are paired on them)
 TEST_RANKS = "test_ranks.json"
+#: the key of a report that says where the trial runs (tags of its MLflow run): node, process, resources
+PLACEMENT = "placement"
+#: the key of a resumed trial's first report that holds its earlier epochs' metrics, rebuilt from its
+#: checkpoint: the driver logs those MLflow lacks (a killed driver never logged the last ones it got)
+EARLIER_EPOCHS = "earlier_epochs"
 
 
 def metric_key(prefix: str, column: str) -> str:
@@ -133,37 +140,77 @@ def trial_dirname(trial_id: str) -> str:
     return f"trial_{trial_id}"
 
 
-def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, tracking: Tracking | None = None,
-              results_uri: str | None = None) -> None:
-    """Ray Tune function trainable (``tune.with_parameters(run_trial, data=..., tracking=...)``); with
-    ``tracking``, the trial logs to its own child run of the search's parent run, tagged with where its
-    checkpoints are (under ``results_uri``, the search's storage: a local folder or ``s3://...``)."""
-    tags = {k[len(TAG_PREFIX):]: v for k, v in config.items() if k.startswith(TAG_PREFIX)}
-    config, placement = _use_assigned_resources({k: v for k, v in config.items() if not k.startswith(TAG_PREFIX)})
-    context = tune.get_context()
-    run_id = None
-    if tracking is not None:
-        run_id = child_run(tracking, context.get_trial_id(), config, list_plugins(), tags)
-        where = context.get_trial_dir() if results_uri is None else \
-            f"{results_uri.rstrip('/')}/{trial_dirname(context.get_trial_id())}"
-        set_tags(tracking, run_id, {"checkpoints": where, **placement})  # a restarted trial: where it runs now
+def split_tags(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial's config without its ``tag.<name>`` keys, and those keys as tags (``<name>``)."""
+    return ({k: v for k, v in config.items() if not k.startswith(TAG_PREFIX)},
+            {k[len(TAG_PREFIX):]: v for k, v in config.items() if k.startswith(TAG_PREFIX)})
 
-    def log(metrics: dict[str, Any], step: int) -> None:
-        if run_id is not None:
-            log_metrics(tracking, run_id, metrics, step, int(time.time() * 1000))
+
+def _numeric(result: dict[str, Any], keep: Any) -> dict[str, float]:
+    return {k: v for k, v in result.items() if keep(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of an epoch's report: the epoch, best val SumR so far and its epoch, the epoch's
+    val metrics and mean loss terms (not Tune's own fields)."""
+    return _numeric(result, lambda k: k in (TIME_ATTR, METRIC, "best_epoch") or k.startswith(("val_", "loss_")))
+
+
+def final_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of a trial's final report: its best epoch's val metrics and its test metrics."""
+    return _numeric(result, lambda k: k.startswith(("best_val_", "test_")))
+
+
+def _write_ranks(ranks: dict[str, Any]) -> None:
+    """The per-query test ranks, next to the trial's checkpoints in the search's storage, for the driver."""
+    storage = tune.get_context().get_storage()
+    filesystem = storage.storage_filesystem
+    filesystem.create_dir(storage.trial_fs_path, recursive=True)
+    with filesystem.open_output_stream(f"{storage.trial_fs_path}/{TEST_RANKS}") as stream:
+        stream.write(json.dumps(ranks).encode())
+
+
+def report_metrics(epoch: int, val: dict[str, dict[str, float]], loss: dict[str, float], best_epoch: int,
+                   best_score: float) -> dict[str, float]:
+    """An epoch's report: the epoch, best val SumR so far and its epoch, val metrics, mean loss terms."""
+    return {TIME_ATTR: epoch, METRIC: best_score, "best_epoch": best_epoch, **flat_metrics("val", val["fused"]),
+            **{f"loss_{name}": value for name, value in loss.items()}}
+
+
+def history_metrics(history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The reports of a run's epochs rebuilt from its history, the best so far by the loop's rule."""
+    out, best_score, best_epoch = [], float("-inf"), 0
+    for entry in history:
+        if entry["val"][SELECTION_BRANCH][SELECTION_METRIC] > best_score:
+            best_score, best_epoch = entry["val"][SELECTION_BRANCH][SELECTION_METRIC], entry["epoch"]
+        out.append(report_metrics(entry["epoch"], entry["val"], entry["loss"], best_epoch, best_score))
+    return out
+
+
+def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset) -> None:
+    """Ray Tune function trainable (``tune.with_parameters(run_trial, data=...)``). The search's driver
+    keeps the trial's MLflow child run from these reports (``tracking.trial_runs``); the first report of
+    each start of the trial also says where it runs (``PLACEMENT``)."""
+    config, _ = split_tags(config)
+    config, placement = _use_assigned_resources(config)
+    placement.update(warm_up.claim())  # this worker is taken; how long it had been ready for a trial
+    first = {PLACEMENT: placement}
+
+    def report(metrics: dict[str, Any], checkpoint: tune.Checkpoint | None = None) -> None:
+        tune.report({**metrics, **first}, checkpoint=checkpoint)
+        first.clear()
 
     scratch = _scratch_dir()
     try:
         resume_from = _resume_folder(scratch / "resume")
 
-        def on_epoch(report: EpochReport) -> None:
-            metrics = {TIME_ATTR: report.epoch, METRIC: report.best_score, "best_epoch": report.best_epoch,
-                       **flat_metrics("val", report.val["fused"]),
-                       **{f"loss_{name}": value for name, value in report.train_loss.items()}}
-            folder = scratch / f"epoch-{report.epoch}"
-            report.save_checkpoint(folder)
-            log(metrics, report.epoch)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        def on_epoch(epoch: EpochReport) -> None:
+            metrics = report_metrics(epoch.epoch, epoch.val, epoch.train_loss, epoch.best_epoch, epoch.best_score)
+            if resume_from is not None and first:
+                first[EARLIER_EPOCHS] = history_metrics(epoch.history[:-1])
+            folder = scratch / f"epoch-{epoch.epoch}"
+            epoch.save_checkpoint(folder)
+            report(metrics, tune.Checkpoint.from_directory(str(folder)))
             shutil.rmtree(folder, ignore_errors=True)
 
         try:
@@ -171,22 +218,15 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, tracking
         except Exception as exc:
             if is_infrastructure_error(exc):
                 raise  # Ray retries the trial from its last checkpoint (FailureConfig.max_failures)
-            error = describe(exc)  # the trial's own: its config, a NaN loss, a corrupt shard, a bug
-            if run_id is not None:
-                set_tags(tracking, run_id, {"error": error})
-                end_run(tracking, run_id, "FAILED")
-            # the metric is there for the scheduler's strict check; the searcher tells this trial as failed
-            tune.report({"trial_error": error, "finished": True, METRIC: float("-inf")})
+            # the trial's own: its config, a NaN loss, a corrupt shard, a bug. The metric is there for the
+            # scheduler's strict check; the searcher tells this trial as failed
+            report({"trial_error": describe(exc), "finished": True, METRIC: float("-inf")})
             return
         last = result.history[-1]
         final = {TIME_ATTR: last["epoch"], METRIC: result.val.get("fused", {}).get("SumR", float("nan")),
                  "best_epoch": result.best_epoch, **flat_metrics("val", last["val"]["fused"]),
                  **flat_metrics("best_val", result.val["fused"]), **flat_metrics("test", result.test["fused"])}
-        if run_id is not None:
-            log({k: v for k, v in final.items() if k.startswith(("best_val_", "test_"))}, last["epoch"])
-            log_dict(tracking, run_id, {"query_ids": materialize(data).test.query_ids,
-                                        "ranks": result.test_ranks["fused"].tolist()}, TEST_RANKS)
-            end_run(tracking, run_id, "FINISHED")
-        tune.report({**final, "finished": True, "stopped_early": result.stopped_early})
+        _write_ranks({"query_ids": materialize(data).test.query_ids, "ranks": result.test_ranks["fused"].tolist()})
+        report({**final, "finished": True, "stopped_early": result.stopped_early})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

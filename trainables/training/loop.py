@@ -75,6 +75,8 @@ class EpochReport:
     best_score: float
     stopping: bool
     save_checkpoint: Callable[[str | Path], Path]
+    #: every epoch of the run so far, this one last (a resumed run's earlier epochs come from its checkpoint)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def score(self) -> float:
@@ -237,7 +239,7 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(EpochReport(epoch=s.epoch, train_loss=losses, val=val, best_epoch=s.best_epoch,
                                      best_score=s.best_score, stopping=s.stopped or s.epoch >= c.epochs,
-                                     save_checkpoint=self.save))
+                                     save_checkpoint=self.save, history=list(s.history)))
         return self.finish()
 
     def finish(self) -> TrainResult:
