@@ -80,10 +80,8 @@ def prestart(count: int, keep_alive_s: int = KEEP_ALIVE_S) -> bool:
 
 def ready_workers() -> list[int]:
     """Process ids of this session's started-ahead workers that have warmed up and await a trial."""
-    import ray
-
-    folder = markers_dir(ray._private.worker._global_node.get_session_dir_path())
-    return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) if folder.is_dir() else []
+    folder = markers_dir()
+    return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) if folder and folder.is_dir() else []
 
 
 def wait_until_ready(timeout_s: float = READY_TIMEOUT_S, poll_s: float = 0.1) -> int:

@@ -30,15 +30,12 @@ MARKERS = "warm-workers"
 ready_at: float | None = None
 
 
-def markers_dir(session_dir: str | os.PathLike[str]) -> Path:
-    return Path(session_dir) / MARKERS
-
-
-def _session_dir() -> str | None:
+def markers_dir() -> Path | None:
+    """The ready workers' markers folder of the Ray session this process belongs to (None: no session)."""
     import ray
 
     node = getattr(ray._private.worker, "_global_node", None)
-    return None if node is None else node.get_session_dir_path()
+    return None if node is None else Path(node.get_session_dir_path()) / MARKERS
 
 
 def import_trial_modules() -> None:
@@ -54,10 +51,9 @@ def import_trial_modules() -> None:
             logger.warning("trial worker warm-up: importing %s failed: %s", name, exc)
             return
     ready_at = time.time()
-    session = _session_dir()
-    if session is not None:
+    folder = markers_dir()
+    if folder is not None:
         try:
-            folder = markers_dir(session)
             folder.mkdir(exist_ok=True)
             (folder / str(os.getpid())).write_text(f"{time.perf_counter() - start:.3f}\n")
         except OSError as exc:
@@ -70,9 +66,9 @@ def claim() -> dict[str, str]:
     started for the trial; more for one started ahead)."""
     if ready_at is None:
         return {}
-    session = _session_dir()
-    if session is not None:
-        (markers_dir(session) / str(os.getpid())).unlink(missing_ok=True)
+    folder = markers_dir()
+    if folder is not None:
+        (folder / str(os.getpid())).unlink(missing_ok=True)
     return {"ray.worker_ready_s": f"{max(0.0, time.time() - ready_at):.2f}"}
 
 
