@@ -1,40 +1,45 @@
 """What the platform adds to one trial: wall time of a one-trial search against the bare training function,
 and how soon a trial after the first on a node starts its first epoch.
 
-    python benchmarks/overhead.py                  # ~1-minute trials, 3 repetitions each (~9 minutes)
-    python benchmarks/overhead.py --quick          # ~5-second trials, a smoke run (about a minute)
+    python benchmarks/overhead.py                  # ~1-minute trials, 3 repetitions each (~12 minutes)
+    python benchmarks/overhead.py --quick          # ~5-second trials, a smoke run (about 1.5 minutes)
     python benchmarks/overhead.py --reps 5 --out /tmp/overhead.json
 
 Why: a search is only worth running through Ray Tune, MLflow and per-epoch checkpoints if they cost little
 next to the training itself. Targets: <= 5% extra wall time for a trial of about a minute, and a trial after
 the first on a node starts its first epoch within 3 s (its dataset already on the node).
 
-What is measured, in one process on one private local Ray (started once; its startup and the MLflow store's
-creation are reported, not counted):
+What is measured, in one process (the MLflow store's creation is reported, not counted):
 
 * **bare**: ``trainables.training.loop.train(config, data)`` in this process, torch on 1 thread (as a trial
-  with 1 CPU), the data loaded once beforehand (a search loads it once too).
-* **one-trial search**: the same config through the project's path: ``search_storage`` + ``start_parent``
-  (SQLite store in a temp folder), ``search.tuning.trainable`` + ``search.tuning.fit`` with
-  ``FixedConfigs([config])`` (so a checkpoint and an MLflow log per epoch, the child run, the test ranks),
-  then the child runs closed and the parent ended. Its wall time runs from the first of these calls to the
-  last: it includes the trial actor's start (a new worker process importing torch and MLflow), shipping
-  the data through the object store, and Tune's teardown.
-* bare and search alternate (bare, search, bare, search, ...) so the shared machine's load hits both alike;
-  medians are reported, and the overhead is ``median(search) / median(bare) - 1``. On a shared 2-core box
-  the epochs' own times vary by about +-10% between runs, more than the target, so the table also gives
-  the **fixed cost per trial** over the bare median: the search's time before its first epoch and after its
-  last (launch, worker start, child run, cold process; teardown; storage and runs), which per-epoch noise
-  does not touch. Every search pays at least that (plus a checkpoint, MLflow log and report per epoch).
+  with 1 CPU), the data loaded once beforehand (a search loads it once too), this process warmed up by a
+  first call; and **bare, new process**: the same in a new Python process, data loaded untimed, paying
+  ``train()``'s own first calls (``torch._dynamo`` on the first optimiser step) as a user's script does.
+* **one-trial search**: the same config through the project's path, each in a new private local Ray
+  session as ``search/run.py`` opens it, timed from the moment Ray is up (Ray's start and stop are
+  reported, not counted): ``search_storage`` + ``start_parent`` (SQLite store in a temp folder),
+  ``search.tuning.trainable`` + ``search.tuning.fit`` with ``FixedConfigs([config])`` (so a checkpoint
+  per epoch and the driver's MLflow child run, metrics and test ranks), then the child runs closed and the
+  parent ended. It includes the trial worker's start (a new process importing torch, ``torch._dynamo`` and
+  Ray Tune), shipping the data through the object store, and Tune's teardown. Twice: with a trial worker
+  started ahead (``warm``, the session's default: the search waits for its imports where it has nothing
+  else to do) and without (``cold``).
+* bare, the two searches (in alternating order) and bare in a new process alternate, so the shared
+  machine's load hits all alike; medians are reported, and the overhead is ``median(search) /
+  median(bare) - 1``. The epochs' own times vary by a few percent between runs, about the target, so the
+  table also gives the **fixed cost per trial** over the bare median: the search's time before its first
+  epoch and after its last (launch, worker start; teardown; storage and runs), which per-epoch noise does
+  not touch. Every search pays at least that (plus a checkpoint and report per epoch).
 * **start delay**: a search of 2-3 trials (same config, seeds 0..n-1, fewer epochs) at concurrency 1. For
   each trial after the first: from Tune launching it (a callback's ``on_trial_start``, driver clock) to the
   start of its first epoch, estimated (the trial is not instrumented) as the MLflow timestamp of its epoch-1
-  metrics (worker clock, same machine) minus that epoch's duration, taken as the interval between its
+  metrics (the driver's clock when it received them) minus that epoch's duration, taken as the interval between its
   epoch-1 and epoch-2 timestamps. The first epoch also builds the model and warms up, so it is a little
   longer than the second: the estimate errs towards a longer delay (the JSON has the bare runs' first and
   later epoch times to size that bias). Tune calls ``on_trial_start`` once the trial's actor is up (its
-  worker process started and imported the trainable), so the JSON also gives each delay from the previous
-  trial's end (``since_previous_end_s``), which includes that. When the target is missed, the same search runs again with
+  worker process started and imported the trainable), so the table and the JSON also give each delay
+  from the previous trial's end (``since_previous_end_s``), which includes that: without actor reuse a
+  new worker's 3-5 s of imports come before the launch, and only this figure shows them. When the target is missed, the same search runs again with
   ``TuneConfig(reuse_actors=True)`` (``--reuse-actors`` to force or skip it).
 
 The timings come from a Tune callback passed to ``search.tuning.fit`` next to the search's own status lines.
@@ -410,7 +415,8 @@ def table(result: dict[str, Any]) -> str:
         for d in delays[1:]:
             ok = d["start_delay_s"] <= START_DELAY_TARGET_S
             rows.append((f"start delay trial {d['trial']}, {mode} [s]", f"{d['start_delay_s']:.2f}",
-                         f"(launch->report {d['launch_to_first_report_s']:.2f}, epoch {d['epoch_s']:.2f})",
+                         f"(launch->report {d['launch_to_first_report_s']:.2f}, epoch {d['epoch_s']:.2f}, "
+                         f"from the previous trial's end {d['since_previous_end_s']:.2f})",
                          f"<= {START_DELAY_TARGET_S:g} s", verdict(ok)))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join("  ".join(cell.ljust(w) if i in (0, 2) else cell.rjust(w) for i, (cell, w) in
