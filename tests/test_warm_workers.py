@@ -44,6 +44,7 @@ def test_a_trial_runs_in_the_worker_started_ahead_with_its_imports_done(tmp_path
 
         tags = warm_up.claim()
         tune.report({"pid": os.getpid(), "ready_s": float(tags.get("ray.worker_ready_s", -1)),
+                     "claimed_again": warm_up.claim() != {},  # a reused worker's next trial waited for nothing
                      "mlflow": "mlflow" in sys.modules, **imported})
 
     with ray_session(None, num_cpus=1, warm_workers=1):
@@ -55,7 +56,7 @@ def test_a_trial_runs_in_the_worker_started_ahead_with_its_imports_done(tmp_path
     result = results[0].metrics
     assert result["pid"] == ahead[0]  # Tune's actor took the worker started ahead
     assert result["torch._dynamo"] and result["trainables.trial"]  # imported before the trial began
-    assert result["ready_s"] >= 0
+    assert result["ready_s"] >= 0 and not result["claimed_again"]
     assert not result["mlflow"]  # the driver keeps the MLflow runs (tracking/trial_runs.py)
     assert left == []  # the trial claimed it: no worker is counted as free twice
 

@@ -63,13 +63,16 @@ def import_trial_modules() -> None:
 def claim() -> dict[str, str]:
     """Called by a trial when it starts: this worker is no longer free. Returns tags for the trial's run:
     ``ray.worker_ready_s``, how long the worker had been ready before this trial began (0 for a worker
-    started for the trial; more for one started ahead)."""
+    started for the trial; more for one started ahead). Only the worker's first trial gets it: a trial
+    in a reused worker did not wait for its warm-up."""
+    global ready_at
     if ready_at is None:
         return {}
+    waited, ready_at = max(0.0, time.time() - ready_at), None
     folder = markers_dir()
     if folder is not None:
         (folder / str(os.getpid())).unlink(missing_ok=True)
-    return {"ray.worker_ready_s": f"{max(0.0, time.time() - ready_at):.2f}"}
+    return {"ray.worker_ready_s": f"{waited:.2f}"}
 
 
 __all__ = ["MARKERS", "TRIAL_MODULES", "claim", "import_trial_modules", "markers_dir"]
