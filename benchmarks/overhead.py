@@ -17,7 +17,10 @@ What is measured, in one process (the MLflow store's creation is reported, not c
   ``train()``'s own first calls (``torch._dynamo`` on the first optimiser step) as a user's script does.
 * **one-trial search**: the same config through the project's path, each in a new private local Ray
   session as ``search/run.py`` opens it, timed from the moment Ray is up (Ray's start and stop are
-  reported, not counted): ``search_storage`` + ``start_parent`` (SQLite store in a temp folder),
+  reported, not counted): ``search_storage``, the data loaded from disk as ``search/run.py`` loads it once
+  Ray is up (the load's own time is reported, not counted, since the bare runs use data loaded beforehand;
+  a worker started ahead imports meanwhile, as it does in ``search/run.py``), ``start_parent`` (SQLite
+  store in a temp folder),
   ``search.tuning.trainable`` + ``search.tuning.fit`` with ``FixedConfigs([config])`` (so a checkpoint
   per epoch and the driver's MLflow child run, metrics and test ranks), then the child runs closed and the
   parent ended. It includes the trial worker's start (a new process importing torch, ``torch._dynamo`` and
@@ -171,7 +174,9 @@ def run_bare(config: dict[str, Any], data: Any) -> dict[str, Any]:
 def run_search(configs: list[dict[str, Any]], data: Any, name: str, root: Path, tracking_uri: str,
                reuse_actors: bool = False) -> dict[str, Any]:
     """One search of ``configs`` at concurrency 1 through ``search.tuning``; its wall time (storage and parent
-    run to the runs closed), ``fit``'s own, the callback's timeline and the tracking handle."""
+    run to the runs closed), ``fit``'s own, the callback's timeline and the tracking handle. ``data`` may be a
+    loader, called where ``search/run.py`` loads the data (after its storage, before its parent run); the
+    load's own time (``load_s``) is left out of the wall time, as the bare runs use data loaded beforehand."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -183,6 +188,9 @@ def run_search(configs: list[dict[str, Any]], data: Any, name: str, root: Path, 
     timeline = Timeline()
     start = time.perf_counter()
     storage = search_storage(str(root), name, resume=False)
+    load_start = time.perf_counter()
+    data = data() if callable(data) else data
+    load_s = time.perf_counter() - load_start
     tracking = start_parent(tracking_uri, EXPERIMENT, name, "fixed", resume=False,
                             params={"configs": json.dumps(configs), "reuse_actors": reuse_actors},
                             tags={"data": data.location, "storage": storage.uri,
@@ -205,10 +213,10 @@ def run_search(configs: list[dict[str, Any]], data: Any, name: str, root: Path, 
         finished += bool(result.error is None and metrics.get("finished") and "trial_error" not in metrics)
     close_children(tracking, statuses)
     tracking.client().set_terminated(tracking.parent_run_id, "FINISHED" if finished == len(configs) else "FAILED")
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start - load_s
     if finished != len(configs):
         raise RuntimeError(f"search {name}: {len(configs) - finished} of {len(configs)} trials did not finish")
-    return {"wall_s": wall, "fit_s": fit_s, "submitted": submitted, "returned": returned,
+    return {"wall_s": wall, "fit_s": fit_s, "load_s": load_s, "submitted": submitted, "returned": returned,
             "timeline": timeline, "tracking": tracking}
 
 
@@ -315,7 +323,12 @@ def measure(settings: Settings, workdir: Path) -> dict[str, Any]:
     from trainables.training.loop import load_data
 
     config = settings.config()
-    data = load_data(ensure_synthetic(settings.preset))
+    location = ensure_synthetic(settings.preset)
+    data = load_data(location)
+
+    def load() -> Any:  # what a search's session loads once Ray is up, as search/run.py does
+        return load_data(location)
+
     # warm this process up (lazy imports: torch's optimizer imports torch._dynamo, ~1 s) so every bare run
     # here is a warm one; the bare run in a new process pays them, as each trial's process does
     warm_up = run_bare({**config, "epochs": 1}, data)
@@ -334,21 +347,22 @@ def measure(settings: Settings, workdir: Path) -> dict[str, Any]:
         print(f"rep {rep + 1}/{settings.reps}: bare {bare[-1]['wall_s']:.1f}s", flush=True)
         modes = list(SEARCH_MODES) if rep % 2 == 0 else list(reversed(SEARCH_MODES))
         for mode in modes:
-            run = session_search([config], data, f"overhead-{mode}-{rep + 1}", workdir / "results", tracking_uri,
+            run = session_search([config], load, f"overhead-{mode}-{rep + 1}", workdir / "results", tracking_uri,
                                  SEARCH_MODES[mode])
             startups.append(run["ray_startup_s"])
-            searches[mode].append({"wall_s": run["wall_s"], "fit_s": run["fit_s"], **search_breakdown(run)})
+            searches[mode].append({"wall_s": run["wall_s"], "fit_s": run["fit_s"], "load_s": run["load_s"],
+                                   **search_breakdown(run)})
             print(f"rep {rep + 1}/{settings.reps}: one-trial search, {mode} worker {run['wall_s']:.1f}s", flush=True)
         bare_fresh.append(run_bare_fresh(settings))
         print(f"rep {rep + 1}/{settings.reps}: bare in a new process {bare_fresh[-1]['wall_s']:.1f}s", flush=True)
     delay_configs = [{**config, "epochs": settings.delay_epochs, "patience": settings.delay_epochs, "seed": s}
                      for s in range(settings.delay_trials)]
     delays = {"reuse_actors=False": start_delays(
-        session_search(delay_configs, data, "start-delay", workdir / "results", tracking_uri, 1))}
+        session_search(delay_configs, load, "start-delay", workdir / "results", tracking_uri, 1))}
     missed = max(d["start_delay_s"] for d in delays["reuse_actors=False"][1:]) > START_DELAY_TARGET_S
     if settings.reuse_actors == "always" or (settings.reuse_actors == "auto" and missed):
         delays["reuse_actors=True"] = start_delays(
-            session_search(delay_configs, data, "start-delay-reuse", workdir / "results", tracking_uri, 1,
+            session_search(delay_configs, load, "start-delay-reuse", workdir / "results", tracking_uri, 1,
                            reuse_actors=True))
     bare_median = _median([b["wall_s"] for b in bare])
     fresh_median = _median([b["wall_s"] for b in bare_fresh])
@@ -408,6 +422,8 @@ def table(result: dict[str, Any]) -> str:
                  ("    after trial end [s]", median_of(runs, "after_trial_s"), "", "", ""),
                  ("    outside fit [s]", median_of(runs, "outside_fit_s"), "", "", "")]
     rows += [("Ray startup, each session (excluded) [s]", f"{result['ray_startup_s']:.1f}", "", "", ""),
+             ("data load in the session (excluded) [s]",
+              f"{_median([s['load_s'] for runs in result['search'].values() for s in runs]):.2f}", "", "", ""),
              ("bare epoch 1 cold / warm / later [s]", f"{result['bare_cold_first_epoch_s']:.2f} / "
               f"{result['bare_first_epoch_s']:.2f} / "
               + ("-" if result["bare_later_epoch_s"] is None else f"{result['bare_later_epoch_s']:.2f}"), "", "", "")]
