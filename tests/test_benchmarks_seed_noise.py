@@ -54,6 +54,8 @@ def test_bad_options_are_named():
 
 
 def test_quick_run_matches_an_independent_training(tmp_path, capsys):
+    from benchmarks.runs import parse_args
+    from search.searcher import PruneAwareOptunaSearch, make_sampler
     from trainables.data.datasets import resolve_dataset
     from trainables.training.loop import load_data, train
 
@@ -63,6 +65,12 @@ def test_quick_run_matches_an_independent_training(tmp_path, capsys):
     rows = results["runs"]["2"]
     assert [(r["trial"], r["training_seed"]) for r in rows] == [(1, 2), (1, 1002), (2, 2), (2, 1002), (3, 2), (3, 1002)]
     assert all(len(r["curve"]) == 2 and r["config"]["seed"] == r["training_seed"] for r in rows)
+    # the search's own trainings are exactly the random searcher's first 3 trials of searcher seed 2
+    args = parse_args(seed_noise._parser(), ["--quick", "--seeds", "2"], seed_noise.QUICK)
+    searcher = PruneAwareOptunaSearch(space=search_efficiency.search_space(args, 2), metric="m", mode="max",
+                                      sampler=make_sampler("random", 2))
+    assert [r["config"] for r in rows[0::2]] == [searcher.suggest(f"t{i}") for i in range(3)]
+    assert all(r["config"] == {**own["config"], "seed": 1002} for own, r in zip(rows[0::2], rows[1::2]))
     # the search's own training of config 1, redone here in this process
     curve: list[float] = []
     train(rows[0]["config"], load_data(resolve_dataset("tiny")), on_epoch=lambda r: curve.append(r.best_score))
