@@ -27,6 +27,17 @@ MB = 2**20
 FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                       "health_check_failure_threshold": 4}
 SEARCH = ["--space", "base", "--backbones", "mssl", "--scheduler", "none", *TINY_MODEL]
+#: cluster temp folders an exiting Ray process wrote into again after their removal
+LEFTOVER_TEMPS: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_leftover_temps() -> Iterator[None]:
+    """Removes, once this module's tests are done, the cluster folders a late Ray process recreated (an
+    empty session folder was left in /tmp after every CI run)."""
+    yield
+    for temp in LEFTOVER_TEMPS:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -65,6 +76,7 @@ def make_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., obje
             if not os.path.exists(temp):
                 break
             time.sleep(0.25)
+        LEFTOVER_TEMPS.append(temp)  # removed again at the module's end (a no-op if it is gone)
 
 
 def driver_command(tmp_path: Path, cluster: object, *args: str) -> tuple[list[str], dict]:
