@@ -26,7 +26,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from tracking.mlflow_runs import Tracking, child_run, end_run, log_metrics, set_tags
+from tracking.mlflow_runs import Tracking, child_run, end_run, log_dict, log_metrics, set_tags
 from trainables.plugins import list_plugins
 from trainables.trial import (EARLIER_EPOCHS, PLACEMENT, TEST_RANKS, TIME_ATTR, epoch_metrics, final_metrics,
                               split_tags, trial_dirname)
@@ -47,9 +47,8 @@ class TrialRuns(Callback):
         """The trial's child run, opened (or found again) on first use."""
         if trial.trial_id not in self._runs:
             config, tags = split_tags(trial.config)
-            run_id = child_run(self.tracking, trial.trial_id, config, list_plugins(), tags)
-            set_tags(self.tracking, run_id, {"checkpoints": f"{self.results_uri}/{trial_dirname(trial.trial_id)}"})
-            self._runs[trial.trial_id] = run_id
+            tags["checkpoints"] = f"{self.results_uri}/{trial_dirname(trial.trial_id)}"
+            self._runs[trial.trial_id] = child_run(self.tracking, trial.trial_id, config, list_plugins(), tags)
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -71,11 +70,10 @@ class TrialRuns(Callback):
             log_metrics(self.tracking, run_id, final_metrics(result), int(result.get("epoch", 0)), now_ms)
             ranks = _read_ranks(trial)
             if ranks is not None:
-                self.tracking.client().log_dict(run_id, ranks, TEST_RANKS)
+                log_dict(self.tracking, run_id, ranks, TEST_RANKS)
             end_run(self.tracking, run_id, "FINISHED")
         else:
             log_metrics(self.tracking, run_id, epoch_metrics(result), int(result.get("epoch", 0)), now_ms)
-
 
     def _log_missing(self, run_id: str, earlier: list[dict[str, Any]], now_ms: int) -> None:
         """A resumed trial's earlier epochs that the run lacks (their results died with a killed driver)."""
