@@ -4,6 +4,7 @@
     python benchmarks/search_efficiency.py --quick         # smoke run (about 1 minute)
     python benchmarks/search_efficiency.py --seeds 0 1 2 3 4 --trials 32 --out /tmp/efficiency.json
     python benchmarks/search_efficiency.py --trials 16 --max-epochs 8 --grace-epochs 1 --reduction-factor 2  # search/run.py's ASHA
+    python benchmarks/search_efficiency.py --data small --strategies random asha-tpe-pruned  # the demo data, the default strategy only
 
 Why: the project's default search is ASHA early stopping with Optuna TPE, and trials ASHA stops are told to
 Optuna as PRUNED (``search.searcher.PruneAwareOptunaSearch``) instead of COMPLETE with their early score (what
@@ -120,6 +121,7 @@ STRATEGIES = (
     Strategy("asha-tpe-complete", "tpe", "asha", "complete", "ASHA + TPE, stopped trials told as COMPLETE"),
 )
 BASELINE = STRATEGIES[0].name
+STRATEGY_NAMES = tuple(strategy.name for strategy in STRATEGIES)
 
 QUICK = {"data": "tiny", "seeds": [0], "trials": 4, "max_epochs": 2, "grace_epochs": 1, "reduction_factor": 2.0,
          "set": ["hidden_size=16", "n_heads=2"]}
@@ -146,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="ASHA: epochs before a trial can be stopped (search/run.py's default: 1)")
     p.add_argument("--reduction-factor", type=float, default=4.0,
                    help="ASHA: keep 1/this of the trials at each rung (search/run.py's default: 2)")
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGY_NAMES), metavar="NAME",
+                   help=f"strategies run for every seed, {BASELINE} (the baseline) among them "
+                        f"(default: {' '.join(STRATEGY_NAMES)})")
     p.add_argument("--new-actor-per-trial", action="store_true",
                    help="start a new Ray actor for every trial, as search/run.py does (slower: each imports torch); "
                         "by default actors are reused, which changes no sampled config and no counted epoch")
@@ -187,11 +192,17 @@ def analyse(searches: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def compared(per_seed: dict[int, dict[str, Any]]) -> list[Strategy]:
+    """The strategies other than the baseline that the seeds' searches ran, in ``STRATEGIES``' order."""
+    ran = set.intersection(*(set(seed["strategies"]) for seed in per_seed.values()))
+    return [strategy for strategy in STRATEGIES[1:] if strategy.name in ran]
+
+
 def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Median speed-ups over seeds and the PASS/FAIL of the target, per ASHA + TPE strategy; the effect of
-    pruned vs complete (epochs to target of complete / of pruned; best val SumR difference)."""
+    """Median speed-ups over seeds and the PASS/FAIL of the target, per ASHA + TPE strategy run; the effect
+    of pruned vs complete (epochs to target of complete / of pruned; best val SumR difference) when both ran."""
     summary: dict[str, Any] = {}
-    for strategy in STRATEGIES[1:]:
+    for strategy in compared(per_seed):
         rows = [seed["strategies"][strategy.name] for seed in per_seed.values()]
         median = statistics.median(r["speedup"] for r in rows)
         summary[strategy.name] = {
@@ -199,6 +210,8 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             "seeds_reached": sum(r["reached"] for r in rows), "seeds": len(rows),
             "target": TARGET_SPEEDUP, "pass": median >= TARGET_SPEEDUP}
     pruned, complete = "asha-tpe-pruned", "asha-tpe-complete"
+    if not {pruned, complete} <= summary.keys():
+        return summary
     ratios = []
     for seed in per_seed.values():
         a, b = seed["strategies"][pruned]["epochs_to_target"], seed["strategies"][complete]["epochs_to_target"]
@@ -316,6 +329,12 @@ def _check_args(args: argparse.Namespace) -> None:
                      ("--seeds", len(set(args.seeds)) == len(args.seeds))]:
         if not ok:
             raise ValueError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
+    unknown = sorted(set(args.strategies) - set(STRATEGY_NAMES))
+    if unknown:
+        raise ValueError(f"--strategies: unknown {', '.join(unknown)} (available: {', '.join(STRATEGY_NAMES)})")
+    if BASELINE not in args.strategies or len(set(args.strategies)) < 2:
+        raise ValueError(f"--strategies must name {BASELINE} (the baseline) and at least one other, "
+                         f"got {' '.join(args.strategies)}")
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -340,7 +359,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         with ray_session(num_cpus=args.concurrency, num_gpus=None):
             for seed in args.seeds:
                 searches[seed] = {}
-                for strategy in STRATEGIES:
+                for strategy in (s for s in STRATEGIES if s.name in args.strategies):
                     result = run_search(strategy, seed, args, data, Path(tmp) / "results", tracking_uri)
                     searches[seed][strategy.name] = result
                     print(f"seed {seed} {strategy.name}: {len(result['scores'])} epochs, best val SumR "
@@ -380,17 +399,18 @@ def report(results: dict[str, Any]) -> str:
                          f"{_cell(row['epochs_to_target_95'], row['epochs']):>22}{row['speedup_95']:>14.2f}x")
     lines.append("")
     summary = results["summary"]
-    for strategy in STRATEGIES[1:]:
+    for strategy in compared(results["per_seed"]):
         s = summary[strategy.name]
         lines.append(f"{strategy.label}: median speed-up {s['median_speedup']:.2f}x "
                      f"(target >= {s['target']:g}x: {'PASS' if s['pass'] else 'FAIL'}), reached random's best in "
                      f"{s['seeds_reached']}/{s['seeds']} seeds; @95% of it: {s['median_speedup_95']:.2f}x")
-    effect = summary["pruned_vs_complete"]
-    ratio = effect["median_epochs_ratio_complete_over_pruned"]
-    lines.append("pruned vs complete (no target): epochs to random's best, complete / pruned: "
-                 + (f"median {ratio:.2f}" if ratio is not None else "n/a")
-                 + f" over {effect['seeds_both_reached']} seeds where both reached it (> 1: pruned is faster); "
-                 f"best val SumR pruned - complete: median {effect['median_best_val_sumr_difference']:+.1f}")
+    effect = summary.get("pruned_vs_complete")  # only when both ran
+    if effect is not None:
+        ratio = effect["median_epochs_ratio_complete_over_pruned"]
+        lines.append("pruned vs complete (no target): epochs to random's best, complete / pruned: "
+                     + (f"median {ratio:.2f}" if ratio is not None else "n/a")
+                     + f" over {effect['seeds_both_reached']} seeds where both reached it (> 1: pruned is faster); "
+                     f"best val SumR pruned - complete: median {effect['median_best_val_sumr_difference']:+.1f}")
     lines.append(f"wall time {results['wall_seconds']:.0f}s")
     return "\n".join(lines)
 

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from benchmarks.search_efficiency import BASELINE, _check_args, _parser, analyse, epochs_to_reach, report, summarise
+from benchmarks.search_efficiency import (BASELINE, _check_args, _parser, analyse, compared, epochs_to_reach, report,
+                                          summarise)
 
 
 def _searches(random: list[float], pruned: list[float], complete: list[float]) -> dict[str, dict]:
@@ -57,12 +58,26 @@ def test_epochs_to_random_best_speedups_and_summary():
     assert "median speed-up 1.00x (target >= 3x: FAIL)" in table
     json.dumps(results)  # what the script writes
 
+    # --strategies random asha-tpe-pruned: the same figures for pruned, no complete, no pruned-vs-complete line
+    for seed in (seed0, seed1):
+        del seed["strategies"]["asha-tpe-complete"]
+    assert [strategy.name for strategy in compared({0: seed0, 1: seed1})] == ["asha-tpe-pruned"]
+    partial = summarise({0: seed0, 1: seed1})
+    assert set(partial) == {"asha-tpe-pruned"} and partial["asha-tpe-pruned"] == pruned
+    table = report({**results, "per_seed": {0: seed0, 1: seed1}, "summary": partial})
+    assert "median speed-up 3.00x (target >= 3x: PASS)" in table
+    assert "COMPLETE" not in table and "pruned vs complete" not in table and table.endswith("wall time 1s")
+
 
 def test_asha_settings_are_checked():
-    """The ASHA settings given are the ones checked (a reduction factor <= 1 would never stop a trial)."""
+    """The ASHA settings and strategies given are the ones checked (a reduction factor <= 1 would never stop a
+    trial; a search without random has no target)."""
     _check_args(_parser().parse_args([]))  # the defaults
     _check_args(_parser().parse_args(["--reduction-factor", "3", "--grace-epochs", "2"]))
+    _check_args(_parser().parse_args(["--strategies", "asha-tpe-complete", "random"]))
     for argv, flag in [(["--reduction-factor", "1"], "--reduction-factor"), (["--grace-epochs", "0"], "--grace-epochs"),
-                       (["--seeds", "0", "0"], "--seeds")]:
+                       (["--seeds", "0", "0"], "--seeds"), (["--strategies", "asha-tpe-pruned"], "--strategies"),
+                       (["--strategies", "random"], "--strategies"),
+                       (["--strategies", "random", "asha-tpe"], "unknown asha-tpe")]:
         with pytest.raises(ValueError, match=flag):
             _check_args(_parser().parse_args(argv))
