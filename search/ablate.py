@@ -252,13 +252,14 @@ def ablate(args: argparse.Namespace) -> int:
     from search.ray_session import on_cluster, ray_session
 
     manifest, location, data = dataset_source(args.data, settings)
-    # Ray first: the trial workers it starts ahead warm up while this driver builds the models, loads the
-    # data and opens the parent run (search/warm_workers.py)
+    # every cell's model is built before Ray starts, so a bad cell fails without a Ray session
+    backbones = args.backbones or [base["backbone"]]
+    configs = plan(base, cells, backbones, args.seeds, Dims(manifest.video_dim, manifest.query_dim), name)
+    print(f"ablation {name}: {len(cells)} cells ({', '.join(c.name for c in cells)}) x {len(backbones)} backbones "
+          f"x {args.seeds} seeds = {len(configs)} trials, every model built once", flush=True)
+    # then Ray: the trial workers it starts ahead warm up while this driver loads the data and opens the
+    # parent run (search/warm_workers.py)
     with ray_session(args.ray_address, **resources):
-        backbones = args.backbones or [base["backbone"]]
-        configs = plan(base, cells, backbones, args.seeds, Dims(manifest.video_dim, manifest.query_dim), name)
-        print(f"ablation {name}: {len(cells)} cells ({', '.join(c.name for c in cells)}) x {len(backbones)} backbones "
-              f"x {args.seeds} seeds = {len(configs)} trials, every model built once", flush=True)
         data = data() if callable(data) else data
 
         from ray import tune

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +104,42 @@ def s3_server():
 
     with moto_server() as server:
         yield server
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli_without_ray(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+                        ) -> Callable[..., CliResult]:
+    """Runs an entry point's ``main`` in this process, as its ``__main__`` does (``search.cli.run_main``), for
+    inputs it must refuse before any Ray session: ``ray.init`` raises ``AssertionError``, which no entry
+    point turns into a one-line error, so a refusal that comes only after Ray started fails the test. The
+    working folder and the environment (which an entry point may set for Ray) are restored afterwards."""
+    import ray
+
+    from search.cli import run_main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Ray session was started before the input was refused")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    saved = dict(os.environ)
+
+    def run(main: Callable[[list[str] | None], int], *argv: str, cwd: Path) -> CliResult:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            code = run_main(main, list(argv))
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    yield run
+    os.environ.clear()
+    os.environ.update(saved)

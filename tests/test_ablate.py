@@ -17,11 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = "backbone: mssl\nhidden_size: 16\nn_heads: 2\nepochs: 2\nral: true\nral.k: 2\n"
 
 
+def _command(tmp_path: Path, *args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "search/ablate.py"), "--data", "tiny", "--storage", str(tmp_path / "results"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", *args]
+
+
 def _run(tmp_path: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
     env = {**os.environ, "PRVR_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "search/ablate.py"), "--data", "tiny", "--storage", str(tmp_path / "results"),
-               "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", *args]
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(_command(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +91,19 @@ def test_ablation_logs_one_parent_and_one_tagged_child_per_cell_and_seed(ablatio
     (["--components", "ral=1"], "ablation component 'ral=1'"),
     (["--components", "ral", "--design", "grid"], "invalid choice: 'grid'"),
 ])
-def test_bad_ablation_input_fails_before_ray_with_one_line(tmp_path, args, fragment):
+def test_bad_ablation_input_fails_before_ray_with_one_line(tmp_path, run_cli_without_ray, args, fragment):
+    from search.ablate import main
+
     (tmp_path / "base.yaml").write_text(BASE)
-    result = _run(tmp_path, "--base", "base.yaml", *args, timeout=120)
-    assert result.returncode == 2 and fragment in result.stderr, result.stderr[-2000:]
+    result = run_cli_without_ray(main, *_command(tmp_path, "--base", "base.yaml", *args)[2:], cwd=tmp_path)
+    assert result.code == 2 and fragment in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error:") or "usage:" in result.stderr
     assert not list((tmp_path / "results").glob("*/trial_*"))  # nothing ran
 
 
-def test_ablation_refuses_a_bad_base_an_unfinished_search_and_an_existing_output(tmp_path):
+def test_ablation_refuses_a_bad_base_an_unfinished_search_and_an_existing_output(tmp_path, run_cli_without_ray):
+    from search.ablate import main
+
     (tmp_path / "bad.yaml").write_text("backbone: [unclosed\n")
     (tmp_path / "out").mkdir()
     cases = [(["--base", "bad.yaml", "--components", "ral"], "--base bad.yaml: not valid YAML"),
@@ -103,6 +111,6 @@ def test_ablation_refuses_a_bad_base_an_unfinished_search_and_an_existing_output
              (["--from-search", "gone", "--components", "ral"], "no search 'gone' in"),
              (["--base", "bad.yaml", "--components", "ral", "--out", "out"], "already exists")]
     for args, fragment in cases:
-        result = _run(tmp_path, *args, timeout=120)
+        result = run_cli_without_ray(main, *_command(tmp_path, *args)[2:], cwd=tmp_path)
         lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, result.stderr[-1500:])
+        assert result.code == 2 and len(lines) == 1 and fragment in lines[0], (args, result.stderr[-1500:])

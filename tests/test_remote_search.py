@@ -174,13 +174,17 @@ def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, 
     (["--storage", f"s3://{BUCKET}/results", "--name", "gone", "--resume"], "nothing to resume: no search 'gone'"),
     (["--s3-endpoint", "127.0.0.1:9"], "--s3-endpoint '127.0.0.1:9' must look like http://host:port"),
 ])
-def test_bad_s3_input_fails_before_ray_with_one_line(s3_server, uploaded, tmp_path, args, fragment):
-    command = [sys.executable, str(ROOT / "search/run.py"), "--data", f"s3://{BUCKET}/data/tiny",
-               "--storage", str(tmp_path / "results"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
-               "--s3-endpoint", s3_server.endpoint, *args]
-    result = subprocess.run(command, cwd=tmp_path, env=_env(s3_server.endpoint, tmp_path / "cache"),
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, result.stderr[-2000:]
+def test_bad_s3_input_fails_before_ray_with_one_line(s3_server, uploaded, tmp_path, monkeypatch, run_cli_without_ray,
+                                                    args, fragment):
+    from search.run import main
+
+    for key, value in _env(s3_server.endpoint, tmp_path / "cache").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    result = run_cli_without_ray(main, "--data", f"s3://{BUCKET}/data/tiny", "--storage", str(tmp_path / "results"),
+                                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--s3-endpoint", s3_server.endpoint,
+                                 *args, cwd=tmp_path)
+    assert result.code == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr[-2000:]
     assert TEST_SECRET_KEY not in result.stderr
