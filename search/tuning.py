@@ -66,8 +66,10 @@ def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tra
     Tune callbacks besides the status lines (e.g. a benchmark's timings; not kept for a restore)."""
     from ray import tune
 
+    from search.tune_state import write_experiment_state_atomically
     from search.warm_workers import wait_until_ready
 
+    write_experiment_state_atomically()  # a driver killed mid-save must leave a state to resume from
     wait_until_ready()  # the workers a local session started ahead, before Tune asks for trial workers
     if resume:
         tuner = tune.Tuner.restore(storage.path, trainable, resume_errored=True, storage_filesystem=storage.filesystem)

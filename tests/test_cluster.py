@@ -23,6 +23,7 @@ from test_search import TINY_MODEL, failures, mlflow_runs, tracking_uri, trial_d
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
+LONG_EPOCHS = 16  # a trial the lost-node test must catch running on its node
 #: a lost node is declared dead after about 2 s (Ray's default is about 15 s)
 FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                       "health_check_failure_threshold": 4}
@@ -106,6 +107,12 @@ def epochs(trial: Path) -> list[int]:
 
 def running_trials(tmp_path: Path, search: str, checkpointed: bool = True) -> dict[str, dict[str, str]]:
     """{trial id: its child run's tags} for running trials (only those with a checkpoint: ``checkpointed``)."""
+    trials = _placed_running_trials(tmp_path, search)
+    return _checkpointed(tmp_path, search, trials) if checkpointed else trials
+
+
+def _placed_running_trials(tmp_path: Path, search: str) -> dict[str, dict[str, str]]:
+    """{trial id: tags} of the running child runs that say where they run (a trial's first report does)."""
     from mlflow.tracking import MlflowClient
 
     if not list((tmp_path / "results" / search).glob("trial_*/checkpoint_*")):
@@ -116,21 +123,25 @@ def running_trials(tmp_path: Path, search: str, checkpointed: bool = True) -> di
         return {}
     runs = client.search_runs([experiment.experiment_id], f"tags.`prvr.search` = '{search}' and "
                               "tags.`prvr.kind` = 'child' and attributes.status = 'RUNNING'")
+    return {r.data.tags["prvr.trial_id"]: r.data.tags for r in runs if "ray.node_id" in r.data.tags}
+
+
+def _checkpointed(tmp_path: Path, search: str, trials: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The ``trials`` with a checkpoint. A checkpoint counts once the driver recorded its epoch: Ray writes the
+    checkpoint before it sends the result, so it is whole (a folder seen earlier may still be being copied
+    when the test acts)."""
     folder = tmp_path / "results" / search
-    # a checkpoint counts once the driver recorded its epoch: Ray writes the checkpoint before it sends the
-    # result, so it is whole (a folder seen earlier may still be being copied when the test acts)
-    return {r.data.tags["prvr.trial_id"]: r.data.tags for r in runs
-            if "ray.node_id" in r.data.tags and (not checkpointed or (
-                list(folder.glob(f"trial_{r.data.tags['prvr.trial_id']}/checkpoint_*"))
-                and epochs(folder / f"trial_{r.data.tags['prvr.trial_id']}")))}
+    return {trial: tags for trial, tags in trials.items()
+            if list(folder.glob(f"trial_{trial}/checkpoint_*")) and epochs(folder / f"trial_{trial}")}
 
 
 def on_every_node(tmp_path: Path, search: str, workers: list, placed: int = 0) -> dict[str, dict[str, str]] | None:
     """The running checkpointed trials (``running_trials``) once every worker node has one and at least
-    ``placed`` running trials say where they run (a trial's first report does), else None."""
-    trials = running_trials(tmp_path, search)
-    if len(running_trials(tmp_path, search, checkpointed=False)) < placed:
+    ``placed`` running trials say where they run (a trial's first report does), else None. One MLflow query."""
+    everywhere = _placed_running_trials(tmp_path, search)
+    if len(everywhere) < placed:
         return None
+    trials = _checkpointed(tmp_path, search, everywhere)
     return trials if {w.node_id for w in workers} <= {tags["ray.node_id"] for tags in trials.values()} else None
 
 
@@ -171,7 +182,8 @@ def test_gpu_fractions_pack_four_trials_on_one_gpu_and_a_fifth_waits(tmp_path, m
 def test_trials_survive_a_lost_node_and_a_killed_worker_and_resume_from_their_checkpoints(tmp_path, make_cluster):
     cluster = make_cluster({"num_cpus": 0}, {"num_cpus": 2}, {"num_cpus": 2})  # the driver's head runs no trial
     _, *workers = cluster.list_all_nodes()
-    driver = start_driver(tmp_path, cluster, "--trials", "4", "--concurrency", "4", "--max-epochs", "7",
+    # 16 epochs (a few seconds each trial at this size): the test must see every node's trials running
+    driver = start_driver(tmp_path, cluster, "--trials", "4", "--concurrency", "4", "--max-epochs", str(LONG_EPOCHS),
                           "--max-failures", "3", "--name", "n")
     log = tmp_path / "driver.log"
     try:
@@ -198,7 +210,7 @@ def test_trials_survive_a_lost_node_and_a_killed_worker_and_resume_from_their_ch
     retried = failures(experiment)
     for trial in trial_dirs(experiment):  # in order; a restarted trial went on from its last registered checkpoint
         seen = epochs(trial)
-        assert sorted(set(seen)) == list(range(1, 8)) and seen[0] == 1, (trial.name, seen)
+        assert sorted(set(seen)) == list(range(1, LONG_EPOCHS + 1)) and seen[0] == 1, (trial.name, seen)
         assert all(b - a in (0, 1) for a, b in zip(seen, seen[1:])), (trial.name, seen)  # never back to epoch 1
         # an epoch's result can be on record before Tune registers its checkpoint: a worker lost in between
         # repeats that one epoch from the checkpoint before it (seen once in CI), at most once per failure

@@ -1,0 +1,75 @@
+"""Ray Tune's experiment state, written whole: a driver killed at any moment leaves a state a new one can resume.
+
+Ray 2.60's ``TuneController.save_to_dir`` rewrites ``experiment_state-*.json`` in place (``open(..., "w")``
+then ``json.dump``) in the driver's staging folder, and the background sync that uploads that folder to the
+search's storage may still be running from the previous save: ``_BackgroundSyncer.sync_up`` skips a new
+sync while one runs, but only after the rewrite has begun. An upload that reads the file between its
+truncation and the end of the dump stores an empty or partial state; a driver killed before the next sync
+leaves it as the newest state on the storage, and ``Tuner.restore`` then logs "Failed to restore the run
+state" and starts a new run, dropping every trial before the kill (seen once in CI: a resumed search of 4
+trials ran 1). Here the state is written to a temporary file next to the staging folder and renamed over the
+old one (atomic on one filesystem), so any reader, the upload included, sees the previous state or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+#: the Ray release whose ``save_to_dir`` this replaces line for line; on any other, nothing is replaced
+VERIFIED_RAY = "2.60.0"
+
+
+def save_to_dir(self: Any) -> None:
+    """``TuneController.save_to_dir`` of Ray 2.60 with the experiment state written atomically."""
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    runner_state = {
+        "trial_data": list(self._get_trial_checkpoints().values()),
+        "runner_data": self.__getstate__(),
+        "stats": {"start_time": self._start_time},
+    }
+    staging = Path(self._storage.experiment_driver_staging_path)
+    staging.mkdir(parents=True, exist_ok=True)
+    # outside the staging folder, which the sync uploads whole, but on its filesystem, for an atomic rename
+    handle, temporary = tempfile.mkstemp(prefix=f".{self.experiment_state_file_name}.", dir=staging.parent)
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(runner_state, f, cls=TuneFunctionEncoder)
+        os.replace(temporary, staging / self.experiment_state_file_name)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    self._search_alg.save_to_dir(str(staging), session_str=self._session_str)
+    self._callbacks.save_to_dir(str(staging), session_str=self._session_str)
+
+
+def write_experiment_state_atomically() -> bool:
+    """Makes this process's Tune drivers save their experiment state with ``save_to_dir`` above; False, and
+    nothing changed, on a Ray other than ``VERIFIED_RAY`` (whose ``save_to_dir`` may differ)."""
+    import ray
+    from ray.tune.execution.tune_controller import TuneController
+
+    if ray.__version__ != VERIFIED_RAY:
+        return False
+    if TuneController.save_to_dir is not save_to_dir:
+        global _rays_save_to_dir
+        _rays_save_to_dir = TuneController.save_to_dir
+        TuneController.save_to_dir = save_to_dir
+    return True
+
+
+def rays_save_to_dir() -> Any:
+    """Ray's own ``TuneController.save_to_dir``, replaced or not (for tests to compare with)."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    return _rays_save_to_dir if TuneController.save_to_dir is save_to_dir else TuneController.save_to_dir
+
+
+_rays_save_to_dir: Any = None
+
+
+__all__ = ["VERIFIED_RAY", "rays_save_to_dir", "save_to_dir", "write_experiment_state_atomically"]
