@@ -66,11 +66,16 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         for key, value in LOCAL_RAY_SYSTEM_ENV.items():
             os.environ.setdefault(key, value)
         temp_dir = tempfile.mkdtemp(prefix="prvr-ray-")
-        context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                           object_store_memory=object_store_memory, _temp_dir=temp_dir,
-                           runtime_env={"env_vars": dict(LOCAL_RAY_ENV), "worker_process_setup_hook": SETUP_HOOK},
-                           logging_level="WARNING", log_to_driver=True)
-        prestart(warm_workers)
+        try:
+            context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                               object_store_memory=object_store_memory, _temp_dir=temp_dir,
+                               runtime_env={"env_vars": dict(LOCAL_RAY_ENV), "worker_process_setup_hook": SETUP_HOOK},
+                               logging_level="WARNING", log_to_driver=True)
+            prestart(warm_workers)
+        except BaseException:  # a Ray that did not start, or half did, leaves nothing behind
+            ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
     else:
         context = ray.init(address=address, logging_level="WARNING")
     try:

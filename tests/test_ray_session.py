@@ -1,8 +1,12 @@
-"""The local Ray of a search runs its trials' workers at the driver's CPU priority (search/ray_session.py)."""
+"""The local Ray of a search (search/ray_session.py) runs its trials' workers at the driver's CPU priority, and one
+that fails to start leaves no temp folder."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+
+import pytest
 
 from search.ray_session import ray_session
 
@@ -17,3 +21,18 @@ def test_local_workers_run_at_the_drivers_priority() -> None:
     with ray_session(None, num_cpus=1):
         # Ray's default is 15: a trial then got less CPU than the same training in the driver
         assert ray.get(niceness.remote()) == os.nice(0)
+
+
+def test_a_local_ray_that_fails_to_start_leaves_no_temp_folder(tmp_path, monkeypatch) -> None:
+    import ray
+
+    def fail(**kwargs):
+        assert kwargs["_temp_dir"].startswith(str(tmp_path))  # the folder the session made for this Ray
+        raise RuntimeError("Ray could not start")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(ray, "init", fail)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the session sets Ray's variables for this process
+    with pytest.raises(RuntimeError, match="could not start"), ray_session(num_cpus=1):
+        pass
+    assert list(tmp_path.iterdir()) == []
