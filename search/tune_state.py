@@ -19,14 +19,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray.tune.execution.tune_controller import TuneController
+from ray.tune.utils.serialization import TuneFunctionEncoder
+
+#: Ray's own ``save_to_dir``, as imported (for tests to compare with)
+RAYS_SAVE_TO_DIR = TuneController.save_to_dir
 #: the Ray release whose ``save_to_dir`` this replaces line for line; on any other, nothing is replaced
 VERIFIED_RAY = "2.60.0"
 
 
 def save_to_dir(self: Any) -> None:
     """``TuneController.save_to_dir`` of Ray 2.60 with the experiment state written atomically."""
-    from ray.tune.utils.serialization import TuneFunctionEncoder
-
     runner_state = {
         "trial_data": list(self._get_trial_checkpoints().values()),
         "runner_data": self.__getstate__(),
@@ -50,26 +54,10 @@ def save_to_dir(self: Any) -> None:
 def write_experiment_state_atomically() -> bool:
     """Makes this process's Tune drivers save their experiment state with ``save_to_dir`` above; False, and
     nothing changed, on a Ray other than ``VERIFIED_RAY`` (whose ``save_to_dir`` may differ)."""
-    import ray
-    from ray.tune.execution.tune_controller import TuneController
-
     if ray.__version__ != VERIFIED_RAY:
         return False
-    if TuneController.save_to_dir is not save_to_dir:
-        global _rays_save_to_dir
-        _rays_save_to_dir = TuneController.save_to_dir
-        TuneController.save_to_dir = save_to_dir
+    TuneController.save_to_dir = save_to_dir
     return True
 
 
-def rays_save_to_dir() -> Any:
-    """Ray's own ``TuneController.save_to_dir``, replaced or not (for tests to compare with)."""
-    from ray.tune.execution.tune_controller import TuneController
-
-    return _rays_save_to_dir if TuneController.save_to_dir is save_to_dir else TuneController.save_to_dir
-
-
-_rays_save_to_dir: Any = None
-
-
-__all__ = ["VERIFIED_RAY", "rays_save_to_dir", "save_to_dir", "write_experiment_state_atomically"]
+__all__ = ["RAYS_SAVE_TO_DIR", "VERIFIED_RAY", "save_to_dir", "write_experiment_state_atomically"]

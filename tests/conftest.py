@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,12 +114,22 @@ class CliResult:
 
 
 @pytest.fixture
-def run_cli_without_ray(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+def restored_environ() -> Iterator[None]:
+    """This process's environment as it was before the test: entry points and ``ray_session`` set Ray's
+    variables in it for the processes they start."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def run_cli_without_ray(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, restored_environ: None
                         ) -> Callable[..., CliResult]:
     """Runs an entry point's ``main`` in this process, as its ``__main__`` does (``search.cli.run_main``), for
     inputs it must refuse before any Ray session: ``ray.init`` raises ``AssertionError``, which no entry
     point turns into a one-line error, so a refusal that comes only after Ray started fails the test. The
-    working folder and the environment (which an entry point may set for Ray) are restored afterwards."""
+    working folder and the environment are restored afterwards."""
     import ray
 
     from search.cli import run_main
@@ -128,7 +138,6 @@ def run_cli_without_ray(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
         raise AssertionError("a Ray session was started before the input was refused")
 
     monkeypatch.setattr(ray, "init", refuse)
-    saved = dict(os.environ)
 
     def run(main: Callable[[list[str] | None], int], *argv: str, cwd: Path) -> CliResult:
         monkeypatch.chdir(cwd)
@@ -140,6 +149,4 @@ def run_cli_without_ray(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
         out = capsys.readouterr()
         return CliResult(code, out.out, out.err)
 
-    yield run
-    os.environ.clear()
-    os.environ.update(saved)
+    return run

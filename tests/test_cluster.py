@@ -105,14 +105,8 @@ def epochs(trial: Path) -> list[int]:
     return [row["epoch"] for row in rows if not row.get("finished")]
 
 
-def running_trials(tmp_path: Path, search: str, checkpointed: bool = True) -> dict[str, dict[str, str]]:
-    """{trial id: its child run's tags} for running trials (only those with a checkpoint: ``checkpointed``)."""
-    trials = _placed_running_trials(tmp_path, search)
-    return _checkpointed(tmp_path, search, trials) if checkpointed else trials
-
-
-def _placed_running_trials(tmp_path: Path, search: str) -> dict[str, dict[str, str]]:
-    """{trial id: tags} of the running child runs that say where they run (a trial's first report does)."""
+def running_trials(tmp_path: Path, search: str) -> dict[str, dict[str, str]]:
+    """{trial id: its child run's tags} for running trials that say where they run (a trial's first report does)."""
     from mlflow.tracking import MlflowClient
 
     if not list((tmp_path / "results" / search).glob("trial_*/checkpoint_*")):
@@ -136,9 +130,9 @@ def _checkpointed(tmp_path: Path, search: str, trials: dict[str, dict[str, str]]
 
 
 def on_every_node(tmp_path: Path, search: str, workers: list, placed: int = 0) -> dict[str, dict[str, str]] | None:
-    """The running checkpointed trials (``running_trials``) once every worker node has one and at least
-    ``placed`` running trials say where they run (a trial's first report does), else None. One MLflow query."""
-    everywhere = _placed_running_trials(tmp_path, search)
+    """The running checkpointed trials once every worker node has one and at least ``placed`` running trials
+    say where they run (``running_trials``), else None. One MLflow query."""
+    everywhere = running_trials(tmp_path, search)
     if len(everywhere) < placed:
         return None
     trials = _checkpointed(tmp_path, search, everywhere)
@@ -193,7 +187,7 @@ def test_trials_survive_a_lost_node_and_a_killed_worker_and_resume_from_their_ch
         lost, kept = workers
         on_lost = {t for t, tags in trials.items() if tags["ray.node_id"] == lost.node_id}
         killed = next(t for t, tags in trials.items() if tags["ray.node_id"] == kept.node_id)
-        everywhere = running_trials(tmp_path, "n", checkpointed=False)
+        everywhere = running_trials(tmp_path, "n")
         os.kill(int(trials[killed]["ray.pid"]), signal.SIGKILL)  # a worker process dies (its node lives on)
         cluster.remove_node(lost, allow_graceful=False)  # the node dies with its trials' workers
         cluster.add_node(num_cpus=2, object_store_memory=80 * MB)  # the autoscaler's replacement

@@ -23,7 +23,7 @@ def test_local_workers_run_at_the_drivers_priority() -> None:
         assert ray.get(niceness.remote()) == os.nice(0)
 
 
-def test_a_local_ray_that_fails_to_start_leaves_no_temp_folder(tmp_path, monkeypatch) -> None:
+def test_a_local_ray_that_fails_to_start_leaves_no_temp_folder(tmp_path, monkeypatch, restored_environ) -> None:
     import ray
 
     def fail(**kwargs):
@@ -32,7 +32,6 @@ def test_a_local_ray_that_fails_to_start_leaves_no_temp_folder(tmp_path, monkeyp
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(ray, "init", fail)
-    monkeypatch.setattr(os, "environ", dict(os.environ))  # the session sets Ray's variables for this process
     with pytest.raises(RuntimeError, match="could not start"), ray_session(num_cpus=1):
         pass
     assert list(tmp_path.iterdir()) == []

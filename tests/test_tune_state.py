@@ -79,7 +79,7 @@ def test_a_reader_during_a_save_sees_the_whole_previous_state(tmp_path):
 def test_rays_own_save_shows_a_reader_a_truncated_file_and_writes_the_same_state(tmp_path):
     """Why the replacement exists (if Ray fixes its save, this fails: drop the replacement), and that it
     writes byte for byte what Ray's own does."""
-    rays = tune_state.rays_save_to_dir()
+    rays = tune_state.RAYS_SAVE_TO_DIR
     assert rays is not tune_state.save_to_dir
     ray_peek, ray_final = _save_twice(rays, tmp_path / "ray")
     with pytest.raises(json.JSONDecodeError):
@@ -103,11 +103,11 @@ def test_a_save_that_fails_midway_leaves_the_previous_state(tmp_path):
 
 
 def test_installed_once_and_only_on_the_pinned_ray(monkeypatch):
-    rays = tune_state.rays_save_to_dir()
+    rays = tune_state.RAYS_SAVE_TO_DIR
     monkeypatch.setattr(TuneController, "save_to_dir", rays)  # Ray's own again after the test, as before it
     assert tune_state.write_experiment_state_atomically() and tune_state.write_experiment_state_atomically()
     assert TuneController.save_to_dir is tune_state.save_to_dir
-    assert tune_state.rays_save_to_dir() is rays  # installing twice keeps Ray's own, not ours, as the original
+    assert tune_state.RAYS_SAVE_TO_DIR is rays is not tune_state.save_to_dir  # installing twice keeps Ray's own
     monkeypatch.setattr(TuneController, "save_to_dir", rays)
     monkeypatch.setattr("ray.__version__", "9.9.9")
     assert not tune_state.write_experiment_state_atomically()
