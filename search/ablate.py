@@ -32,6 +32,7 @@ from search.cli import run_main
 from search.ray_session import LOCAL_RAY_ENV
 from spaces.ablation import DESIGNS, Cell, design, parse_component
 from tracking.storage import StorageSettings, is_s3, search_storage
+from trainables.data.split_overlap import ALLOW_FLAG, overlap_tags
 
 COLUMNS = ("R@1", "R@5", "R@10", "R@100", "SumR")
 
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--experiment", default="prvr")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test queries")
+    p.add_argument(ALLOW_FLAG, action="store_true",
+                   help="accept a val split that shares queries or videos with test (a paper's protocol; the MLflow "
+                   "parent run is tagged prvr.val_test_overlap)")
     return p
 
 
@@ -251,7 +255,7 @@ def ablate(args: argparse.Namespace) -> int:
 
     from search.ray_session import on_cluster, ray_session
 
-    manifest, location, data = dataset_source(args.data, settings)
+    manifest, location, data, overlap = dataset_source(args.data, settings, args.allow_val_test_overlap)
     # every cell's model is built before Ray starts, so a bad cell fails without a Ray session
     backbones = args.backbones or [base["backbone"]]
     configs = plan(base, cells, backbones, args.seeds, Dims(manifest.video_dim, manifest.query_dim), name)
@@ -277,13 +281,13 @@ def ablate(args: argparse.Namespace) -> int:
                                     params={"command": " ".join(sys.argv), **vars(args),
                                             "components": " ".join(args.components)},
                                     tags={"data": location, "storage": storage.uri, "data_manifest_sha256": manifest.sha256(),
-                                          "prvr.ablation": name, **code_version(Path(__file__).resolve().parents[1])})
+                                          "prvr.ablation": name, **overlap_tags(overlap), **code_version(Path(__file__).resolve().parents[1])})
         except Exception as exc:
             raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
         tracking.client().log_dict(tracking.parent_run_id, {"base": base, "cells": {c.name: c.as_dict() for c in cells}},
                                    "ablation.json")
         results = tuning.fit(
-            tuning.trainable(data, args.cpus_per_trial, args.gpus_per_trial),
+            tuning.trainable(data, args.cpus_per_trial, args.gpus_per_trial, args.allow_val_test_overlap),
             tune.TuneConfig(search_alg=ConcurrencyLimiter(FixedConfigs(configs), args.concurrency),
                             num_samples=len(configs), trial_dirname_creator=tuning.trial_dirname,
                             reuse_actors=tuning.REUSE_ACTORS),

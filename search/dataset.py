@@ -22,6 +22,7 @@ from search.cli import run_main
 from tracking.storage import StorageSettings, is_s3
 from trainables.data.importers import LAYOUTS, export_msrl
 from trainables.data.manifest import Manifest, read_manifest
+from trainables.data.split_overlap import SplitOverlap, store_overlap
 from trainables.data.store import FeatureStore
 from trainables.data.synthetic import PRESETS, ensure_synthetic, generate
 
@@ -51,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--videos-per-shard", type=int, default=1000)
     convert.add_argument("--queries-per-shard", type=int, default=5000)
     convert.add_argument("--overwrite", action="store_true")
+    convert.add_argument("--val-from-train", type=float, default=None, metavar="FRACTION",
+                         help="carve a video-disjoint val split from this fraction of train's videos (each with "
+                         "all its queries) instead of reading the release's val file, which is often the test set")
+    convert.add_argument("--val-seed", type=int, default=0, help="seed of the videos --val-from-train picks")
 
     export = sub.add_parser("export-msrl", help="write a dataset in the MS-SL release layout (parity runs)")
     export.add_argument("--dataset", type=Path, required=True)
@@ -86,7 +91,8 @@ def _settings(args: argparse.Namespace) -> StorageSettings:
 
 def _convert(args: argparse.Namespace) -> Path:
     options = dict(splits=tuple(args.splits), dtype=args.dtype, videos_per_shard=args.videos_per_shard,
-                   queries_per_shard=args.queries_per_shard, overwrite=args.overwrite)
+                   queries_per_shard=args.queries_per_shard, overwrite=args.overwrite,
+                   val_from_train=args.val_from_train, val_seed=args.val_seed)
     if args.layout == "msrl":
         if not args.visual_feature:
             raise ValueError("--visual-feature is required for --layout msrl (e.g. i3d_resnet)")
@@ -106,12 +112,23 @@ def _synth(args: argparse.Namespace) -> Path:
 
 
 def describe(location: Path | Manifest) -> str:
-    """A few lines that say what a dataset (its folder or its manifest) holds."""
+    """A few lines that say what a dataset (its folder or its manifest) holds, and whether val overlaps test."""
     m = location if isinstance(location, Manifest) else read_manifest(location)
+    overlap = (None if m.val_test_overlap is None else SplitOverlap.from_dict(m.val_test_overlap)) \
+        if isinstance(location, Manifest) else store_overlap(location)
     lines = [f"{m.name}: {m.num_videos} videos ({m.num_frames} frames, {m.video_dim}-d), "
              f"{m.num_queries} queries ({m.num_tokens} tokens, {m.query_dim}-d), {m.dtype}, "
              f"{len(m.shards)} files, l2_normalize={m.l2_normalize}"]
     lines += [f"  {name}: {info.num_videos} videos, {info.num_queries} queries" for name, info in m.splits.items()]
+    carved = m.source.get("val_from_train")
+    if carved:
+        lines.append(f"  val carved from train: {carved['videos']} of {carved['train_videos_before']} videos "
+                     f"(fraction {carved['fraction']}, seed {carved['seed']})")
+    if overlap is not None:
+        lines.append(f"  val/test overlap: {overlap.describe()}"
+                     + (" (selecting on val selects on test)" if overlap else " (disjoint)"))
+    elif "val" in m.splits and "test" in m.splits:
+        lines.append("  val/test overlap: not recorded in this manifest (checked when a trial loads the data)")
     return "\n".join(lines)
 
 

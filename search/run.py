@@ -28,6 +28,7 @@ from spaces import SPACES, build_space
 from tracking.storage import StorageSettings, is_s3, search_storage
 from trainables.data.datasets import resolve_dataset
 from trainables.data.manifest import Manifest, read_manifest
+from trainables.data.split_overlap import ALLOW_FLAG, SplitOverlap, check_val_test, manifest_overlap, overlap_tags
 from trainables.models.base import Dims
 from trainables.training.config import parse_assignments
 
@@ -70,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="prvr", help="MLflow experiment of the search's runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose node or worker was lost")
+    p.add_argument(ALLOW_FLAG, action="store_true",
+                   help="accept a val split that shares queries or videos with test (a paper's protocol; the MLflow "
+                   "parent run is tagged prvr.val_test_overlap)")
     p.add_argument("--validate-samples", type=int, default=200, help="configs sampled to validate the space")
     return p
 
@@ -88,19 +92,31 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--resume needs the --name of the search to continue")
 
 
-def dataset_source(spec: str, settings: StorageSettings | None) -> tuple[Manifest, str, Any]:
-    """(manifest, where it is, what the trials get): a local dataset is loaded once here and shipped
-    through Ray's object store; an S3 dataset is named by its URI and fetched by each node."""
+def dataset_source(spec: str, settings: StorageSettings | None, allow_val_test_overlap: bool = False
+                   ) -> tuple[Manifest, str, Any, SplitOverlap | None]:
+    """(manifest, where it is, what the trials get, its val/test overlap): a local dataset is loaded once
+    here and shipped through Ray's object store; an S3 dataset is named by its URI and fetched by each
+    node. A val split that shares queries or videos with test is refused here (one line) unless
+    ``allow_val_test_overlap``; a warning says when it is allowed."""
     if is_s3(spec):
         from trainables.data.remote import read_remote_manifest
         from trainables.data.source import RemoteDataset
 
         settings = settings or StorageSettings.from_env()
-        return read_remote_manifest(spec, settings), spec, RemoteDataset(spec, settings)
-    from trainables.training.loop import load_data
+        manifest = read_remote_manifest(spec, settings)
+        location, folder, data = spec, None, RemoteDataset(spec, settings)
+    else:
+        from trainables.training.loop import load_data
 
-    location = resolve_dataset(spec)
-    return read_manifest(location), str(location.parent), lambda: load_data(location)
+        path = resolve_dataset(spec)
+        manifest, location, folder = read_manifest(path), str(path.parent), path.parent
+        data = lambda: load_data(path)  # noqa: E731
+    overlap = manifest_overlap(manifest, folder)
+    check_val_test(overlap, location, allow=allow_val_test_overlap)
+    if overlap:
+        print(f"warning: {location}: {overlap.describe()}: epochs and configs are selected on test queries "
+              f"({ALLOW_FLAG})", file=sys.stderr, flush=True)
+    return manifest, location, data, overlap
 
 
 def rows_of(results: Any) -> list[Any]:
@@ -141,7 +157,7 @@ def search(args: argparse.Namespace) -> int:
     fixed: dict[str, Any] = {"epochs": args.max_epochs, "patience": args.patience, "seed": args.seed,
                              **parse_assignments(args.set)}
     space = build_space(args.space, backbones=args.backbones, overrides=args.overrides, fixed=fixed)
-    manifest, location, data = dataset_source(args.data, settings)
+    manifest, location, data, overlap = dataset_source(args.data, settings, args.allow_val_test_overlap)
     start = time.perf_counter()
     built = space.validate(Dims(manifest.video_dim, manifest.query_dim), count=args.validate_samples)
     print(f"space {space.name} over {', '.join(space.backbones)}: {args.validate_samples} sampled configs valid, "
@@ -159,7 +175,7 @@ def search(args: argparse.Namespace) -> int:
                 tracking_uri, args.experiment, name, space.name, resume=args.resume,
                 params={"command": " ".join(sys.argv), **{k: v for k, v in vars(args).items()}},
                 tags={"data": location, "storage": storage.uri, "data_manifest_sha256": manifest.sha256(),
-                      **code_version(Path(__file__).resolve().parents[1])})
+                      **overlap_tags(overlap), **code_version(Path(__file__).resolve().parents[1])})
         except Exception as exc:  # an unreachable or broken tracking store
             raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
         tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
@@ -169,7 +185,7 @@ def search(args: argparse.Namespace) -> int:
                                    max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
                                    reduction_factor=args.reduction_factor)
         results = tuning.fit(
-            tuning.trainable(data, args.cpus_per_trial, args.gpus_per_trial),
+            tuning.trainable(data, args.cpus_per_trial, args.gpus_per_trial, args.allow_val_test_overlap),
             tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency), scheduler=scheduler,
                             num_samples=args.trials, time_budget_s=args.time_budget,
                             trial_dirname_creator=tuning.trial_dirname, reuse_actors=tuning.REUSE_ACTORS),

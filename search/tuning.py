@@ -41,14 +41,16 @@ def ray_resources(address: str | None, concurrency: int, cpus_per_trial: float, 
             "warm_workers": concurrency}
 
 
-def trainable(data: Any, cpus: float, gpus: float) -> Any:
-    """``run_trial`` with its data and resources, restoring a lost checkpoint's newest sibling."""
+def trainable(data: Any, cpus: float, gpus: float, allow_val_test_overlap: bool = False) -> Any:
+    """``run_trial`` with its data and resources, restoring a lost checkpoint's newest sibling; a val split
+    that overlaps test fails each trial unless ``allow_val_test_overlap``."""
     from ray import tune
 
     from search.checkpoints import with_checkpoint_fallback
     from trainables.trial import run_trial
 
-    return tune.with_resources(with_checkpoint_fallback(tune.with_parameters(run_trial, data=data)),
+    return tune.with_resources(with_checkpoint_fallback(tune.with_parameters(
+        run_trial, data=data, allow_val_test_overlap=allow_val_test_overlap)),
                                {"cpu": cpus, "gpu": gpus})
 
 

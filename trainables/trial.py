@@ -187,10 +187,11 @@ def history_metrics(history: list[dict[str, Any]]) -> list[dict[str, float]]:
     return out
 
 
-def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset) -> None:
+def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, allow_val_test_overlap: bool = False) -> None:
     """Ray Tune function trainable (``tune.with_parameters(run_trial, data=...)``). The search's driver
     keeps the trial's MLflow child run from these reports (``tracking.trial_runs``); the first report of
-    each start of the trial also says where it runs (``PLACEMENT``)."""
+    each start of the trial also says where it runs (``PLACEMENT``). A val split that overlaps test
+    fails the trial unless ``allow_val_test_overlap`` (``train``)."""
     config, _ = split_tags(config)
     config, placement = _use_assigned_resources(config)
     placement.update(warm_up.claim())  # this worker is taken; how long it had been ready for a trial
@@ -214,7 +215,8 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
         try:
-            result = train(config, materialize(data), on_epoch=on_epoch, resume_from=resume_from)
+            result = train(config, materialize(data), on_epoch=on_epoch, resume_from=resume_from,
+                           allow_val_test_overlap=allow_val_test_overlap)
         except Exception as exc:
             if is_infrastructure_error(exc):
                 raise  # Ray retries the trial from its last checkpoint (FailureConfig.max_failures)

@@ -69,6 +69,8 @@ class Manifest:
     shards: list[ShardInfo]
     sentence_dim: int | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    #: queries/videos val shares with test (``split_overlap.SplitOverlap.to_dict``), None if not recorded
+    val_test_overlap: dict[str, int] | None = None
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -113,6 +115,8 @@ class Manifest:
                 shards=[ShardInfo(**s) for s in raw["shards"]],
                 sentence_dim=None if raw.get("sentence_dim") is None else int(raw["sentence_dim"]),
                 source=dict(raw.get("source") or {}),
+                val_test_overlap=None if raw.get("val_test_overlap") is None
+                else {str(k): int(v) for k, v in raw["val_test_overlap"].items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DatasetError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None

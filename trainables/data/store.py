@@ -181,6 +181,15 @@ class FeatureStore:
                                f"{self.manifest.splits[split].num_queries}")
         return ids
 
+    def query_videos(self, verify: bool = False) -> dict[str, str]:
+        """Every stored query's video, read from the query shards' ids (no features are read)."""
+        videos: dict[str, str] = {}
+        for shard in self.manifest.shards_of("queries"):
+            _, handle = self._open(shard, verify)
+            with handle:
+                videos.update(zip(_strings(handle, "ids"), _strings(handle, "video_ids")))
+        return videos
+
     def _collect(self, kind: str, key: str, dim: int, wanted: list[str], verify: bool,
                  strings: tuple[str, ...] = (), extra: tuple[str, int] | None = None) -> _Rows:
         """Read the rows of the ``wanted`` ids (unique) from the shards of ``kind``, in wanted order.

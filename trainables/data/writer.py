@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from trainables.data.errors import DatasetError
+from trainables.data.split_overlap import overlap_of_splits
 from trainables.data.manifest import (
     DTYPES,
     MANIFEST_NAME,
@@ -42,6 +43,12 @@ def _check_matrix(array: np.ndarray, dim: int, what: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise DatasetError(f"{what}: features contain NaN or infinity")
     return array
+
+
+def _recorded_overlap(splits: dict[str, list[str]], query_video: dict[str, str]) -> dict[str, int] | None:
+    """What the manifest records of the val/test overlap (None unless both splits exist)."""
+    overlap = overlap_of_splits(splits, query_video)
+    return None if overlap is None else overlap.to_dict()
 
 
 def _write_rows(path: Path, kind: str, arrays: dict[str, Any]) -> None:
@@ -246,6 +253,7 @@ class DatasetWriter:
                 shards=self._shards,
                 sentence_dim=self.sentence_dim,
                 source=self.source,
+                val_test_overlap=_recorded_overlap(self._splits, self._query_video),
             )
             manifest.write(self.tmp_dir / MANIFEST_NAME)
             self._publish()

@@ -24,6 +24,7 @@ import torch
 
 from trainables.data.loader import PreparedSplit, load_split, train_loader
 from trainables.data.manifest import read_manifest
+from trainables.data.split_overlap import check_val_test, data_overlap
 from trainables.evaluation.evaluate import evaluate, evaluate_ranks
 from trainables.evaluation.metrics import metrics_from_ranks
 from trainables.models.base import Backbone, Dims, LossContext
@@ -262,12 +263,18 @@ def train(
     *,
     on_epoch: Callable[[EpochReport], None] | None = None,
     resume_from: str | Path | None = None,
+    allow_val_test_overlap: bool = False,
 ) -> TrainResult:
-    """Train ``config`` (a TrainConfig or a flat trial dict) on ``data`` (prepared splits or a dataset)."""
+    """Train ``config`` (a TrainConfig or a flat trial dict) on ``data`` (prepared splits or a dataset).
+
+    A dataset whose val split shares queries or videos with its test split is refused (the best epoch
+    would be selected on the test queries) unless ``allow_val_test_overlap`` (a paper's protocol).
+    """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(dict(config))
     if not isinstance(data, DataSplits):
         data = load_data(data)
+    check_val_test(data_overlap(data.val, data.test), data.location, allow=allow_val_test_overlap)
     trainer = Trainer(config, data)
     if resume_from is not None:
         trainer.restore(resume_from)

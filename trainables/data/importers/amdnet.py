@@ -23,7 +23,13 @@ from trainables.data.errors import DatasetError
 from trainables.data.importers._io import staged_folder
 from trainables.data.importers.bigfile import VIDEO2FRAMES_FILE, write_video2frames
 from trainables.data.importers.captions import Caption, read_caption_splits, write_caption_splits
-from trainables.data.importers.common import ImportPlan, frame_names, read_store_for_export, write_store
+from trainables.data.importers.common import (
+    ImportPlan,
+    frame_names,
+    read_store_for_export,
+    splits_to_read,
+    write_store,
+)
 from trainables.data.importers.keyed_hdf5 import KeyedFeatures, write_keyed_features
 
 LAYOUT = "amdnet-clip"
@@ -59,13 +65,17 @@ def import_amdnet(
     videos_per_shard: int = 1000,
     queries_per_shard: int = 5000,
     overwrite: bool = False,
+    val_from_train: float | None = None,
+    val_seed: int = 0,
 ) -> Path:
     """Convert one AMDNet-layout collection into a store at ``out_dir``; returns the store folder.
 
     Same sharing rules as ``import_msrl`` (a caption id in several split files is stored once); dims
-    come from the HDF5 files. Errors are one-line DatasetErrors naming the file; nothing partial is left.
+    come from the HDF5 files; ``val_from_train`` carves val out of train as there. Errors are one-line
+    DatasetErrors naming the file; nothing partial is left.
     """
     paths = AmdnetPaths.of(Path(root).expanduser() / collection, collection)
+    splits = splits_to_read(splits, val_from_train)
     captions = read_caption_splits(paths.text_dir, collection, splits)
     with KeyedFeatures(paths.text_features, vectors=True) as texts, KeyedFeatures(paths.video_features) as videos:
 
@@ -90,7 +100,8 @@ def import_amdnet(
             query_file=paths.text_features,
         )
         return write_store(plan, out_dir, dtype=dtype, videos_per_shard=videos_per_shard,
-                           queries_per_shard=queries_per_shard, overwrite=overwrite)
+                           queries_per_shard=queries_per_shard, overwrite=overwrite,
+                           val_from_train=val_from_train, val_seed=val_seed)
 
 
 def export_amdnet(

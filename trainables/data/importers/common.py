@@ -3,7 +3,7 @@ stored dataset back for export."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +13,7 @@ import numpy as np
 
 from trainables.data.errors import DatasetError
 from trainables.data.importers.captions import Caption, CaptionSplits, format_caption_line, video_id_of
+from trainables.data.split_overlap import carve_val
 from trainables.data.store import FeatureStore
 from trainables.data.writer import DatasetWriter
 
@@ -48,6 +49,11 @@ class ImportPlan:
     query_file: Path
 
 
+def splits_to_read(splits: Sequence[str], val_from_train: float | None) -> tuple[str, ...]:
+    """The caption files to read: without ``val`` when val is carved out of train instead."""
+    return tuple(s for s in splits if val_from_train is None or s != "val")
+
+
 def write_store(
     plan: ImportPlan,
     out_dir: str | Path,
@@ -56,15 +62,23 @@ def write_store(
     videos_per_shard: int,
     queries_per_shard: int,
     overwrite: bool,
+    val_from_train: float | None = None,
+    val_seed: int = 0,
 ) -> Path:
     """Convert ``plan`` into a store at ``out_dir``: each referenced video once, each caption once.
 
-    Everything goes through DatasetWriter, so on any error nothing is published and no temporary
-    folder is left behind.
+    With ``val_from_train`` that fraction of train's videos (seeded by ``val_seed``) becomes the val
+    split, each video with all its queries (``split_overlap.carve_val``), recorded in the manifest's
+    ``source``. Everything goes through DatasetWriter, so on any error nothing is published and no
+    temporary folder is left behind.
     """
+    splits, source = plan.captions.splits, dict(plan.source)
+    if val_from_train is not None:
+        video_of = {cap_id: caption.video_id for cap_id, caption in plan.captions.captions.items()}
+        splits, source["val_from_train"] = carve_val(splits, video_of, val_from_train, val_seed)
     with DatasetWriter(out_dir, name=plan.name, video_dim=plan.video_dim, query_dim=plan.query_dim,
                        dtype=dtype, videos_per_shard=videos_per_shard, queries_per_shard=queries_per_shard,
-                       l2_normalize=plan.l2_normalize, source=plan.source, overwrite=overwrite) as writer:
+                       l2_normalize=plan.l2_normalize, source=source, overwrite=overwrite) as writer:
         for video_id, caption in plan.captions.first_caption().items():
             frames = plan.video_frames(video_id, caption)
             with blamed_on(plan.video_file):
@@ -73,7 +87,7 @@ def write_store(
             tokens = plan.query_tokens(caption)
             with blamed_on(plan.query_file):
                 writer.add_query(caption.cap_id, caption.video_id, tokens, text=caption.text)
-        for split, cap_ids in plan.captions.splits.items():
+        for split, cap_ids in splits.items():
             writer.set_split(split, cap_ids)
     return writer.out_dir
 

@@ -32,6 +32,7 @@ from trainables.data.importers.bigfile import (
 from trainables.data.importers.captions import Caption, read_caption_splits, write_caption_splits
 from trainables.data.importers.common import (
     ImportPlan,
+    splits_to_read,
     frame_names,
     read_store_for_export,
     write_store,
@@ -88,6 +89,8 @@ def import_msrl(
     videos_per_shard: int = 1000,
     queries_per_shard: int = 5000,
     overwrite: bool = False,
+    val_from_train: float | None = None,
+    val_seed: int = 0,
 ) -> Path:
     """Convert one MS-SL-layout collection into a store at ``out_dir``; returns the store folder.
 
@@ -95,8 +98,11 @@ def import_msrl(
     ship ``val`` identical to ``test``); each referenced video is stored once with the BigFile rows of
     its ``video2frames`` frames, in order. Dims come from ``shape.txt`` and the text HDF5. Any problem
     is a one-line DatasetError naming the file at fault, and leaves no ``out_dir`` behind.
+    ``val_from_train`` (a fraction) carves a video-disjoint val split out of train, seeded by
+    ``val_seed``; the release's own val file, if any, is then not read (``common.write_store``).
     """
     paths = MsrlPaths.of(Path(root).expanduser() / collection, collection, visual_feature)
+    splits = splits_to_read(splits, val_from_train)
     captions = read_caption_splits(paths.text_dir, collection, splits)
     bigfile = read_bigfile(paths.feature_dir)
     v2f_path = paths.feature_dir / VIDEO2FRAMES_FILE
@@ -121,7 +127,8 @@ def import_msrl(
             query_file=paths.text_features,
         )
         return write_store(plan, out_dir, dtype=dtype, videos_per_shard=videos_per_shard,
-                           queries_per_shard=queries_per_shard, overwrite=overwrite)
+                           queries_per_shard=queries_per_shard, overwrite=overwrite,
+                           val_from_train=val_from_train, val_seed=val_seed)
 
 
 def export_msrl(
