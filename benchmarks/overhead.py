@@ -181,8 +181,9 @@ def run_search(configs: list[dict[str, Any]], data: Any, name: str, root: Path, 
     from ray.tune.search import ConcurrencyLimiter
 
     from search import tuning
+    from search.results import final_statuses
     from search.searcher import FixedConfigs
-    from tracking.mlflow_runs import close_children, code_version, start_parent, trial_status
+    from tracking.mlflow_runs import close_children, code_version, start_parent
     from tracking.storage import search_storage
 
     timeline = Timeline()
@@ -205,12 +206,8 @@ def run_search(configs: list[dict[str, Any]], data: Any, name: str, root: Path, 
         name, storage, tracking, max_failures=2, callbacks=[timing_callback(timeline)])
     fit_s = time.perf_counter() - fit_start
     returned = time.time()
-    statuses, finished = {}, 0
-    for result in results:
-        metrics = dict(result.metrics or {})
-        if metrics.get("trial_id"):
-            statuses[metrics["trial_id"]] = "FAILED" if result.error else trial_status(metrics)
-        finished += bool(result.error is None and metrics.get("finished") and "trial_error" not in metrics)
+    statuses = final_statuses(results)
+    finished = sum(status == "FINISHED" for status in statuses.values())
     close_children(tracking, statuses)
     tracking.client().set_terminated(tracking.parent_run_id, "FINISHED" if finished == len(configs) else "FAILED")
     wall = time.perf_counter() - start - load_s

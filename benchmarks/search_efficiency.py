@@ -277,9 +277,10 @@ def run_search(strategy: Strategy, seed: int, args: argparse.Namespace, data: An
     from ray.tune.search import ConcurrencyLimiter
 
     from search import tuning
+    from search.results import final_statuses
     from search.schedulers import make_scheduler
     from search.searcher import PruneAwareOptunaSearch, make_sampler
-    from tracking.mlflow_runs import close_children, start_parent, trial_status
+    from tracking.mlflow_runs import close_children, start_parent
     from tracking.search_results import load_search
     from tracking.storage import search_storage
     from trainables.trial import METRIC, MODE, TIME_ATTR
@@ -308,7 +309,7 @@ def run_search(strategy: Strategy, seed: int, args: argparse.Namespace, data: An
     grid = tuner.fit()
     seconds = time.perf_counter() - start
     finished = load_search(str(storage_root), name)
-    close_children(tracking, {t.trial_id: "FAILED" if t.failed else trial_status(t.last) for t in finished.trials})
+    close_children(tracking, final_statuses(grid))
     if not order.events:
         raise RuntimeError(f"search {name}: the driver saw no epoch report")
     stored = {t.trial_id: {r["epoch"]: float(r[METRIC]) for r in t.epochs()} for t in finished.trials}

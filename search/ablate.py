@@ -31,8 +31,8 @@ import yaml
 from search.cli import run_main
 from search.ray_session import LOCAL_RAY_ENV
 from spaces.ablation import DESIGNS, Cell, design, parse_component
-from tracking.storage import StorageSettings, is_s3, search_storage
-from trainables.data.split_overlap import ALLOW_FLAG, overlap_tags
+from tracking.storage import StorageSettings
+from trainables.data.split_overlap import ALLOW_FLAG
 
 COLUMNS = ("R@1", "R@5", "R@10", "R@100", "SumR")
 
@@ -237,25 +237,22 @@ def ablate(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.concurrency < 1 or args.bootstrap < 100:
         raise ValueError("--seeds and --concurrency must be >= 1 and --bootstrap >= 100")
     from search import tuning
+    from search.driver import driver_session, prepare, s3_settings
 
     resources = tuning.ray_resources(args.ray_address, args.concurrency, args.cpus_per_trial, args.gpus_per_trial)
     name = args.name or f"ablation-{time.strftime('%Y%m%d-%H%M%S')}"
     out = (args.out or Path(name)).resolve()
     if out.exists():
         raise ValueError(f"--out {out} already exists; choose another folder")
-    uses_s3 = is_s3(args.storage) or is_s3(args.data) or args.s3_endpoint is not None
-    settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if uses_s3 else None
-    base = base_config(args, settings)
+    base = base_config(args, s3_settings(args.storage, args.data, args.s3_endpoint))
     components = [parse_component(spec) for spec in args.components]
     cells = design(components, args.design)
-    storage = search_storage(args.storage, name, resume=False, settings=settings)
+    inputs = prepare(name, data=args.data, storage=args.storage, s3_endpoint=args.s3_endpoint,
+                     allow_val_test_overlap=args.allow_val_test_overlap)
+    storage, manifest = inputs.storage, inputs.manifest
 
-    from search.run import dataset_source
     from trainables.models.base import Dims
 
-    from search.ray_session import on_cluster, ray_session
-
-    manifest, location, data, overlap = dataset_source(args.data, settings, args.allow_val_test_overlap)
     # every cell's model is built before Ray starts, so a bad cell fails without a Ray session
     backbones = args.backbones or [base["backbone"]]
     configs = plan(base, cells, backbones, args.seeds, Dims(manifest.video_dim, manifest.query_dim), name)
@@ -263,41 +260,24 @@ def ablate(args: argparse.Namespace) -> int:
           f"x {args.seeds} seeds = {len(configs)} trials, every model built once", flush=True)
     # then Ray: the trial workers it starts ahead warm up while this driver loads the data and opens the
     # parent run (search/warm_workers.py)
-    with ray_session(args.ray_address, **resources):
-        data = data() if callable(data) else data
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
 
-        from ray import tune
-        from ray.tune.search import ConcurrencyLimiter
+    from search.searcher import FixedConfigs
 
-        from search.searcher import FixedConfigs
-
-        from tracking.mlflow_runs import close_children, code_version, default_tracking_uri, start_parent, trial_status
-
-        tracking_uri = args.tracking_uri or default_tracking_uri()
-        if args.ray_address is not None:
-            on_cluster(storage.uri)
-        try:
-            tracking = start_parent(tracking_uri, args.experiment, name, "ablation", resume=False,
-                                    params={"command": " ".join(sys.argv), **vars(args),
-                                            "components": " ".join(args.components)},
-                                    tags={"data": location, "storage": storage.uri, "data_manifest_sha256": manifest.sha256(),
-                                          "prvr.ablation": name, **overlap_tags(overlap), **code_version(Path(__file__).resolve().parents[1])})
-        except Exception as exc:
-            raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+    with driver_session(inputs, kind="ablation", ray_address=args.ray_address, resources=resources,
+                        tracking_uri=args.tracking_uri, experiment=args.experiment,
+                        params={**vars(args), "components": " ".join(args.components)},
+                        tags={"prvr.ablation": name}, cpus_per_trial=args.cpus_per_trial,
+                        gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures) as session:
+        tracking = session.tracking
         tracking.client().log_dict(tracking.parent_run_id, {"base": base, "cells": {c.name: c.as_dict() for c in cells}},
                                    "ablation.json")
-        results = tuning.fit(
-            tuning.trainable(data, args.cpus_per_trial, args.gpus_per_trial, args.allow_val_test_overlap),
+        results = session.fit(
             tune.TuneConfig(search_alg=ConcurrencyLimiter(FixedConfigs(configs), args.concurrency),
                             num_samples=len(configs), trial_dirname_creator=tuning.trial_dirname,
-                            reuse_actors=tuning.REUSE_ACTORS),
-            name, storage, tracking, args.max_failures)
-    statuses = {}
-    for result in results:
-        metrics = dict(result.metrics or {})
-        if metrics.get("trial_id"):
-            statuses[metrics["trial_id"]] = "FAILED" if result.error else trial_status(metrics)
-    close_children(tracking, statuses)
+                            reuse_actors=tuning.REUSE_ACTORS))
+    session.end_trial_runs(results)
     runs = _collect(results, tracking)
     markdown, rows = tables(runs, cells, backbones, args.bootstrap)
     out.mkdir(parents=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -63,6 +64,23 @@ class TrialRow:
     def score(self) -> float:
         value = self.metrics.get(METRIC)
         return float(value) if isinstance(value, (int, float)) and not self.failed else float("-inf")
+
+
+def rows_of(results: Any) -> list[TrialRow]:
+    """Every trial of a ResultGrid once, with its last result."""
+    rows = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        rows.append(TrialRow(trial_id, dict(result.config or {}), metrics,
+                             None if result.error is None else str(result.error).splitlines()[0]))
+    return rows
+
+
+def final_statuses(results: Any) -> dict[str, str]:
+    """Each trial's final MLflow status in a ResultGrid (FAILED on an error, else ``trial_status``): what
+    ``close_children`` ends the child runs with at the end of a search, an ablation or a benchmark."""
+    return {row.trial_id: "FAILED" if row.error else trial_status(row.metrics) for row in rows_of(results)}
 
 
 def ranked(rows: list[TrialRow]) -> list[TrialRow]:

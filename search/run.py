@@ -19,16 +19,12 @@ import dataclasses
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from search.cli import run_main
 from search.ray_session import LOCAL_RAY_ENV
 from spaces import SPACES, build_space
-from tracking.storage import StorageSettings, is_s3, search_storage
-from trainables.data.datasets import resolve_dataset
-from trainables.data.manifest import Manifest, read_manifest
-from trainables.data.split_overlap import ALLOW_FLAG, SplitOverlap, check_val_test, manifest_overlap, overlap_tags
+from trainables.data.split_overlap import ALLOW_FLAG
 from trainables.models.base import Dims
 from trainables.training.config import parse_assignments
 
@@ -92,46 +88,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--resume needs the --name of the search to continue")
 
 
-def dataset_source(spec: str, settings: StorageSettings | None, allow_val_test_overlap: bool = False
-                   ) -> tuple[Manifest, str, Any, SplitOverlap | None]:
-    """(manifest, where it is, what the trials get, its val/test overlap): a local dataset is loaded once
-    here and shipped through Ray's object store; an S3 dataset is named by its URI and fetched by each
-    node. A val split that shares queries or videos with test is refused here (one line) unless
-    ``allow_val_test_overlap``; a warning says when it is allowed."""
-    if is_s3(spec):
-        from trainables.data.remote import read_remote_manifest
-        from trainables.data.source import RemoteDataset
-
-        settings = settings or StorageSettings.from_env()
-        manifest = read_remote_manifest(spec, settings)
-        location, folder, data = spec, None, RemoteDataset(spec, settings)
-    else:
-        from trainables.training.loop import load_data
-
-        path = resolve_dataset(spec)
-        manifest, location, folder = read_manifest(path), str(path.parent), path.parent
-        data = lambda: load_data(path)  # noqa: E731
-    overlap = manifest_overlap(manifest, folder)
-    check_val_test(overlap, location, allow=allow_val_test_overlap)
-    if overlap:
-        print(f"warning: {location}: {overlap.describe()}: epochs and configs are selected on test queries "
-              f"({ALLOW_FLAG})", file=sys.stderr, flush=True)
-    return manifest, location, data, overlap
-
-
-def rows_of(results: Any) -> list[Any]:
-    """Every trial of a ResultGrid once, with its last result."""
-    from search.results import TrialRow
-
-    rows = []
-    for result in results:
-        metrics = dict(result.metrics or {})
-        trial_id = metrics.get("trial_id") or Path(result.path).name
-        rows.append(TrialRow(trial_id, dict(result.config or {}), metrics,
-                             None if result.error is None else str(result.error).splitlines()[0]))
-    return rows
-
-
 def search(args: argparse.Namespace) -> int:
     if args.ray_address is None:  # read when ray is imported: a local Ray stays on 127.0.0.1
         os.environ.update(LOCAL_RAY_ENV)
@@ -139,57 +95,44 @@ def search(args: argparse.Namespace) -> int:
     from ray.tune.search import ConcurrencyLimiter
 
     from search import tuning
-    from search.ray_session import on_cluster, ray_session
-    from search.results import best_trials_table, ranked
+    from search.driver import driver_session, prepare
+    from search.results import best_trials_table, ranked, rows_of
     from search.schedulers import make_scheduler
     from search.searcher import PruneAwareOptunaSearch, make_sampler
-    from tracking.mlflow_runs import (close_children, code_version, default_tracking_uri, finish_parent,
-                                      start_parent, trial_status, ui_command)
+    from tracking.mlflow_runs import default_tracking_uri, finish_parent, ui_command
     from trainables.trial import METRIC, MODE, TIME_ATTR
 
     _check_args(args)
     resources = tuning.ray_resources(args.ray_address, min(args.concurrency, args.trials), args.cpus_per_trial,
                                      args.gpus_per_trial)
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    uses_s3 = is_s3(args.storage) or is_s3(args.data) or args.s3_endpoint is not None
-    settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if uses_s3 else None
-    storage = search_storage(args.storage, name, args.resume, settings)
     fixed: dict[str, Any] = {"epochs": args.max_epochs, "patience": args.patience, "seed": args.seed,
                              **parse_assignments(args.set)}
     space = build_space(args.space, backbones=args.backbones, overrides=args.overrides, fixed=fixed)
-    manifest, location, data, overlap = dataset_source(args.data, settings, args.allow_val_test_overlap)
+    inputs = prepare(name, data=args.data, storage=args.storage, resume=args.resume, s3_endpoint=args.s3_endpoint,
+                     allow_val_test_overlap=args.allow_val_test_overlap)
+    storage, manifest = inputs.storage, inputs.manifest
     start = time.perf_counter()
     built = space.validate(Dims(manifest.video_dim, manifest.query_dim), count=args.validate_samples)
     print(f"space {space.name} over {', '.join(space.backbones)}: {args.validate_samples} sampled configs valid, "
           f"{built} distinct models built ({time.perf_counter() - start:.1f}s)", flush=True)
-    # Ray before the data and the parent run: the trial workers it starts ahead import torch and Tune
-    # meanwhile (search/warm_workers.py)
-    with ray_session(args.ray_address, **resources):
-        data = data() if callable(data) else data
-
-        tracking_uri = args.tracking_uri or default_tracking_uri()
-        if args.ray_address is not None:
-            on_cluster(storage.uri)
-        try:
-            tracking = start_parent(
-                tracking_uri, args.experiment, name, space.name, resume=args.resume,
-                params={"command": " ".join(sys.argv), **{k: v for k, v in vars(args).items()}},
-                tags={"data": location, "storage": storage.uri, "data_manifest_sha256": manifest.sha256(),
-                      **overlap_tags(overlap), **code_version(Path(__file__).resolve().parents[1])})
-        except Exception as exc:  # an unreachable or broken tracking store
-            raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    with driver_session(inputs, kind=space.name, ray_address=args.ray_address, resources=resources,
+                        tracking_uri=tracking_uri, experiment=args.experiment, params=vars(args), tags={},
+                        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                        max_failures=args.max_failures, resume=args.resume) as session:
+        tracking = session.tracking
         tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
                                                             space.groups.items()}, "space.json")
         searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler, args.seed))
         scheduler = make_scheduler(args.scheduler, metric=METRIC, mode=MODE, time_attr=TIME_ATTR,
                                    max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
                                    reduction_factor=args.reduction_factor)
-        results = tuning.fit(
-            tuning.trainable(data, args.cpus_per_trial, args.gpus_per_trial, args.allow_val_test_overlap),
+        results = session.fit(
             tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency), scheduler=scheduler,
                             num_samples=args.trials, time_budget_s=args.time_budget,
                             trial_dirname_creator=tuning.trial_dirname, reuse_actors=tuning.REUSE_ACTORS),
-            name, storage, tracking, args.max_failures, resume=args.resume)
+            resume=args.resume)
     rows = rows_of(results)
     table = best_trials_table(rows)
     print(f"\nbest trials of search {name} (space {space.name}, by best val SumR of the fused score):")
@@ -197,7 +140,7 @@ def search(args: argparse.Namespace) -> int:
     print(f"\nresults and checkpoints: {storage.uri}")
     interrupted = results.num_terminated + results.num_errors < len(results)
     if not interrupted:
-        close_children(tracking, {r.trial_id: "FAILED" if r.error else trial_status(r.metrics) for r in rows})
+        session.end_trial_runs(results)
     top = ranked(rows)
     best = None if not top else {"trial_id": top[0].trial_id, "config": top[0].config,
                                  "metrics": {k: v for k, v in top[0].metrics.items()
@@ -206,7 +149,7 @@ def search(args: argparse.Namespace) -> int:
         from tracking.report import report_to_run
         from tracking.search_results import load_search
 
-        report_to_run(load_search(args.storage, name, settings), tracking.uri, tracking.parent_run_id)
+        report_to_run(load_search(args.storage, name, inputs.settings), tracking.uri, tracking.parent_run_id)
         print("report (figures and report.html): artifacts report/ of the search's MLflow parent run")
     except Exception as exc:
         print(f"warning: no report for search {name}: {(str(exc) or type(exc).__name__).splitlines()[0]}",

@@ -1,0 +1,148 @@
+"""One driver session, shared by a search (``run.py``) and an ablation (``ablate.py``).
+
+A session has two phases. ``prepare`` checks everything that needs no Ray: the S3 settings, the
+results storage (a new name, or an existing one to resume), the dataset's manifest and its val/test
+overlap; the caller then checks its own inputs against the manifest (a space's configs, an ablation's
+cells). ``driver_session`` starts Ray (a private loopback Ray, or a cluster), loads a local dataset once
+for the object store, opens the MLflow parent run, and yields a ``DriverSession`` whose ``fit`` runs
+Tune trials with the session's data, resources, retries and storage. ``end_trial_runs`` is the one
+place a search or an ablation ends its trials' child runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracking.storage import SearchStorage, StorageSettings, is_s3, search_storage
+from trainables.data.datasets import resolve_dataset
+from trainables.data.manifest import Manifest, read_manifest
+from trainables.data.split_overlap import ALLOW_FLAG, SplitOverlap, check_val_test, manifest_overlap, overlap_tags
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dataset_source(spec: str, settings: StorageSettings | None, allow_val_test_overlap: bool = False
+                   ) -> tuple[Manifest, str, Any, SplitOverlap | None]:
+    """(manifest, where it is, what the trials get, its val/test overlap): a local dataset is loaded once
+    by the session and shipped through Ray's object store (here: a function that loads it); an S3
+    dataset is named by its URI and fetched by each node. A val split that shares queries or videos
+    with test is refused here (one line) unless ``allow_val_test_overlap``; a warning says when it is
+    allowed."""
+    if is_s3(spec):
+        from trainables.data.remote import read_remote_manifest
+        from trainables.data.source import RemoteDataset
+
+        settings = settings or StorageSettings.from_env()
+        manifest = read_remote_manifest(spec, settings)
+        location, folder, data = spec, None, RemoteDataset(spec, settings)
+    else:
+        from trainables.training.loop import load_data
+
+        path = resolve_dataset(spec)
+        manifest, location, folder = read_manifest(path), str(path.parent), path.parent
+        data = lambda: load_data(path)  # noqa: E731
+    overlap = manifest_overlap(manifest, folder)
+    check_val_test(overlap, location, allow=allow_val_test_overlap)
+    if overlap:
+        print(f"warning: {location}: {overlap.describe()}: epochs and configs are selected on test queries "
+              f"({ALLOW_FLAG})", file=sys.stderr, flush=True)
+    return manifest, location, data, overlap
+
+
+@dataclass(frozen=True)
+class DriverInputs:
+    """What ``prepare`` checked before Ray: the run's name, storage, S3 settings and dataset."""
+
+    name: str
+    storage: SearchStorage
+    settings: StorageSettings | None
+    manifest: Manifest
+    location: str
+    data: Any  # a function that loads a local dataset, or a RemoteDataset
+    overlap: SplitOverlap | None
+    allow_val_test_overlap: bool
+
+
+def s3_settings(storage: str, data: str, s3_endpoint: str | None) -> StorageSettings | None:
+    """The S3 settings of a run whose storage or data is on S3 (or that names an endpoint), else None."""
+    uses_s3 = is_s3(storage) or is_s3(data) or s3_endpoint is not None
+    return StorageSettings.from_env(endpoint=s3_endpoint) if uses_s3 else None
+
+
+def prepare(name: str, *, data: str, storage: str, resume: bool = False, s3_endpoint: str | None = None,
+            allow_val_test_overlap: bool = False) -> DriverInputs:
+    """Check the storage and the dataset of run ``name`` (no Ray yet); raises one-line ValueErrors."""
+    settings = s3_settings(storage, data, s3_endpoint)
+    where = search_storage(storage, name, resume, settings)
+    manifest, location, source, overlap = dataset_source(data, settings, allow_val_test_overlap)
+    return DriverInputs(name, where, settings, manifest, location, source, overlap, allow_val_test_overlap)
+
+
+@dataclass
+class DriverSession:
+    """A running session: Tune trials with its data and resources, logged under its MLflow parent run."""
+
+    inputs: DriverInputs
+    tracking: Any  # tracking.mlflow_runs.Tracking
+    data: Any  # the loaded splits (local) or the RemoteDataset
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_failures: int
+
+    def fit(self, tune_config: Any, resume: bool = False, callbacks: list[Any] | None = None) -> Any:
+        """Run (or restore and continue) the session's Tuner over ``tune_config``; returns its ResultGrid."""
+        from search import tuning
+
+        trainable = tuning.trainable(self.data, self.cpus_per_trial, self.gpus_per_trial,
+                                     self.inputs.allow_val_test_overlap)
+        return tuning.fit(trainable, tune_config, self.inputs.name, self.inputs.storage, self.tracking,
+                          self.max_failures, resume=resume, callbacks=callbacks)
+
+    def end_trial_runs(self, results: Any) -> dict[str, str]:
+        """End every trial's child run with its final status (FAILED on an error, KILLED when stopped
+        early, FINISHED) and delete children of trials Tune no longer knows; returns the statuses."""
+        from search.results import final_statuses
+        from tracking.mlflow_runs import close_children
+
+        statuses = final_statuses(results)
+        close_children(self.tracking, statuses)
+        return statuses
+
+
+@contextmanager
+def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, resources: dict[str, Any],
+                   tracking_uri: str | None, experiment: str, params: dict[str, Any], tags: dict[str, Any],
+                   cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool = False
+                   ) -> Iterator[DriverSession]:
+    """Ray, the loaded data and the MLflow parent run (``kind``: the space's name, or "ablation") of one
+    search or ablation. The parent run records the command, ``params``, the data, the storage, the
+    manifest's hash, the git commit and ``tags``. Ray is shut down on leaving; the parent run is left
+    for the caller to finish, since what it records at the end differs."""
+    from search.ray_session import on_cluster, ray_session
+    from tracking.mlflow_runs import code_version, default_tracking_uri, start_parent
+
+    # Ray before the data and the parent run: the trial workers it starts ahead import torch and Tune
+    # meanwhile (search/warm_workers.py)
+    with ray_session(ray_address, **resources):
+        data = inputs.data() if callable(inputs.data) else inputs.data
+        uri = tracking_uri or default_tracking_uri()
+        if ray_address is not None:
+            on_cluster(inputs.storage.uri)
+        try:
+            tracking = start_parent(
+                uri, experiment, inputs.name, kind, resume=resume,
+                params={"command": " ".join(sys.argv), **params},
+                tags={"data": inputs.location, "storage": inputs.storage.uri,
+                      "data_manifest_sha256": inputs.manifest.sha256(), **overlap_tags(inputs.overlap), **tags,
+                      **code_version(ROOT)})
+        except Exception as exc:  # an unreachable or broken tracking store
+            raise ValueError(f"MLflow tracking URI {uri}: {str(exc).splitlines()[0]}") from None
+        yield DriverSession(inputs, tracking, data, cpus_per_trial, gpus_per_trial, max_failures)
+
+
+__all__ = ["DriverInputs", "DriverSession", "dataset_source", "driver_session", "prepare", "s3_settings"]
