@@ -177,8 +177,9 @@ def test_trials_survive_a_lost_node_and_a_killed_worker_and_resume_from_their_ch
     cluster = make_cluster({"num_cpus": 0}, {"num_cpus": 2}, {"num_cpus": 2})  # the driver's head runs no trial
     _, *workers = cluster.list_all_nodes()
     # 16 epochs (a few seconds each trial at this size): the test must see every node's trials running
+    # patience at the epoch count: no trial may end early on its own training's luck
     driver = start_driver(tmp_path, cluster, "--trials", "4", "--concurrency", "4", "--max-epochs", str(LONG_EPOCHS),
-                          "--max-failures", "3", "--name", "n")
+                          "--patience", str(LONG_EPOCHS), "--max-failures", "3", "--name", "n")
     log = tmp_path / "driver.log"
     try:
         # all 4 placed: the test must know which trials the lost node takes with it

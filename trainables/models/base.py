@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -45,12 +45,20 @@ class Dims:
 
 @dataclass
 class LossContext:
-    """What a training step's losses need besides the batch."""
+    """What a training step's losses need besides the batch: ``generator`` is the backbone's stream of
+    sampled negatives; each plugin's losses get a context whose ``generator`` is its own stream
+    (``plugin_generators[name]``, when given), so a plugin's samples never move the backbone's."""
 
     epoch: int
     hard_negatives: bool
     hard_pool_size: int
     generator: torch.Generator
+    plugin_generators: dict[str, torch.Generator] = field(default_factory=dict)
+
+    def for_plugin(self, name: str) -> LossContext:
+        """This context with plugin ``name``'s own generator (the shared one if it has none)."""
+        own = self.plugin_generators.get(name)
+        return self if own is None else dataclasses.replace(self, generator=own, plugin_generators={})
 
 
 @dataclass
@@ -191,7 +199,7 @@ class Backbone(nn.Module):
         terms, features = self._training_losses(batch, context)
         features = {**features, "text_labels": batch["text_labels"]}
         for plugin in self.plugins.values():
-            for term, value in plugin.losses(features, batch, context).items():
+            for term, value in plugin.losses(features, batch, context.for_plugin(plugin.name)).items():
                 terms[f"{plugin.name}.{term}"] = value
         return terms
 

@@ -15,13 +15,17 @@ Training settings left unset take the backbone's published TVR defaults (``Backb
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import yaml
 
 from trainables.models.base import Backbone, BackboneConfig, Dims, backbone_class
 from trainables.plugins.base import PluginConfig, list_plugins, plugin_class, plugin_config
+from trainables.training.random_streams import BACKBONE, init_seed
 
 FALLBACK_DEFAULTS: dict[str, Any] = {
     "lr": 2.5e-4, "epochs": 100, "patience": 10, "hard_negative_start_epoch": 20, "seed": 2018, "batch_size": 128,
@@ -119,12 +123,17 @@ class TrainConfig:
             configs[name] = config
         return configs
 
-    def build_model(self, dims: Dims) -> Backbone:
-        """The backbone with its plugins attached (parameters drawn from the current torch RNG)."""
+    def build_model(self, dims: Dims, seed: int | None = None) -> Backbone:
+        """The backbone with its plugins attached. Without ``seed`` the parameters are drawn from the
+        current torch RNG in build order; with it, the backbone's and each plugin's from their own
+        stream (``random_streams.init_seed``), so a plugin switched on leaves every other module's
+        initial weights as they were, and torch's RNG is left untouched."""
         backbone_config = self.backbone_config()
-        model = backbone_class(self.backbone)(backbone_config, dims)
+        with _init_stream(seed, BACKBONE):
+            model = backbone_class(self.backbone)(backbone_config, dims)
         for name, config in self.plugin_configs().items():
-            model.attach(plugin_class(name)(config, backbone_config, dims))
+            with _init_stream(seed, name):
+                model.attach(plugin_class(name)(config, backbone_config, dims))
         return model
 
     def check_dims(self, video_dim: int, query_dim: int, where: str) -> None:
@@ -140,6 +149,17 @@ class TrainConfig:
             flat[name] = True
             flat.update({f"{name}.{key}": value for key, value in settings.items()})
         return {**flat, **self.options}
+
+
+@contextmanager
+def _init_stream(seed: int | None, component: str) -> Iterator[None]:
+    """Draw ``component``'s initial weights from its own stream (nothing changes without a seed)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed(seed, component))
+        yield
 
 
 def split_plugins(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -5,9 +5,11 @@ keep the weights with the best validation SumR of the fused score, and stop once
 ``patience`` epochs in a row brought no gain (the release's ``es_cnt > max_es_cnt``). At the end the
 best weights are evaluated on the test split.
 
-Reproducibility: every random stream (dropout, batch order, sampled negatives) is reseeded from
-(seed, epoch) at the start of each epoch, so an epoch's randomness does not depend on what ran
-before it in the same process; together with the optimiser/scheduler state in the checkpoint, a run
+Reproducibility: every random stream (dropout, batch order, the backbone's and each plugin's sampled
+negatives) is reseeded from (seed, epoch) at the start of each epoch, so an epoch's randomness does not
+depend on what ran before it in the same process, and the initial weights of the backbone and of each
+plugin come from streams of their own (``random_streams``: common random numbers, so two runs with one
+seed that differ in one setting share the draws that setting does not need to change); together with the optimiser/scheduler state in the checkpoint, a run
 resumed from the checkpoint of epoch k continues exactly as the uninterrupted run.
 """
 
@@ -31,6 +33,7 @@ from trainables.models.base import Backbone, Dims, LossContext
 from trainables.training.checkpoint import load_checkpoint, save_checkpoint
 from trainables.training.config import TrainConfig
 from trainables.training.optim import build_optimizer
+from trainables.training.random_streams import DATA_ORDER, DROPOUT, NEGATIVES, stream_seed
 
 SELECTION_BRANCH = "fused"
 SELECTION_METRIC = "SumR"
@@ -107,11 +110,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _seed(seed: int, epoch: int, stream: int) -> int:
-    """An independent seed for one random stream of one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
-
-
 @dataclass
 class _State:
     """Mutable training state (what a checkpoint holds)."""
@@ -134,7 +132,7 @@ class Trainer:
         config.check_dims(data.dims.video_dim, data.dims.query_dim, data.location)
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.model: Backbone = config.build_model(data.dims).to(self.device)
+        self.model: Backbone = config.build_model(data.dims, seed=config.seed).to(self.device)
         steps_per_epoch = math.ceil(data.train.num_videos / config.batch_size)
         self.optimizer, self.schedule = build_optimizer(
             self.model, config.lr, config.epochs * steps_per_epoch, weight_decay=config.weight_decay,
@@ -192,13 +190,16 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training videos; returns the mean of each loss term."""
         c = self.config
-        torch.manual_seed(_seed(c.seed, epoch, 0))
+        torch.manual_seed(stream_seed(c.seed, epoch, DROPOUT))
+        def negatives(*plugin: str) -> torch.Generator:
+            return torch.Generator().manual_seed(stream_seed(c.seed, epoch, NEGATIVES, *plugin))
+
         context = LossContext(epoch=epoch, hard_negatives=epoch >= c.hard_negative_start_epoch,
-                              hard_pool_size=c.hard_pool_size,
-                              generator=torch.Generator().manual_seed(_seed(c.seed, epoch, 1)))
+                              hard_pool_size=c.hard_pool_size, generator=negatives(),
+                              plugin_generators={name: negatives(name) for name in self.model.plugins})
         self.model.train()
         sums: dict[str, float] = {}
-        batches = train_loader(self.data.train, c.batch_size, seed=_seed(c.seed, epoch, 2))
+        batches = train_loader(self.data.train, c.batch_size, seed=stream_seed(c.seed, epoch, DATA_ORDER))
         for step, batch in enumerate(batches):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with self._autocast():
