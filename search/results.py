@@ -10,7 +10,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from tracking.mlflow_runs import Tracking, end_trial_run, trial_status
-from tracking.search_results import compact_config
+from tracking.search_results import compact_config, rank_key
 from trainables.trial import COLUMNS, METRIC, metric_key
 
 
@@ -85,7 +85,8 @@ def final_statuses(results: Any) -> dict[str, str]:
 
 def ranked(rows: list[TrialRow]) -> list[TrialRow]:
     """Trials that ran at least an epoch, best val SumR first."""
-    return sorted((r for r in rows if not r.failed and r.metrics.get("epoch")), key=lambda r: r.score, reverse=True)
+    return sorted((r for r in rows if not r.failed and r.metrics.get("epoch")),
+                  key=lambda r: rank_key(r.score, r.trial_id))
 
 
 def best_trials_table(rows: list[TrialRow], top: int = 5) -> str:

@@ -255,7 +255,7 @@ def test_best_trials_table_is_the_searchs_table(search, tmp_path):
     assert header[:3] == ["#", "trial", "epochs"] and header[-2] == "test SumR"
 
     finals = {folder.name[len("trial_"):]: results(folder)[-1] for folder in search.trial_dirs()}
-    order = sorted(finals, key=lambda t: finals[t]["best_val_sumr"], reverse=True)
+    order = sorted(finals, key=lambda t: (-finals[t]["best_val_sumr"], t))  # ties by trial id
     assert [r[1] for r in body] == order
     assert [r[-2] for r in body] == [f"{finals[t]['test_sumr']:.1f}" for t in order]
 

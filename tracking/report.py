@@ -36,7 +36,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
                                   IntDistribution)
 from optuna.trial import TrialState, create_trial  # noqa: E402
 
-from tracking.search_results import FinishedSearch, TrialRecord, compact_config  # noqa: E402
+from tracking.search_results import FinishedSearch, TrialRecord, compact_config, rank_key  # noqa: E402
 from trainables.evaluation.metrics import RECALL_KS  # noqa: E402  (numpy only)
 
 #: the table's metric columns (``trainables.trial.COLUMNS``; not imported: that module needs torch and Ray)
@@ -211,7 +211,7 @@ def param_importances(study: optuna.Study) -> Importances:
 def table_trials(search: FinishedSearch) -> list[TrialRecord]:
     """Trials that ran at least an epoch, best val SumR first (``search.results.ranked``)."""
     return sorted((t for t in chronological(search) if not t.failed and t.last.get("epoch")),
-                  key=lambda t: t.score, reverse=True)
+                  key=lambda t: rank_key(t.score, t.trial_id))
 
 
 def table_values(trial: TrialRecord) -> tuple[list[Any], list[Any]]:

@@ -33,6 +33,12 @@ def compact_config(config: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def rank_key(score: float, trial_id: str) -> tuple[float, str]:
+    """Sort key of every trial ranking (the printed table, the report, the best trial): best val SumR
+    first, ties by trial id, so the search's output and its report always list tied trials alike."""
+    return -score, trial_id
+
+
 @dataclass
 class TrialRecord:
     """One trial: its config, every result it reported, and its newest complete checkpoint (if any)."""
@@ -76,7 +82,7 @@ class FinishedSearch:
 
     def ranked(self) -> list[TrialRecord]:
         """Trials that finished, best validation SumR first (the searcher's ranking)."""
-        return sorted((t for t in self.trials if t.finished), key=lambda t: t.score, reverse=True)
+        return sorted((t for t in self.trials if t.finished), key=lambda t: rank_key(t.score, t.trial_id))
 
     def best(self) -> TrialRecord:
         ranked = self.ranked()
