@@ -22,7 +22,7 @@ from search.cli import run_main
 from tracking.storage import StorageSettings, is_s3
 from trainables.data.importers import LAYOUTS, export_msrl
 from trainables.data.manifest import Manifest, read_manifest
-from trainables.data.split_overlap import SplitOverlap, store_overlap
+from trainables.data.split_overlap import manifest_overlap
 from trainables.data.store import FeatureStore
 from trainables.data.synthetic import PRESETS, ensure_synthetic, generate
 
@@ -114,8 +114,7 @@ def _synth(args: argparse.Namespace) -> Path:
 def describe(location: Path | Manifest) -> str:
     """A few lines that say what a dataset (its folder or its manifest) holds, and whether val overlaps test."""
     m = location if isinstance(location, Manifest) else read_manifest(location)
-    overlap = (None if m.val_test_overlap is None else SplitOverlap.from_dict(m.val_test_overlap)) \
-        if isinstance(location, Manifest) else store_overlap(location)
+    overlap = manifest_overlap(m, None if isinstance(location, Manifest) else location)
     lines = [f"{m.name}: {m.num_videos} videos ({m.num_frames} frames, {m.video_dim}-d), "
              f"{m.num_queries} queries ({m.num_tokens} tokens, {m.query_dim}-d), {m.dtype}, "
              f"{len(m.shards)} files, l2_normalize={m.l2_normalize}"]

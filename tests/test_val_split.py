@@ -57,6 +57,7 @@ def test_release_val_equal_to_test_is_recorded_as_overlap(release, overlapping):
     recorded = read_manifest(overlapping).val_test_overlap
     assert recorded == {"queries": len(queries), "videos": len(videos), "val_queries": len(queries),
                         "val_videos": len(videos)}
+    assert store_overlap(overlapping).to_dict() == recorded  # measured from the shards, same counts
     # a manifest from before the record: measured from splits.h5 and the query shards, same counts
     manifest_file = overlapping / "manifest.json"
     raw = json.loads(manifest_file.read_text())

@@ -67,16 +67,11 @@ def overlap_of_splits(splits: Mapping[str, Sequence[str]], query_video: Mapping[
 
 
 def store_overlap(location: str | Path) -> SplitOverlap | None:
-    """The val/test overlap of a local dataset (None unless it has both splits).
-
-    A manifest written by this version records it; an older one is measured from ``splits.h5`` and
-    the query shards' ids (strings only, no features are read).
-    """
+    """The val/test overlap of a local dataset measured from ``splits.h5`` and the query shards' ids
+    (strings only, no features are read); None unless it has both splits."""
     from trainables.data.store import FeatureStore
 
     store = FeatureStore(location)
-    if store.manifest.val_test_overlap is not None:
-        return SplitOverlap.from_dict(store.manifest.val_test_overlap)
     if "val" not in store.manifest.splits or "test" not in store.manifest.splits:
         return None
     splits = {s: store.split_query_ids(s) for s in ("val", "test")}

@@ -9,8 +9,9 @@ Reproducibility: every random stream (dropout, batch order, the backbone's and e
 negatives) is reseeded from (seed, epoch) at the start of each epoch, so an epoch's randomness does not
 depend on what ran before it in the same process, and the initial weights of the backbone and of each
 plugin come from streams of their own (``random_streams``: common random numbers, so two runs with one
-seed that differ in one setting share the draws that setting does not need to change); together with the optimiser/scheduler state in the checkpoint, a run
-resumed from the checkpoint of epoch k continues exactly as the uninterrupted run.
+seed that differ in one setting share the draws that setting does not need to change); together with
+the optimiser/scheduler state in the checkpoint, a run resumed from the checkpoint of epoch k continues
+exactly as the uninterrupted run.
 """
 
 from __future__ import annotations

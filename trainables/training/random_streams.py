@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-#: stream numbers of an epoch's draws (the seeds of the first three are unchanged since checkpoints of v1)
+#: stream numbers of an epoch's draws (their seeds are the values the training loop used before this module)
 DROPOUT, NEGATIVES, DATA_ORDER = 0, 1, 2
 INIT = "init"
 BACKBONE = "backbone"
