@@ -20,14 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+# a cell's mean, std and n over seeds: the statistics a search's confirmation stage reports, too
+from tracking.champion import SeedStats as Summary
+from tracking.champion import seed_stats as summarize
+
 KS = (1, 5, 10, 100)
-
-
-@dataclass(frozen=True)
-class Summary:
-    mean: float
-    std: float  # sample std (ddof=1); 0 for one seed
-    n: int
 
 
 @dataclass(frozen=True)
@@ -39,13 +36,6 @@ class Difference:
     low: float
     high: float
     p: float
-
-
-def summarize(values: list[float] | np.ndarray) -> Summary:
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("no values to summarize")
-    return Summary(float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0, int(values.size))
 
 
 def per_query_sumr(ranks: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ results storage (a new name, or an existing one to resume), the dataset's manife
 overlap; the caller then checks its own inputs against the manifest (a space's configs, an ablation's
 cells). ``driver_session`` starts Ray (a private loopback Ray, or a cluster), loads a local dataset once
 for the object store, opens the MLflow parent run, and yields a ``DriverSession`` whose ``fit`` runs
-Tune trials with the session's data, resources, retries and storage. ``end_trial_runs`` is the one
-place a search or an ablation ends its trials' child runs.
+Tune trials with the session's data, resources, retries and storage (and a further Tune run, such
+as a search's confirmation stage, in a folder of the search's). ``end_trial_runs`` is the one place a
+search or an ablation ends its trials' child runs.
 """
 
 from __future__ import annotations
@@ -94,22 +95,36 @@ class DriverSession:
     gpus_per_trial: float
     max_failures: int
 
-    def fit(self, tune_config: Any, resume: bool = False, callbacks: list[Any] | None = None) -> Any:
-        """Run (or restore and continue) the session's Tuner over ``tune_config``; returns its ResultGrid."""
+    def storage(self, stage: str | None = None) -> SearchStorage:
+        """Where the search's Tune run (or its further run ``stage``, a folder of the search's) is kept."""
+        return self.inputs.storage if stage is None else self.inputs.storage.child(stage)
+
+    def can_resume(self, stage: str | None = None) -> bool:
+        """Whether the Tune run (``stage``) has a saved state to restore (a killed driver left it)."""
+        from search.tune_state import has_experiment_state
+
+        return has_experiment_state(self.storage(stage))
+
+    def fit(self, tune_config: Any, resume: bool = False, callbacks: list[Any] | None = None,
+            stage: str | None = None) -> Any:
+        """Run (or restore and continue) the session's Tuner over ``tune_config``; returns its ResultGrid.
+        ``stage``: a further Tune run of the session after the search's (the confirmation stage), named by
+        its folder in the search's folder; its trials have the same trainable, resources and retries."""
         from search import tuning
 
         trainable = tuning.trainable(self.data, self.cpus_per_trial, self.gpus_per_trial,
                                      self.inputs.allow_val_test_overlap)
-        return tuning.fit(trainable, tune_config, self.inputs.name, self.inputs.storage, self.tracking,
+        return tuning.fit(trainable, tune_config, stage or self.inputs.name, self.storage(stage), self.tracking,
                           self.max_failures, resume=resume, callbacks=callbacks)
 
-    def end_trial_runs(self, results: Any) -> dict[str, str]:
+    def end_trial_runs(self, *results: Any) -> dict[str, str]:
         """End every trial's child run with its final status (FAILED on an error, KILLED when stopped
-        early, FINISHED) and delete children of trials Tune no longer knows; returns the statuses."""
+        early, FINISHED) and delete children of trials Tune no longer knows; ``results``: the ResultGrid
+        of every Tune run of the session (the search's, its confirmation's). Returns the statuses."""
         from search.results import final_statuses
         from tracking.mlflow_runs import close_children
 
-        statuses = final_statuses(results)
+        statuses = {trial: status for grid in results for trial, status in final_statuses(grid).items()}
         close_children(self.tracking, statuses)
         return statuses
 

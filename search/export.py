@@ -1,13 +1,16 @@
-"""Export the best trial of a search (or a named one) for production and register it in MLflow.
+"""Export a search's champion (or a named trial) for production and register it in MLflow.
 
-    python search/export.py --name ral-1                      # best trial -> exports/ral-1-<trial>
+    python search/export.py --name ral-1                      # the champion -> exports/ral-1-<trial>
     python search/export.py --name ral-1 --trial 3f2a9c1e --out models/ral-1
     python search/export.py --name ral-1 --storage s3://bucket/prvr --s3-endpoint http://127.0.0.1:9000
 
-The export folder (``trainables/export.py``) holds the trial's resolved config (``config.yaml``,
-which rebuilds the model without the search), its best weights (``weights.safetensors``), the input
-protocol, the metrics it was selected on and its provenance (search, trial, checkpoint, data manifest
-hash, git commit). It is then registered as a new version of ``prvr-<name>`` in the MLflow Model
+By default the export is the search's champion (``tracking/champion.py``): of the configs its
+confirmation stage retrained over several training seeds, the one with the highest mean best-val SumR,
+and of that config's runs the one with the best val SumR; a search without a confirmation stage
+(``--confirm-top 0``) exports its best single run. The export folder (``trainables/export.py``) holds the
+trial's resolved config (``config.yaml``, which rebuilds the model without the search), its best weights
+(``weights.safetensors``), the input protocol, the metrics it was selected on and its provenance (search,
+trial, how it was selected with the seed statistics, checkpoint, data manifest hash, git commit). It is then registered as a new version of ``prvr-<name>`` in the MLflow Model
 Registry (a pyfunc that ranks videos for queries) with the alias ``champion``; load it with
 ``trainables.export.load_exported("models:/prvr-<name>@champion")`` or ``mlflow.pyfunc.load_model``.
 
@@ -38,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="search/export.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="the search's name")
-    p.add_argument("--trial", default=None, help="the trial id to export (default: the search's best trial)")
+    p.add_argument("--trial", default=None, help="the trial id to export, of the search or its confirmation stage "
+                   "(default: the champion's best run; without a confirmation stage, the best trial)")
     p.add_argument("--storage", default="prvr-results",
                    help="where the search's results are: a local folder or s3://bucket/prefix (default: %(default)s)")
     p.add_argument("--s3-endpoint", default=None, help="an S3-compatible endpoint (http://host:port) instead of AWS")
@@ -84,12 +88,22 @@ def find_parent_run(tracking_uri: str, experiment: str, search: str, required: b
     return runs[0] if runs else None
 
 
-def pick_trial(search: Any, trial_id: str | None) -> Any:
-    """The best finished trial, or the named one, which must have finished and kept a checkpoint."""
+def pick_trial(search: Any, trial_id: str | None) -> tuple[Any, dict[str, Any]]:
+    """(the trial to export, how it was selected): the champion's best run, else the best finished trial,
+    or the named one, which must have finished and kept a checkpoint."""
+    from tracking.champion import selection
     from tracking.search_results import TRIAL_PREFIX
 
+    how: dict[str, Any] = {"by": "--trial"}
     if trial_id is None:
-        trial = search.best()
+        chosen = selection(search)
+        if chosen is not None:
+            trial = chosen.champion.best_run
+            how = {"by": "champion: the best-val run of the confirmed config with the highest mean best-val SumR",
+                   **chosen.as_dict()}
+        else:
+            trial = search.best()
+            how = {"by": "best single run (the search had no confirmation stage)"}
     else:
         trial = search.trial(trial_id[len(TRIAL_PREFIX):] if trial_id.startswith(TRIAL_PREFIX) else trial_id)
         if trial.failed:
@@ -100,7 +114,7 @@ def pick_trial(search: Any, trial_id: str | None) -> Any:
                              f"{len(trial.epochs())} epochs): it has no test metrics to export")
     if trial.checkpoint is None:
         raise ValueError(f"trial {trial.trial_id} of search {search.name!r} has no checkpoint in {search.storage.uri}")
-    return trial
+    return trial, how
 
 
 def read_trial_checkpoint(search: Any, trial: Any) -> tuple[dict[str, Any], str]:
@@ -198,7 +212,7 @@ def export(args: argparse.Namespace) -> int:
     settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if (
         is_s3(args.storage) or args.s3_endpoint is not None or (args.data and is_s3(args.data))) else None
     search = load_search(args.storage, args.name, settings)
-    trial = pick_trial(search, args.trial)
+    trial, how = pick_trial(search, args.trial)
     out = check_target(args.out or Path("exports") / f"{args.name}-{trial.trial_id}")
     tracking_uri = args.tracking_uri or default_tracking_uri()
     parent = find_parent_run(tracking_uri, args.experiment, args.name, required=register)
@@ -208,7 +222,7 @@ def export(args: argparse.Namespace) -> int:
     best_weights = state["best_weights"] if state["best_weights"] is not None else state["model"]
     metrics = trial_metrics(trial)
     provenance = {
-        "search": args.name, "trial_id": trial.trial_id, "storage": search.storage.uri,
+        "search": args.name, "trial_id": trial.trial_id, "selection": how, "storage": search.storage.uri,
         "checkpoint": source, "checkpoint_epoch": state["epoch"], "best_epoch": state["best_epoch"],
         "weights": "best_weights" if state["best_weights"] is not None else "model (the last epoch is the best)",
         "data": {"manifest_sha256": state["manifest_sha256"], "name": manifest.name, "location": data_location},
@@ -221,8 +235,9 @@ def export(args: argparse.Namespace) -> int:
                     metrics=metrics, provenance=provenance)
     folder = write_export(export, out)
     test_sumr = metrics["metrics"].get("test_sumr")
-    print(f"exported trial {trial.trial_id} of search {args.name} (best val SumR {metrics['selection']['value']}, "
-          f"test SumR {test_sumr}) to {folder}")
+    champion = f" (the champion {how['champion']}'s best seed)" if "champion" in how else ""
+    print(f"exported trial {trial.trial_id}{champion} of search {args.name} (best val SumR "
+          f"{metrics['selection']['value']}, test SumR {test_sumr}) to {folder}")
     if not register:
         return 0
     from mlflow.exceptions import MlflowException

@@ -3,13 +3,17 @@
     python search/run.py --space ral                    # embedded default: small synthetic data, local Ray
     python search/run.py --space full --backbones mssl gmmformer --trials 32 --max-epochs 20
     python search/run.py --space ral --name ral-1 --resume      # continue an interrupted search
+    python search/run.py --space ral --confirm-top 3 --confirm-seeds 4  # a larger confirmation stage
 
 Everything is checked before Ray starts: the space (sampled and each distinct model built once), the
 range overrides, the dataset and the storage; a bad input is one ``error:`` line and exit code 2. Each
 trial trains one sampled config (trainables/trial.py), reports validation metrics and a checkpoint every
 epoch, and resumes from its checkpoint after a restart; ASHA stops unpromising trials, which Optuna is
-told as pruned. The search ends with the best trials (val and test R@1/5/10/100/SumR) and where the
-results are. Defaults are sized to finish in a few minutes on a 2-core laptop.
+told as pruned. Then the confirmation stage (search/confirmation.py) retrains the best --confirm-top
+configs with --confirm-seeds more training seeds each, and the champion is the config with the highest
+mean best-val SumR over its seeds (tracking/champion.py), not the luckiest single run. The search ends
+with the best trials (val and test R@1/5/10/100/SumR), the confirmed configs (mean +- sd and 95% interval
+over seeds) and where the results are. Defaults are sized to finish in a few minutes on a 2-core laptop.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from trainables.training.config import parse_assignments
 # Ray is imported inside ``search`` only: a local Ray reads its loopback setting when ray is imported
 
 SCHEDULERS = ("asha", "none")  # search/schedulers.py
+#: the confirmation stage's defaults: each of the 2 best configs over 3 seeds (the search's and 2 more)
+CONFIRM_TOP, CONFIRM_SEEDS = 2, 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default: sqlite:///<working folder>/mlflow.db); http://host:port for a server")
     p.add_argument("--experiment", default="prvr", help="MLflow experiment of the search's runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
+    p.add_argument("--confirm-top", type=int, default=CONFIRM_TOP,
+                   help="configs the confirmation stage retrains with more seeds (0: no confirmation stage; the "
+                   "best single run is then the search's pick)")
+    p.add_argument("--confirm-seeds", type=int, default=CONFIRM_SEEDS,
+                   help="training seeds each confirmed config runs with besides the search's (--seed + 1, ...)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose node or worker was lost")
     p.add_argument(ALLOW_FLAG, action="store_true",
                    help="accept a val split that shares queries or videos with test (a paper's protocol; the MLflow "
@@ -80,6 +91,7 @@ def _check_args(args: argparse.Namespace) -> None:
               ("--reduction-factor", args.reduction_factor > 1), ("--concurrency", args.concurrency >= 1),
               ("--cpus-per-trial", args.cpus_per_trial > 0), ("--gpus-per-trial", args.gpus_per_trial >= 0),
               ("--max-failures", args.max_failures >= 0), ("--validate-samples", args.validate_samples >= 1),
+              ("--confirm-top", args.confirm_top >= 0), ("--confirm-seeds", args.confirm_seeds >= 1),
               ("--time-budget", args.time_budget is None or args.time_budget > 0)]
     for flag, ok in checks:
         if not ok:
@@ -94,12 +106,14 @@ def search(args: argparse.Namespace) -> int:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search import tuning
+    from search import confirmation, tuning
     from search.driver import driver_session, prepare
     from search.results import best_trials_table, ranked, rows_of
     from search.schedulers import make_scheduler
     from search.searcher import PruneAwareOptunaSearch, make_sampler
+    from tracking.champion import RULE, selection, selection_table
     from tracking.mlflow_runs import default_tracking_uri, finish_parent, ui_command
+    from tracking.search_results import load_search
     from trainables.trial import METRIC, MODE, TIME_ATTR
 
     _check_args(args)
@@ -133,23 +147,45 @@ def search(args: argparse.Namespace) -> int:
                             num_samples=args.trials, time_budget_s=args.time_budget,
                             trial_dirname_creator=tuning.trial_dirname, reuse_actors=tuning.REUSE_ACTORS),
             resume=args.resume)
+        grids = [results]
+        if not _interrupted(results) and args.confirm_top > 0:
+            configs = confirmation.plan(load_search(args.storage, name, inputs.settings), args.confirm_top,
+                                        args.confirm_seeds)
+            if configs:
+                print(confirmation.describe(args.confirm_top, args.confirm_seeds, configs), flush=True)
+                grids.append(confirmation.run(session, configs, args.concurrency))
+            else:
+                print("\nconfirmation: no trial of the search finished, so there is no config to confirm")
     rows = rows_of(results)
     table = best_trials_table(rows)
     print(f"\nbest trials of search {name} (space {space.name}, by best val SumR of the fused score):")
     print(table)
-    print(f"\nresults and checkpoints: {storage.uri}")
-    interrupted = results.num_terminated + results.num_errors < len(results)
+    interrupted = any(_interrupted(grid) for grid in grids)
     if not interrupted:
-        session.end_trial_runs(results)
+        session.end_trial_runs(*grids)
+    try:  # what the confirmation's statistics and the report read; neither fails the search
+        stored = load_search(args.storage, name, inputs.settings)
+    except Exception as exc:
+        stored = None
+        print(f"warning: search {name} could not be read back from {storage.uri}: "
+              f"{(str(exc) or type(exc).__name__).splitlines()[0]}", file=sys.stderr)
+    chosen = selection(stored) if stored is not None and len(grids) > 1 and not interrupted else None
+    if chosen is not None:
+        print(f"\nconfirmed configs of search {name}, by mean best val SumR over training seeds "
+              f"(the champion: {RULE}):")
+        print(selection_table(chosen))
+        confirmation.log_selection(tracking, chosen)
+    print(f"\nresults and checkpoints: {storage.uri}")
     top = ranked(rows)
     best = None if not top else {"trial_id": top[0].trial_id, "config": top[0].config,
                                  "metrics": {k: v for k, v in top[0].metrics.items()
                                              if k.startswith(("best_val_", "test_", "val_"))}}
     try:  # the report (figures + HTML page) as artifacts report/ of the parent run; it never fails the search
         from tracking.report import report_to_run
-        from tracking.search_results import load_search
 
-        report_to_run(load_search(args.storage, name, inputs.settings), tracking.uri, tracking.parent_run_id)
+        if stored is None:
+            raise ValueError("its results could not be read")
+        report_to_run(stored, tracking.uri, tracking.parent_run_id)
         print("report (figures and report.html): artifacts report/ of the search's MLflow parent run")
     except Exception as exc:
         print(f"warning: no report for search {name}: {(str(exc) or type(exc).__name__).splitlines()[0]}",
@@ -166,6 +202,11 @@ def search(args: argparse.Namespace) -> int:
         print("error: every trial failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _interrupted(results: Any) -> bool:
+    """Whether a Tune run ended before all its trials did (Ctrl-C, a lost driver's time budget)."""
+    return bool(results.num_terminated + results.num_errors < len(results))
 
 
 def main(argv: list[str] | None = None) -> int:

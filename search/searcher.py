@@ -9,6 +9,8 @@ a trial that ended with ``trial_error`` (its own config or a NaN loss) is told a
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -91,3 +93,11 @@ class FixedConfigs(Searcher):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.configs, self.next_index = state["configs"], state["next_index"]
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune saves this with the experiment state; a restored run (``--resume``) suggests only the configs
+        not suggested yet, so no config runs twice. JSON, not a pickle: the configs are plain values."""
+        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))

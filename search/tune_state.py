@@ -21,6 +21,8 @@ from typing import Any
 
 import ray
 from ray.tune.execution.tune_controller import TuneController
+
+from tracking.storage import SearchStorage
 from ray.tune.utils.serialization import TuneFunctionEncoder
 
 #: Ray's own ``save_to_dir``, as imported (for tests to compare with)
@@ -60,4 +62,14 @@ def write_experiment_state_atomically() -> bool:
     return True
 
 
-__all__ = ["RAYS_SAVE_TO_DIR", "VERIFIED_RAY", "save_to_dir", "write_experiment_state_atomically"]
+def has_experiment_state(storage: SearchStorage) -> bool:
+    """Whether Tune saved an experiment state in ``storage``'s folder: what ``Tuner.restore`` needs (the
+    ``tuner.pkl`` written when a Tuner is made is not enough: restoring from it alone raises)."""
+    from pyarrow import fs
+
+    filesystem = storage.filesystem or fs.LocalFileSystem()
+    infos = filesystem.get_file_info(fs.FileSelector(storage.path, allow_not_found=True))
+    return any(info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json") for info in infos)
+
+
+__all__ = ["RAYS_SAVE_TO_DIR", "VERIFIED_RAY", "has_experiment_state", "save_to_dir", "write_experiment_state_atomically"]

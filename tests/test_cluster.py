@@ -82,7 +82,7 @@ def make_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., obje
 
 def driver_command(tmp_path: Path, cluster: object, *args: str) -> tuple[list[str], dict]:
     command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--storage", str(tmp_path / "results"),
-               "--tracking-uri", tracking_uri(tmp_path), "--ray-address", cluster.address, *SEARCH, *args]
+               "--tracking-uri", tracking_uri(tmp_path), "--ray-address", cluster.address, "--confirm-top", "0", *SEARCH, *args]
     env = {**os.environ, **LOCAL_RAY_ENV, "PRVR_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
     return command, env
 

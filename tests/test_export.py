@@ -79,7 +79,7 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> Search:
     command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--space", "base", "--backbones",
                "mssl", "--trials", "2", "--max-epochs", "3", "--scheduler", "none", "--set", "hidden_size=16",
                "n_heads=2", "--validate-samples", "20", "--storage", str(base / "results"),
-               "--tracking-uri", f"sqlite:///{base / 'm.db'}", "--name", NAME]
+               "--tracking-uri", f"sqlite:///{base / 'm.db'}", "--name", NAME, "--confirm-top", "0"]
     done = subprocess.run(command, cwd=base, env=_env(base), capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return Search(base)

@@ -41,7 +41,7 @@ def _env(s3_endpoint: str, data_dir: Path) -> dict[str, str]:
 def _search(s3_endpoint: str, tracking_uri: str, *args: str) -> list[str]:
     return [sys.executable, str(ROOT / "search/run.py"), "--data", f"s3://{BUCKET}/data/tiny",
             "--storage", f"s3://{BUCKET}/results", "--s3-endpoint", s3_endpoint, "--tracking-uri", tracking_uri,
-            *args]
+            "--confirm-top", "0", *args]
 
 
 def _result_lines(objects: dict[str, bytes], trial: str) -> list[dict]:

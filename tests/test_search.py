@@ -17,6 +17,8 @@ from trainables.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--validate-samples", "40", "--set", "hidden_size=16", "n_heads=2"]
+#: the search alone: the confirmation stage is tested in tests/test_confirmation.py
+CONFIRMATION_OFF = ["--confirm-top", "0"]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -25,7 +27,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _command(tmp_path: Path, *args: str) -> list[str]:
     return [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--storage", str(tmp_path / "results"),
-            "--tracking-uri", tracking_uri(tmp_path), *args]
+            "--tracking-uri", tracking_uri(tmp_path), *CONFIRMATION_OFF, *args]
 
 
 def tracking_uri(tmp_path: Path) -> str:

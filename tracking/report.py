@@ -10,7 +10,8 @@ its storage (:func:`tracking.search_results.load_search`), so it needs neither R
 - parallel coordinates of the top trials (Optuna's plot);
 - learning curves (val SumR per epoch) of the best trials;
 - ``report.html``: the search name, the best-trials table (the content of
-  ``search.results.best_trials_table``), the importances and the figures, PNGs embedded as data URIs.
+  ``search.results.best_trials_table``), the confirmation stage's configs over training seeds and the
+  champion (``tracking/champion.py``), the importances and the figures, PNGs embedded as data URIs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
                                   IntDistribution)
 from optuna.trial import TrialState, create_trial  # noqa: E402
 
+from tracking.champion import RULE, selection  # noqa: E402
 from tracking.search_results import FinishedSearch, TrialRecord, compact_config, rank_key  # noqa: E402
 from trainables.evaluation.metrics import RECALL_KS  # noqa: E402  (numpy only)
 
@@ -332,6 +334,38 @@ def table_html(search: FinishedSearch, top: int = TABLE_TOP) -> str:
             + "</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
 
 
+def confirmation_html(search: FinishedSearch) -> str:
+    """The confirmation stage's table (id ``confirmation``): each confirmed config's seeds, val SumR mean
+    +- sd and 95% interval, test SumR mean +- sd, champion first; then the single-run pick ("" without a
+    confirmation stage)."""
+    chosen = selection(search)
+    if chosen is None:
+        return ""
+    head = ["#", "source trial", "seeds", "val SumR mean +- sd", "95% interval", "test SumR mean +- sd",
+            "search run", "config"]
+    rows = []
+    for rank, config in enumerate(chosen.confirmed, 1):
+        val, test = config.val, config.test
+        interval = "-" if math.isnan(val.low) else f"[{val.low:.1f}, {val.high:.1f}]"
+        cells = [str(rank), config.source.trial_id, ",".join(map(str, config.seeds)), f"{val.mean:.1f} +- {val.std:.1f}",
+                 interval, f"{test.mean:.1f} +- {test.std:.1f}", f"{config.source.score:.1f}"]
+        row_class = ' class="champion"' if rank == 1 else ""
+        rows.append(f"<tr{row_class}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                    + f'<td class="config">{html.escape(compact_config(config.source.config))}</td></tr>')
+    pick = chosen.single_run_pick
+    verdict = "the same config" if chosen.agrees else "a different config"
+    lead = chosen.lead()
+    lead_text = "" if lead is None else (
+        f" The champion leads #2 by {lead[0]:.1f} points, which {'exceeds' if lead[0] > lead[1] else 'does not exceed'} "
+        f"the seed SD ({lead[1]:.1f}, pooled over the two).")
+    return (f"<h2>Confirmation over training seeds</h2>\n<p>The champion: {html.escape(RULE)}: "
+            f'<b id="champion">{html.escape(chosen.champion.source.trial_id)}</b> (exported: its run '
+            f"{html.escape(chosen.champion.best_run.trial_id)}). The single-run ranking picks "
+            f"{html.escape(pick.trial_id)} (best val SumR {pick.score:.1f}), {verdict}.{html.escape(lead_text)}</p>\n"
+            '<table id="confirmation">\n<thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + "</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
+
+
 def _figure_html(path: Path | None, caption: str, note: str | None = None) -> str:
     if path is None:
         return f'<p class="note">{html.escape(note or caption)}</p>'
@@ -343,7 +377,7 @@ def _figure_html(path: Path | None, caption: str, note: str | None = None) -> st
 
 STYLE = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:14px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}td.config,td.param{text-align:left}
-td.config{font-family:monospace;font-size:12px}th{background:#f0f0f0}figure{margin:1.5em 0}
+td.config{font-family:monospace;font-size:12px}th{background:#f0f0f0}tr.champion td{font-weight:bold}figure{margin:1.5em 0}
 img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:14px}.note{color:#8a5a00}"""
 
 
@@ -369,6 +403,7 @@ def page_html(search: FinishedSearch, importances: Importances, figures: dict[st
         "<p>By best val SumR of the fused score; val and test R@1/5/10/100/SumR of each trial's best epoch "
         "('-' = stopped early by the scheduler, so no test metrics).</p>",
         table_html(search),
+        confirmation_html(search),
         "<h2>Parameter importances</h2>",
         importance_table,
         _figure_html(figures.get(IMPORTANCES), "fANOVA importance (Optuna, seed 0) of each setting for the "
@@ -431,5 +466,5 @@ def report_to_run(search: FinishedSearch, tracking_uri: str, parent_run_id: str)
     return [f"{ARTIFACT_PATH}/{p.name}" for p in paths]
 
 
-__all__ = ["ARTIFACT_PATH", "HTML", "Importances", "REPORT_FILES", "infer_distributions", "log_report",
+__all__ = ["ARTIFACT_PATH", "HTML", "Importances", "REPORT_FILES", "confirmation_html", "infer_distributions", "log_report",
            "param_importances", "rebuild_study", "report_to_run", "table_html", "write_report"]

@@ -2,20 +2,27 @@
 
 Layout (``search/run.py``): ``<storage>/<name>/trial_<id>/`` holds ``params.json`` (the trial's config),
 ``result.json`` (one JSON line per report: every epoch, then a final report with ``finished`` and the
-test metrics) and ``checkpoint_*/checkpoint.pt``. Works on a local folder and on ``s3://bucket/prefix``
-through the same pyarrow filesystem Ray used. Used by the report and the export of a search.
+test metrics) and ``checkpoint_*/checkpoint.pt``. The confirmation stage (``search/confirmation.py``) is a
+second Tune run in ``<storage>/<name>/confirmation/``, whose trials are laid out alike and carry the id of
+the search trial they retrain (config key ``tag.confirmation_of``). Works on a local folder and on
+``s3://bucket/prefix`` through the same pyarrow filesystem Ray used. Used by the report and the export.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tracking.storage import SearchStorage, StorageSettings, search_storage
 
 METRIC = "best_val_sumr"  # the searcher's metric (trainables.trial.METRIC; not imported: no torch here)
 TRIAL_PREFIX = "trial_"
+#: the confirmation stage's Tune run: a folder of the search's folder
+CONFIRMATION = "confirmation"
+#: the config key of a confirmation trial naming the search trial whose config it retrains with another
+#: seed (a ``tag.`` key: a tag of its MLflow run, not a setting; trainables.trial.TAG_PREFIX)
+CONFIRMATION_OF = "tag.confirmation_of"
 
 
 #: config keys every trial has and tables leave out (the search's fixed settings)
@@ -66,6 +73,11 @@ class TrialRecord:
         value = self.last.get(METRIC)
         return float(value) if isinstance(value, (int, float)) and not self.failed else float("-inf")
 
+    @property
+    def confirmation_of(self) -> str | None:
+        """The search trial this confirmation trial retrains (None for a search trial)."""
+        return self.config.get(CONFIRMATION_OF)
+
     def epochs(self) -> list[dict[str, Any]]:
         """The per-epoch reports (the final report left out), one per epoch: a resumed trial may have
         reported an epoch twice, the later report counts."""
@@ -79,6 +91,8 @@ class FinishedSearch:
     storage: SearchStorage
     filesystem: Any  # pyarrow filesystem (local or S3)
     trials: list[TrialRecord]
+    #: the confirmation stage's trials (none when it did not run)
+    confirmation: list[TrialRecord] = field(default_factory=list)
 
     def ranked(self) -> list[TrialRecord]:
         """Trials that finished, best validation SumR first (the searcher's ranking)."""
@@ -91,11 +105,12 @@ class FinishedSearch:
         return ranked[0]
 
     def trial(self, trial_id: str) -> TrialRecord:
-        for trial in self.trials:
+        """A trial of the search or of its confirmation stage, by id."""
+        for trial in self.trials + self.confirmation:
             if trial.trial_id == trial_id:
                 return trial
         raise ValueError(f"search {self.name!r} has no trial {trial_id!r} "
-                         f"(trials: {', '.join(t.trial_id for t in self.trials) or 'none'})")
+                         f"(trials: {', '.join(t.trial_id for t in self.trials + self.confirmation) or 'none'})")
 
 
 def _read_text(filesystem: Any, path: str) -> str | None:
@@ -125,11 +140,18 @@ def load_search(storage: str, name: str, settings: StorageSettings | None = None
     except ValueError as exc:  # search_storage's wording is for --resume
         raise ValueError(str(exc).removeprefix("nothing to resume: ")) from None
     filesystem = location.filesystem or fs.LocalFileSystem()
-    infos = filesystem.get_file_info(fs.FileSelector(location.path))
-    trials = [_trial(filesystem, info.path, info.base_name[len(TRIAL_PREFIX):]) for info in
-              sorted(infos, key=lambda i: i.base_name)
-              if info.type == fs.FileType.Directory and info.base_name.startswith(TRIAL_PREFIX)]
-    return FinishedSearch(name, location, filesystem, trials)
+    return FinishedSearch(name, location, filesystem, _trials(filesystem, location.path),
+                          _trials(filesystem, f"{location.path}/{CONFIRMATION}"))
 
 
-__all__ = ["QUIET_KEYS", "FinishedSearch", "TrialRecord", "compact_config", "load_search"]
+def _trials(filesystem: Any, folder: str) -> list[TrialRecord]:
+    """The trials of the Tune run in ``folder`` (none when it does not exist), by id."""
+    from pyarrow import fs
+
+    infos = filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
+    return [_trial(filesystem, info.path, info.base_name[len(TRIAL_PREFIX):]) for info in
+            sorted(infos, key=lambda i: i.base_name)
+            if info.type == fs.FileType.Directory and info.base_name.startswith(TRIAL_PREFIX)]
+
+
+__all__ = ["CONFIRMATION", "CONFIRMATION_OF", "QUIET_KEYS", "FinishedSearch", "TrialRecord", "compact_config", "load_search"]

@@ -129,6 +129,10 @@ class SearchStorage:
         """The search's folder as Tune restores it (no scheme with a filesystem)."""
         return f"{self.storage_path}/{self.uri.rstrip('/').rsplit('/', 1)[-1]}"
 
+    def child(self, name: str) -> SearchStorage:
+        """The folder ``name`` of this one, as the storage of another Tune run (a search's confirmation)."""
+        return SearchStorage(f"{self.uri.rstrip('/')}/{name}", self.path, self.filesystem)
+
 
 def search_storage(storage: str, name: str, resume: bool, settings: StorageSettings | None = None) -> SearchStorage:
     """The folder of search ``name`` under ``storage`` (a local folder or ``s3://bucket/prefix``): an
