@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     base = p.add_mutually_exclusive_group(required=True)
     base.add_argument("--base", type=Path, help="YAML file of the base config (flat keys, as a trial's config)")
-    base.add_argument("--from-search", metavar="NAME", help="the best finished trial of search NAME in --storage")
+    base.add_argument("--from-search", metavar="NAME", help="the config of search NAME in --storage: its champion "
+                      "over seeds (search/run.py's confirmation stage), else its best finished trial")
     p.add_argument("--components", nargs="+", required=True, metavar="C",
                    help="plugin or boolean setting (ral, ral.csa) or key=off,on (ral.k=1,6)")
     p.add_argument("--design", default="one-at-a-time", choices=DESIGNS)
@@ -82,9 +83,15 @@ def base_config(args: argparse.Namespace, settings: StorageSettings | None) -> d
         if not isinstance(raw, dict) or "backbone" not in raw:
             raise ValueError(f"--base {args.base}: a mapping of config keys with a 'backbone' is expected")
     else:
+        from tracking.champion import selection
         from tracking.search_results import load_search
 
-        raw = dict(load_search(args.storage, args.from_search, settings).best().config)
+        search = load_search(args.storage, args.from_search, settings)
+        chosen = selection(search)  # the champion over seeds when the search confirmed its best configs
+        source = chosen.champion.source if chosen is not None else search.best()
+        print(f"base: trial {source.trial_id} of search {args.from_search} "
+              f"({'its champion over seeds' if chosen is not None else 'its best single run'})", flush=True)
+        raw = dict(source.config)
     raw = {k: v for k, v in raw.items() if k != "seed" and not k.startswith("tag.")}
     return {**raw, **parse_assignments(args.set)}
 

@@ -53,28 +53,33 @@ def plan(search: FinishedSearch, top: int, seeds: int) -> list[dict[str, Any]]:
     return configs
 
 
-def run(session: Any, configs: list[dict[str, Any]], concurrency: int) -> Any:
-    """Run the confirmation trials in ``session`` (a ``search.driver.DriverSession``), restoring the stage
-    when a killed driver left it; returns its ResultGrid."""
+def run(session: Any, search: FinishedSearch, top: int, seeds: int, concurrency: int) -> Any | None:
+    """Run the confirmation stage of ``search`` in ``session`` (a ``search.driver.DriverSession``) and
+    return its ResultGrid (None: no trial of the search finished, nothing to confirm). A stage a killed
+    driver left is restored and continued with the plan it started with, whatever ``top`` and ``seeds``
+    are now (a stage is never dropped: its trials' MLflow runs would be deleted as unknown)."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     from search import tuning
     from search.searcher import FixedConfigs
 
-    resume = session.can_resume(CONFIRMATION)
+    if session.can_resume(CONFIRMATION):
+        print(f"\nconfirmation: continuing the stage in {session.storage(CONFIRMATION).uri} (its own plan)",
+              flush=True)
+        return session.fit(None, resume=True, stage=CONFIRMATION)
+    configs = plan(search, top, seeds)
+    if not configs:
+        print("\nconfirmation: no trial of the search finished, so there is no config to confirm", flush=True)
+        return None
+    sources = len({c[CONFIRMATION_OF] for c in configs})
+    print(f"\nconfirmation: the {sources} best config{'s' if sources != 1 else ''} of the search (--confirm-top "
+          f"{top}), each retrained with {seeds} more training seed{'s' if seeds != 1 else ''} (--confirm-seeds "
+          f"{seeds}): {len(configs)} trials", flush=True)
     return session.fit(
         tune.TuneConfig(search_alg=ConcurrencyLimiter(FixedConfigs(configs), concurrency), num_samples=len(configs),
                         trial_dirname_creator=tuning.trial_dirname, reuse_actors=tuning.REUSE_ACTORS),
-        resume=resume, stage=CONFIRMATION)
-
-
-def describe(top: int, seeds: int, configs: list[dict[str, Any]]) -> str:
-    """The line the search prints when the stage starts."""
-    sources = len({c[CONFIRMATION_OF] for c in configs})
-    return (f"\nconfirmation: the {sources} best config{'s' if sources != 1 else ''} of the search (--confirm-top "
-            f"{top}), each retrained with {seeds} more training seed{'s' if seeds != 1 else ''} (--confirm-seeds "
-            f"{seeds}): {len(configs)} trials")
+        stage=CONFIRMATION)
 
 
 def log_selection(tracking: Any, chosen: Selection) -> None:
@@ -101,4 +106,4 @@ def log_selection(tracking: Any, chosen: Selection) -> None:
     client.log_text(tracking.parent_run_id, selection_table(chosen), "confirmation.txt")
 
 
-__all__ = ["STAGE", "describe", "log_selection", "plan", "run", "top_configs"]
+__all__ = ["STAGE", "log_selection", "plan", "run", "top_configs"]

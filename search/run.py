@@ -113,7 +113,7 @@ def search(args: argparse.Namespace) -> int:
     from search.searcher import PruneAwareOptunaSearch, make_sampler
     from tracking.champion import RULE, selection, selection_table
     from tracking.mlflow_runs import default_tracking_uri, finish_parent, ui_command
-    from tracking.search_results import load_search
+    from tracking.search_results import CONFIRMATION, load_search
     from trainables.trial import METRIC, MODE, TIME_ATTR
 
     _check_args(args)
@@ -148,14 +148,10 @@ def search(args: argparse.Namespace) -> int:
                             trial_dirname_creator=tuning.trial_dirname, reuse_actors=tuning.REUSE_ACTORS),
             resume=args.resume)
         grids = [results]
-        if not _interrupted(results) and args.confirm_top > 0:
-            configs = confirmation.plan(load_search(args.storage, name, inputs.settings), args.confirm_top,
-                                        args.confirm_seeds)
-            if configs:
-                print(confirmation.describe(args.confirm_top, args.confirm_seeds, configs), flush=True)
-                grids.append(confirmation.run(session, configs, args.concurrency))
-            else:
-                print("\nconfirmation: no trial of the search finished, so there is no config to confirm")
+        if not _interrupted(results) and (args.confirm_top > 0 or session.can_resume(CONFIRMATION)):
+            confirmed = confirmation.run(session, load_search(args.storage, name, inputs.settings),
+                                         args.confirm_top, args.confirm_seeds, args.concurrency)
+            grids += [confirmed] if confirmed is not None else []
     rows = rows_of(results)
     table = best_trials_table(rows)
     print(f"\nbest trials of search {name} (space {space.name}, by best val SumR of the fused score):")

@@ -58,7 +58,7 @@ def seed_stats(values: list[float] | tuple[float, ...]) -> SeedStats:
 @dataclass(frozen=True)
 class ConfirmedConfig:
     """A search trial's config over its seeds: the runs that finished (the search's trial first, then its
-    confirmation trials by seed) and those that did not (failed, or cut short)."""
+    confirmation trials by seed) and, for the seeds without one, a run that did not (failed, cut short)."""
 
     source: TrialRecord
     runs: tuple[TrialRecord, ...]
@@ -74,7 +74,7 @@ class ConfirmedConfig:
 
     @property
     def seeds(self) -> list[int]:
-        return [int(run.config.get("seed", 0)) for run in self.runs]
+        return [_seed(run) for run in self.runs]
 
     @property
     def best_run(self) -> TrialRecord:
@@ -88,19 +88,30 @@ class ConfirmedConfig:
                 "test_sumr": self.test.as_dict(), "unfinished": [run.trial_id for run in self.unfinished]}
 
 
+def _seed(trial: TrialRecord) -> int:
+    return int(trial.config.get("seed", 0))
+
+
 def confirmed_configs(search: FinishedSearch) -> list[ConfirmedConfig]:
-    """Every search trial with confirmation trials, by mean best val SumR (best first, ties by id)."""
-    by_source: dict[str, list[TrialRecord]] = {}
+    """Every search trial with confirmation trials, by mean best val SumR (best first, ties by id). One run
+    per seed: a seed with a finished run ignores other runs of it (a driver killed between a trial's start
+    and Tune's next saved state leaves one behind, which the restored stage starts again under a new id)."""
+    by_source: dict[str, dict[int, list[TrialRecord]]] = {}
     for trial in search.confirmation:
         if trial.confirmation_of is not None:
-            by_source.setdefault(trial.confirmation_of, []).append(trial)
+            by_source.setdefault(trial.confirmation_of, {}).setdefault(_seed(trial), []).append(trial)
     confirmed = []
     for source in search.trials:
         if source.trial_id not in by_source or not source.finished:
             continue
-        mine = sorted(by_source[source.trial_id], key=lambda t: (int(t.config.get("seed", 0)), t.trial_id))
-        confirmed.append(ConfirmedConfig(source, (source, *(t for t in mine if t.finished)),
-                                         tuple(t for t in mine if not t.finished)))
+        runs, unfinished = [source], []
+        for seed in sorted(by_source[source.trial_id]):
+            done = sorted((t for t in by_source[source.trial_id][seed] if t.finished), key=lambda t: t.trial_id)
+            if done:
+                runs.append(done[0])
+            else:
+                unfinished.append(min(by_source[source.trial_id][seed], key=lambda t: t.trial_id))
+        confirmed.append(ConfirmedConfig(source, tuple(runs), tuple(unfinished)))
     return sorted(confirmed, key=lambda c: rank_key(c.val.mean, c.source.trial_id))
 
 
