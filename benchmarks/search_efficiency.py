@@ -1,105 +1,123 @@
-"""Search efficiency: the epochs ASHA + TPE needs to match the best val SumR random search finds.
+"""Search efficiency: anytime quality of what each search would return, against the epochs it spent.
 
-    python benchmarks/search_efficiency.py                 # default: 10 seeds x 3 strategies, ~60 min on 2 cores
-    python benchmarks/search_efficiency.py --quick         # smoke run (about 1 minute)
-    python benchmarks/search_efficiency.py --seeds 0 1 2 3 4 --trials 32 --out /tmp/efficiency.json
-    python benchmarks/search_efficiency.py --trials 16 --max-epochs 8 --grace-epochs 1 --reduction-factor 2  # search/run.py's ASHA
-    python benchmarks/search_efficiency.py --data small --strategies random asha-tpe-pruned  # the demo data, the default strategy only
+    python benchmarks/search_efficiency.py                 # default: 10 repetitions x 5 strategies on ci (hours)
+    python benchmarks/search_efficiency.py --quick --out /tmp/se/q.json   # smoke run (about 1.5 minutes)
+    python benchmarks/search_efficiency.py --seeds 0 1 2 3 4 --out /tmp/efficiency.json --plot /tmp/efficiency.png
+    python benchmarks/search_efficiency.py --strategies random asha-tpe-pruned --trials 24 --max-epochs 8
+    python benchmarks/search_efficiency.py --data small --strategies random asha-tpe-pruned hyperband-tpe
 
-Why: the project's default search is ASHA early stopping with Optuna TPE, and trials ASHA stops are told to
-Optuna as PRUNED (``search.searcher.PruneAwareOptunaSearch``) instead of COMPLETE with their early score (what
-Ray's ``OptunaSearch`` does). This measures what that buys in compute on the synthetic benchmark.
+Why: the project's default search is ASHA early stopping with Optuna TPE, trials ASHA stops told to Optuna as
+PRUNED (``search.searcher.PruneAwareOptunaSearch``). This measures what that buys, the way HPO benchmarks
+do: by the *quality of the config a search would return* after each amount of compute, where quality is a
+config's mean over training seeds the search never saw. (The previous protocol's target, random search's single
+best training run, was often a lucky training seed: ``benchmarks/seed_noise.py``.)
 
-Strategies, the same number of trials each, for every seed (searcher seed = every trial's training seed, as
-``search/run.py --seed`` does):
+Protocol, per repetition r (``--seeds``; searcher seed r = every search trial's training seed r, as
+``search/run.py --seed`` does) and per strategy, the same number of trials (``--trials``) and concurrency each:
+
+* the search runs through the project's search path: ``search/run.py``'s space, searcher, scheduler,
+  ``ConcurrencyLimiter`` and the ``search.tuning`` trainable (checkpoints, MLflow child runs), on one private
+  local Ray (127.0.0.1) shared by all searches, Ray actors reused between trials (``--new-actor-per-trial``
+  for run.py's one actor per trial). The Tuner is built here (as ``search.tuning.fit`` builds it) because
+  ``search/run.py`` has no option for ``stopped_as``; one extra Tune callback records, in the order the driver
+  received them, every trial's epoch reports and how each trial ended. Results are read back from the
+  search's storage (``tracking.search_results.load_search``) and checked against that record;
+* the *incumbent* after each trial that finished is the search's best trial so far by its own single-run
+  best val SumR (``best_val_sumr``; ties by trial id, as every ranking of the project), among the trials that
+  ran to their own end (``finished`` in their final report). A trial the scheduler stopped never becomes the
+  incumbent: a search can only return a config it trained fully;
+* an incumbent's *quality* is its config's mean best val SumR over ``--quality-seeds`` S >= 3 training seeds
+  that no search uses (1000, 2000, 3000, ...; the repetition seeds must differ from them), each trained to
+  ``--max-epochs`` with no early stopping (patience = max epochs), with the search trial's own fixed settings:
+  exactly the trial with another seed. Each distinct config (key: the config without its seed, JSON with sorted
+  keys) is trained once per benchmark run and cached across strategies and repetitions (random search's
+  configs that TPE's startup trials repeat are trained once). These runs are outside Tune, in a
+  ``ProcessPoolExecutor`` of ``--workers`` processes with one torch thread each (``benchmarks/seed_noise.py``'s
+  ``_load`` and ``_train``), after each repetition's searches (the JSON at ``--out`` is rewritten after each
+  repetition, so an interrupted run keeps the repetitions it finished);
+* the *anytime curve* of a search: x = cumulative epochs (epoch reports of all trials in the order the driver
+  received them; a trial's final report is not an epoch), y = the quality of the incumbent after each trial
+  that finished: a step function, undefined before the first finished trial. The count is the compute spent:
+  a Tune function trial waits at each report until the driver lets it go on, so a stopped trial never starts
+  an epoch it then loses.
+
+Strategies (``--strategies``; ``random`` is the baseline and must be among them):
 
 * ``random``: Optuna's RandomSampler, no early stopping (FIFO: every trial runs ``--max-epochs``);
+* ``tpe``: Optuna's TPE, no early stopping;
+* ``asha-random``: ASHA + RandomSampler (random search's very configs, in its order: what early stopping alone buys);
 * ``asha-tpe-pruned``: ASHA + TPE, stopped trials told as PRUNED (the project's default);
-* ``asha-tpe-complete``: ASHA + TPE, stopped trials told as COMPLETE with their early score (Ray's behaviour).
+* ``hyperband-tpe``: Optuna's ``HyperbandPruner`` + TPE (``search/schedulers.py``'s ``hyperband``: the pruner is
+  the searcher's study's pruner, asked on every epoch report, never at a trial's last epoch; min resource
+  ``--grace-epochs``, max resource ``--max-epochs``, integer reduction factor ``--reduction-factor``; with the
+  defaults 2 brackets: rungs at epochs 2 and 8, or at 8 only), stopped trials told as PRUNED;
+* ``asha-tpe-complete`` (not in the default list): ASHA + TPE, stopped trials told as COMPLETE with their early
+  score (Ray's ``OptunaSearch`` behaviour).
 
-Each search runs through the project's search path: ``search/run.py``'s space, searcher, scheduler (ASHA on
-``epoch``, never stopping a trial at its last epoch (``search/schedulers.py``), grace ``--grace-epochs``,
-reduction factor ``--reduction-factor``),
-``ConcurrencyLimiter`` and the ``search.tuning`` trainable (checkpoints, MLflow child runs), on one
-private local Ray shared by all searches, with Ray actors reused between trials (``--new-actor-per-trial``
-for run.py's one actor per trial: same configs and epochs, more wall time, since each new actor imports
-torch). The Tuner is built here (as ``search.tuning.fit`` builds it) because ``search/run.py`` has no
-option for ``stopped_as``; one extra Tune callback records the order in which the driver received the
-trials' epoch reports. Results are read back from the search's storage (``tracking.search_results``) and
-checked against it.
+ASHA (``search/schedulers.py``'s ``LastEpochASHA``) runs on ``epoch`` with grace ``--grace-epochs`` and
+reduction factor ``--reduction-factor`` and never stops a trial at its last epoch.
 
-Definitions (per seed):
+Why Optuna's Hyperband and not Ray's BOHB pair (``HyperBandForBOHB`` + ``TuneBOHB``): tried on Ray 2.60 with
+hpbandster 0.7.4 and ConfigSpace 1.2.2 installed in a private folder (not a project dependency) and the
+``base`` space written as a ConfigSpace, 8 trials of <= 4 epochs on ``tiny``. As they are, the run dies at the
+first trial: ConfigSpace returns categorical integers as numpy scalars, the project's config refuses them
+(the trial reports ``trial_error``: "batch_size must be a number, got np.int64(64)"), and HyperBandForBOHB
+reads ``epoch`` from that report and fails the whole Tune run (``KeyError: 'epoch'`` in
+``hyperband.py``'s ``_get_result_time``, raised as ``TuneError``). With the numpy scalars converted and
+reports without ``epoch`` passed over it ran (pausing and resuming trials from their checkpoints), but
+HyperBand stops a trial when it reaches ``max_t``, before its final report, so no trial of the 8 finished and a
+search would never have an incumbent; making it work needs a last-epoch guard in Ray's synchronous bracket
+logic, a ConfigSpace copy of the project's spaces and a package the project does not install.
 
-* an *epoch* is one per-epoch report of any trial (the trial's ``result.json``, final report left out); the
-  epochs of a search are counted in the order the driver received them (the compute clock; with concurrency 2
-  this counts the epochs of trials running alongside). The count is the compute spent: a Tune function trial
-  waits at each report until the driver lets it go on, so a stopped trial never starts an epoch it then loses;
-* *target* = the best val SumR (``best_val_sumr``: a trial's best epoch on the validation split) of any
-  trial of the ``random`` search;
-* *epochs to target* of a strategy = the number of epochs counted up to and including the first epoch
-  report, of any trial, whose ``best_val_sumr`` >= target ("not reached" if none; random always reaches it);
-* *speed-up* = epochs to target of ``random`` / epochs to target of the strategy; a seed where the strategy
-  does not reach the target counts as speed-up 0 in the median (conservative). Fallback, labelled ``@95%``:
-  the same with target 0.95 x random's best.
+Definitions of the figures, per repetition and strategy:
 
-Target: median speed-up of ASHA + TPE >= 3 (3x fewer epochs). Defaults: seeds 0-9, 48 trials of at most 16
-epochs, ASHA grace 2 epochs and reduction factor 4 (rungs at epochs 2 and 8; epoch 16 is the last, never a
-rung).
-Why these and not ``search/run.py``'s small-demo defaults (grace 1, factor 2, few epochs):
+* *final quality*: the quality of the search's last incumbent (what the search returns);
+* *target*: random search's final quality (same repetition); *epochs to target*: the first x of the
+  strategy's anytime curve where y >= target ("not reached" if none); random reaches its own target by
+  definition (its curve need not rise monotonically: a better single run can be a worse config);
+* *speed-up* = random's epochs to target / the strategy's; "not reached" counts as speed-up 0 (conservative);
+* *champion disagreement*: the search's final incumbent (best single run) does not have the highest quality
+  among all the incumbents the search had: the single-run ranking and the seed-mean ranking disagree.
 
-* the speed-up is capped by max epochs / ASHA's epochs per trial. At 8 epochs and factor 2 ASHA spends
-  ~2.5 epochs on an average trial (cap ~3.2x); at 16 epochs, grace 2 and factor 4 it spends ~4 (cap ~4x;
-  ~2.5 with grace 1, cap ~6.4x);
-* TPE samples its first 10 trials (``n_startup_trials``) at random with its seed, and those are exactly
-  RandomSampler's first 10 configs for the same seed, so the strategies share those configs (and, with the
-  same training seed, their learning curves): the comparison is paired. When random's best is the p-th
-  trial, ASHA + TPE gains only the epochs it saved on the trials before it, so a best config among the
-  shared ones caps the speed-up (~1.7x); 48 trials (what a cluster search runs) let TPE's own 38 choices
-  count. Measured below: more trials did not lift the median, since random's best over more trials is a
-  higher target that TPE, at a third of random's epochs, often does not reach;
-* a config's val SumR after 1 epoch says little about it on ``ci``: with grace 1 and factor 4 ASHA stopped
-  random's best config after one epoch in one of three seeds (never reached); grace 2 did not;
-* ``ci`` with MS-SL at hidden size 32 keeps learning past 8 epochs (random's best val SumR 159-169 with
-  16 trials of 8 epochs, 196-210 with 32 trials of 16 epochs), so 16 epochs is what a user would train.
+Summary per strategy over repetitions: median speed-up, median and interquartile range (25th-75th
+percentile, linear interpolation) of final quality, the disagreement rate. Target: ASHA + TPE
+(``asha-tpe-pruned``) median speed-up >= 3 AND its median final quality >= random's median final quality
+(PASS/FAIL). Best by the measurements: the highest median speed-up among the strategies whose median final
+quality is no worse than random's (random itself is 1x; ties: higher median quality). A strategy with a
+repetition that has no incumbent at all (no trial finished) counts as worse than random. The plot (``--plot``,
+a PNG; default next to the JSON): per strategy the median anytime curve over repetitions with its
+interquartile band, the curves read as step functions on every epoch count; a repetition without an
+incumbent yet at x does not count at x, and a search that ended keeps its final incumbent.
 
-Measured (48 trials, the defaults, two runs: seeds 0-4 in 1724 s, 5-9 in 1819 s, other jobs running):
-pruned, seeds 0-4: 9.57, 3.96, 1.52, 3.05, 0 (random's best not reached) -> median 3.05x, PASS by a hair
-(3 of 5 seeds >= 3x); seeds 5-9: 1.53, 0, 1.67, 1.00, 0 -> 1.00x, FAIL. Over seeds 0-9 the median is
-1.52x pruned and 1.59x complete (2.59x where pruned missed in seed 6, 1.85x vs 3.05x in seed 3), 1.77x
-and 1.80x at 95% of random's best; pruned reached random's best in 7 of 10 seeds, complete in 8. Random's
-best was trial 1, 7 or 11 in seeds 8, 7 and 5 (shared or next to the shared configs: 1.0-1.7x) and trial
-30-43 in seeds 0, 3, 4, 6 and 9, where TPE either beat it early (0: 9.57x, 3: 3.05x) or never reached it
-(4, 6, 9).
-The first n trials of the same searches (n = 10, 16, 24, 32, 40, 48; approximate: ASHA and TPE see
-results in a timing-dependent order) give a 10-seed median of 1.5-1.7x at every n: the number of trials
-is not the lever. Earlier (24 trials): seeds 0-2 3.12x (3.12, 4.04, 2.82), seeds 3-4 1.67x each, 2.82x
-over 0-4. Runs are not exactly repeatable at concurrency 2 (seed 2, pruned: the 24-trial run reached
-random's best at epoch 123; here the first 24 trials did not, the 48-trial search did at epoch 225). So
-the 3x target is not met robustly: 3x is what some seeds give (a TPE config beating random's best early),
-not the median. Why: the target is random search's single best training run, and the training seed alone
-moves a config's best val SumR by ~8 points (half the spread between configs); in 3 of 5 seeds that best run
-is a lucky one, 8-19 points above the best 3-seed mean of all its configs (``benchmarks/seed_noise.py``).
-On ``small`` (``--data small --strategies random asha-tpe-pruned``, seeds 0-2, 1.8 h): 2.03x, 1.36x, 2.69x,
-median 2.03x. There TPE beat random's best in every seed, but asynchronous ASHA kept 14-17 of 48 trials to
-the last epoch (a trial continues when it is at or above its rung's 75th percentile *so far*, which a
-still-improving TPE trial tends to be), so ASHA + TPE ran 342-394 epochs against random's 768, and random's
-best came at epochs 374-500: 3x would have needed the target within 125-167 epochs.
-With ``--reduction-factor 8`` (same seeds; random's searches do not depend on it): 2.01x, 2.45x, 2.67x,
-median 2.45x; 11-19 trials still ran all 16 epochs (250-362 epochs a search), and TPE's first config as good
-as random's best was trial 27, 31 and 16 of 48.
+Defaults, sized for ``--data ci`` (MS-SL, hidden 32): repetitions 0-9 (5 decide PASS/FAIL by chance), 48 trials
+of <= 16 epochs, concurrency 2, grace 2 epochs and reduction factor 4 (ASHA rungs at epochs 2 and 8; epoch 16 is
+the last, never a rung), 3 quality seeds. Why these: the speed-up is capped by max epochs / the epochs an early
+stopper spends on an average trial (~4 at 16 epochs, grace 2, factor 4: a ~4x cap; at 8 epochs, factor 2 about
+2.5, a ~3.2x cap); TPE's first 10 trials (``n_startup_trials``) are RandomSampler's first 10 configs for the
+same seed, so those are shared and the comparison is paired, and 48 trials let TPE's own choices count;
+a config's val SumR after one epoch says little on ``ci``, so grace 2; ``ci`` keeps learning past 8 epochs.
+``--quick`` (tiny data, 1 repetition, 4 trials x 2 epochs, grace 1, factor 2, hidden 16) keeps S >= 3: its
+quality runs are a few seconds each, so fewer seeds would save little, and S >= 3 holds for every run.
+
+Measured: see README.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as ``python benchmarks/search_efficiency.py``
@@ -108,10 +126,18 @@ if str(ROOT) not in sys.path:  # run as ``python benchmarks/search_efficiency.py
 from benchmarks.runs import parse_args, write_json  # noqa: E402
 from search.cli import run_main  # noqa: E402
 from search.ray_session import LOCAL_RAY_ENV  # noqa: E402
+from tracking.search_results import rank_key  # noqa: E402
 
 TARGET_SPEEDUP = 3.0
-FALLBACK_FRACTION = 0.95
+TARGET_STRATEGY = "asha-tpe-pruned"
 EXPERIMENT = "search-efficiency"
+QUALITY_SEED_STRIDE = 1000  # quality seed k (1-based) is 1000 k
+MIN_QUALITY_SEEDS = 3
+TOLERANCE = 1e-9  # y >= target - TOLERANCE counts as reaching it (float sums of the same runs)
+
+#: how a trial ended, in the record of a search (``["end", trial_id, status, best_val_sumr]``)
+FINISHED, STOPPED, FAILED = "finished", "stopped", "failed"
+EPOCH, END = "epoch", "end"
 
 
 @dataclass(frozen=True)
@@ -125,11 +151,16 @@ class Strategy:
 
 STRATEGIES = (
     Strategy("random", "random", "none", "pruned", "random search, no early stopping"),
+    Strategy("tpe", "tpe", "none", "pruned", "TPE, no early stopping"),
+    Strategy("asha-random", "random", "asha", "pruned", "ASHA + random search"),
     Strategy("asha-tpe-pruned", "tpe", "asha", "pruned", "ASHA + TPE, stopped trials told as PRUNED (default)"),
+    Strategy("hyperband-tpe", "tpe", "hyperband", "pruned", "Optuna's Hyperband pruner + TPE"),
     Strategy("asha-tpe-complete", "tpe", "asha", "complete", "ASHA + TPE, stopped trials told as COMPLETE"),
 )
 BASELINE = STRATEGIES[0].name
 STRATEGY_NAMES = tuple(strategy.name for strategy in STRATEGIES)
+DEFAULT_STRATEGIES = STRATEGY_NAMES[:5]
+LABELS = {strategy.name: strategy.label for strategy in STRATEGIES}
 
 QUICK = {"data": "tiny", "seeds": [0], "trials": 4, "max_epochs": 2, "grace_epochs": 1, "reduction_factor": 2.0,
          "set": ["hidden_size=16", "n_heads=2"]}
@@ -139,40 +170,120 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmarks/search_efficiency.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: tiny data, 1 seed, 4 trials of <= 2 epochs, ASHA grace 1 and factor 2, hidden_size=16 "
-                        "(about 1 minute); "
-                        "options given explicitly still apply")
+                   help="smoke run: tiny data, 1 repetition, 4 trials of <= 2 epochs, grace 1 and factor 2, "
+                        "hidden_size=16 (still >= 3 quality seeds); options given explicitly still apply")
     p.add_argument("--data", default="ci", help="synthetic preset or dataset folder (default: ci)")
     p.add_argument("--space", default="base", help="search space (default: base)")
     p.add_argument("--backbones", nargs="+", default=["mssl"], help="backbones searched over (default: mssl)")
     p.add_argument("--set", nargs="+", default=["hidden_size=32", "n_heads=2"], metavar="KEY=VALUE",
                    help="settings fixed in every trial (default: hidden_size=32 n_heads=2)")
     p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)),
-                   help="searcher (and training) seeds (default: 0-9; 5 seeds decide PASS/FAIL by chance)")
-    p.add_argument("--trials", type=int, default=48, help="trials per search")
-    p.add_argument("--max-epochs", type=int, default=16, help="epochs of a trial that is never stopped early")
-    p.add_argument("--concurrency", type=int, default=2, help="trials running at once")
+                   help="the repetitions: searcher (and search training) seeds (default: 0-9)")
+    p.add_argument("--trials", type=int, default=48, help="trials per search (default: 48)")
+    p.add_argument("--max-epochs", type=int, default=16,
+                   help="epochs of a trial that is never stopped early, and of every quality run (default: 16)")
+    p.add_argument("--concurrency", type=int, default=2, help="trials running at once (default: 2)")
     p.add_argument("--grace-epochs", type=int, default=2,
-                   help="ASHA: epochs before a trial can be stopped (search/run.py's default: 1)")
+                   help="ASHA grace / Hyperband min resource: epochs before a trial can be stopped (default: 2)")
     p.add_argument("--reduction-factor", type=float, default=4.0,
-                   help="ASHA: keep 1/this of the trials at each rung (search/run.py's default: 2)")
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGY_NAMES), metavar="NAME",
-                   help=f"strategies run for every seed, {BASELINE} (the baseline) among them "
-                        f"(default: {' '.join(STRATEGY_NAMES)})")
+                   help="ASHA and Hyperband reduction factor (Hyperband: an integer; default: 4)")
+    p.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES), metavar="NAME",
+                   help=f"strategies run in every repetition, {BASELINE} (the baseline) among them; available: "
+                        f"{' '.join(STRATEGY_NAMES)} (default: {' '.join(DEFAULT_STRATEGIES)})")
+    p.add_argument("--quality-seeds", type=int, default=MIN_QUALITY_SEEDS,
+                   help=f"training seeds of each incumbent's quality runs, {QUALITY_SEED_STRIDE} k for k = 1..S "
+                        f"(default and minimum: {MIN_QUALITY_SEEDS})")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="quality runs trained side by side, one torch thread each (default: the CPU count)")
     p.add_argument("--new-actor-per-trial", action="store_true",
                    help="start a new Ray actor for every trial, as search/run.py does (slower: each imports torch); "
                         "by default actors are reused, which changes no sampled config and no counted epoch")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/search_efficiency.json"), help="JSON results")
+    p.add_argument("--plot", default=None, help="PNG of the anytime curves (default: --out with .png)")
     return p
 
 
-# --- analysis (pure: no Ray) -------------------------------------------------------------------------------
+def quality_seeds(count: int) -> list[int]:
+    """The training seeds of the quality runs: 1000, 2000, ... (no search uses them)."""
+    return [QUALITY_SEED_STRIDE * k for k in range(1, count + 1)]
 
-def epochs_to_reach(scores: list[float], target: float) -> int | None:
-    """1 + the index of the first epoch report (in compute order) whose best val SumR >= ``target``."""
-    for count, score in enumerate(scores, 1):
-        if score >= target - 1e-9:
-            return count
+
+def _check_args(args: argparse.Namespace) -> None:
+    """One-line ValueError naming the option and its bound."""
+    seeds_ok = len(set(args.seeds)) == len(args.seeds) and min(args.seeds) >= 0
+    for flag, ok, bound in [
+            ("--trials", args.trials >= 1, ">= 1"), ("--max-epochs", args.max_epochs >= 1, ">= 1"),
+            ("--concurrency", args.concurrency >= 1, ">= 1"), ("--grace-epochs", args.grace_epochs >= 1, ">= 1"),
+            ("--reduction-factor", args.reduction_factor > 1, "> 1"),
+            ("--quality-seeds", args.quality_seeds >= MIN_QUALITY_SEEDS, f">= {MIN_QUALITY_SEEDS}"),
+            ("--workers", args.workers >= 1, ">= 1"), ("--seeds", seeds_ok, "distinct and >= 0")]:
+        if not ok:
+            raise ValueError(f"{flag} must be {bound}, got {getattr(args, flag[2:].replace('-', '_'))}")
+    clash = sorted(set(args.seeds) & set(quality_seeds(args.quality_seeds)))
+    if clash:
+        raise ValueError(f"--seeds must not be a quality seed ({QUALITY_SEED_STRIDE} k), got {clash[0]}")
+    unknown = sorted(set(args.strategies) - set(STRATEGY_NAMES))
+    if unknown:
+        raise ValueError(f"--strategies: unknown {', '.join(unknown)} (available: {', '.join(STRATEGY_NAMES)})")
+    if BASELINE not in args.strategies or len(set(args.strategies)) < 2:
+        raise ValueError(f"--strategies must name {BASELINE} (the baseline) and at least one other, "
+                         f"got {' '.join(args.strategies)}")
+    hyperband = any(s.scheduler == "hyperband" for s in STRATEGIES if s.name in args.strategies)
+    if hyperband and args.reduction_factor != int(args.reduction_factor):
+        raise ValueError(f"--reduction-factor must be an integer for hyperband-tpe, got {args.reduction_factor:g}")
+
+
+# --- analysis (pure: no Ray, no training) ------------------------------------------------------------------
+# A search's record (``stream``) lists, in the order the driver received them, its trials' epoch reports
+# ``["epoch", trial_id, epoch, best_val_sumr]`` and their ends ``["end", trial_id, status, best_val_sumr]``
+# (status finished / stopped / failed; best_val_sumr of a finished trial is its final report's).
+
+def config_key(config: dict[str, Any]) -> str:
+    """The quality cache's key: the config without its training seed, JSON with sorted keys."""
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+
+
+def total_epochs(stream: Iterable[Sequence[Any]]) -> int:
+    return sum(event[0] == EPOCH for event in stream)
+
+
+def incumbents(stream: Iterable[Sequence[Any]]) -> list[tuple[int, str, float]]:
+    """After each trial that finished: (epochs counted so far, the incumbent's trial id, its single-run best val
+    SumR). The incumbent is the best finished trial so far (``rank_key``: score, ties by trial id); a stopped or
+    failed trial never is one."""
+    epochs, best, out = 0, None, []
+    for event in stream:
+        if event[0] == EPOCH:
+            epochs += 1
+        elif event[0] == END and event[2] == FINISHED:
+            candidate = (float(event[3]), str(event[1]))
+            if best is None or rank_key(*candidate) < rank_key(*best):
+                best = candidate
+            out.append((epochs, best[1], best[0]))
+    return out
+
+
+def anytime_curve(stream: Sequence[Sequence[Any]], config_keys: dict[str, str],
+                  quality: dict[str, float]) -> list[list[Any]]:
+    """``[[epochs, quality of the incumbent, incumbent id], ...]`` after each finished trial (a step function)."""
+    return [[epochs, quality[config_keys[trial_id]], trial_id] for epochs, trial_id, _ in incumbents(stream)]
+
+
+def value_at(curve: Sequence[Sequence[Any]], epochs: float) -> float | None:
+    """The curve's y at ``epochs`` (the last point at or before it); None before its first point."""
+    value = None
+    for x, y, *_ in curve:
+        if x > epochs:
+            break
+        value = y
+    return value
+
+
+def epochs_to_quality(curve: Sequence[Sequence[Any]], target: float) -> int | None:
+    """The first x where the curve's y >= ``target``; None if it never is."""
+    for x, y, *_ in curve:
+        if y >= target - TOLERANCE:
+            return int(x)
     return None
 
 
@@ -183,55 +294,187 @@ def speedup(baseline: int | None, strategy: int | None) -> float:
     return 0.0 if strategy is None else baseline / strategy
 
 
-def analyse(searches: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per strategy: epochs to random's best (and to 95% of it) and the speed-ups, from the searches of one
-    seed (``{strategy: {"scores": [best_val_sumr of each epoch report, compute order], ...}}``)."""
-    target = max(searches[BASELINE]["scores"])
-    fallback = FALLBACK_FRACTION * target
-    base_at = epochs_to_reach(searches[BASELINE]["scores"], target)
-    base_at95 = epochs_to_reach(searches[BASELINE]["scores"], fallback)
-    out: dict[str, Any] = {"target": target, "target_95": fallback, "strategies": {}}
+def champion_disagrees(curve: Sequence[Sequence[Any]]) -> bool | None:
+    """Whether the final incumbent's quality is below the best quality of any incumbent the search had (the
+    best single run is not the best seed mean among them); None without an incumbent."""
+    if not curve:
+        return None
+    return curve[-1][1] < max(y for _, y, *_ in curve) - TOLERANCE
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(25th percentile, median, 75th percentile), linear interpolation between order statistics."""
+    q25, median, q75 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
+    return float(q25), float(median), float(q75)
+
+
+def analyse_repetition(searches: dict[str, dict[str, Any]], quality: dict[str, float]) -> dict[str, Any]:
+    """Per strategy of one repetition: final quality, epochs to random's final quality, speed-up, the anytime
+    curve (``searches``: ``{strategy: {"stream": [...], "config_keys": {trial_id: key}}}``; ``quality``:
+    ``{key: seed-mean best val SumR}``, for every incumbent's key at least)."""
+    curves = {name: anytime_curve(s["stream"], s["config_keys"], quality) for name, s in searches.items()}
+    if not curves[BASELINE]:
+        raise ValueError(f"{BASELINE} search has no finished trial: no target")
+    target = curves[BASELINE][-1][1]
+    base_at = epochs_to_quality(curves[BASELINE], target)
+    rows = {}
     for name, search in searches.items():
-        at, at95 = epochs_to_reach(search["scores"], target), epochs_to_reach(search["scores"], fallback)
-        out["strategies"][name] = {
-            "epochs": len(search["scores"]), "best_val_sumr": max(search["scores"], default=float("nan")),
-            "epochs_to_target": at, "epochs_to_target_95": at95, "reached": at is not None,
-            "speedup": speedup(base_at, at), "speedup_95": speedup(base_at95, at95)}
+        curve, at = curves[name], epochs_to_quality(curves[name], target)
+        final = curve[-1] if curve else None
+        history = incumbents(search["stream"])
+        rows[name] = {
+            "epochs": total_epochs(search["stream"]),
+            "finished": sum(e[0] == END and e[2] == FINISHED for e in search["stream"]),
+            "incumbents": len({point[2] for point in curve}),
+            "final_incumbent": final[2] if final else None,
+            "final_single_run": history[-1][2] if history else None,
+            "final_quality": final[1] if final else None,
+            "epochs_to_target": at, "reached": at is not None, "speedup": speedup(base_at, at),
+            "champion_disagrees": champion_disagrees(curve), "curve": curve}
+    return {"target": target, "strategies": rows}
+
+
+def summarise(per_rep: dict[Any, dict[str, Any]], strategies: Sequence[str]) -> dict[str, Any]:
+    """Per strategy over repetitions: median speed-up, median and IQR of final quality, disagreement rate; the
+    target's PASS/FAIL and the best strategy by the measurements."""
+    out: dict[str, Any] = {}
+    for name in strategies:
+        rows = [rep["strategies"][name] for rep in per_rep.values()]
+        finals = [r["final_quality"] for r in rows if r["final_quality"] is not None]
+        flags = [r["champion_disagrees"] for r in rows if r["champion_disagrees"] is not None]
+        q25, median, q75 = quartiles(finals) if finals else (None, None, None)
+        out[name] = {"repetitions": len(rows), "median_speedup": statistics.median(r["speedup"] for r in rows),
+                     "reached": sum(r["reached"] for r in rows), "without_incumbent": len(rows) - len(finals),
+                     "median_final_quality": median, "final_quality_q25": q25, "final_quality_q75": q75,
+                     "final_quality_iqr": None if q25 is None else q75 - q25,
+                     "median_epochs": statistics.median(r["epochs"] for r in rows),
+                     "disagreements": sum(flags), "disagreement_rate": sum(flags) / len(flags) if flags else None}
+    return {"strategies": out, "target": target_check(out), "best": best_strategy(out, strategies)}
+
+
+def _no_worse_than_random(row: dict[str, Any], random: dict[str, Any]) -> bool:
+    return (row["without_incumbent"] == 0 and row["median_final_quality"] is not None
+            and row["median_final_quality"] >= random["median_final_quality"] - TOLERANCE)
+
+
+def target_check(summary: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """ASHA + TPE: median speed-up >= 3 and median final quality >= random's (None when it did not run)."""
+    if TARGET_STRATEGY not in summary:
+        return None
+    row, random = summary[TARGET_STRATEGY], summary[BASELINE]
+    fast, good = row["median_speedup"] >= TARGET_SPEEDUP, _no_worse_than_random(row, random)
+    return {"strategy": TARGET_STRATEGY, "speedup": row["median_speedup"], "target_speedup": TARGET_SPEEDUP,
+            "speedup_met": fast, "quality": row["median_final_quality"],
+            "random_quality": random["median_final_quality"], "quality_met": good, "pass": fast and good}
+
+
+def best_strategy(summary: dict[str, dict[str, Any]], strategies: Sequence[str]) -> str:
+    """The highest median speed-up among strategies whose median final quality is no worse than random's
+    (random is one of them, at 1x); ties: the higher median quality, then the order of ``strategies``."""
+    random = summary[BASELINE]
+    eligible = [name for name in strategies if _no_worse_than_random(summary[name], random)]
+    return max(eligible, key=lambda n: (summary[n]["median_speedup"], summary[n]["median_final_quality"],
+                                        -strategies.index(n)))
+
+
+def median_curve(curves: Sequence[Sequence[Sequence[Any]]], grid: Sequence[int]) -> list[tuple[Any, ...]]:
+    """Per x of ``grid``: (x, 25th percentile, median, 75th percentile, repetitions counted) over the curves read
+    as step functions; a curve without a point at or before x does not count (all None when none does)."""
+    out = []
+    for x in grid:
+        values = [v for v in (value_at(curve, x) for curve in curves) if v is not None]
+        out.append((x, *quartiles(values), len(values)) if values else (x, None, None, None, 0))
     return out
 
 
-def compared(per_seed: dict[int, dict[str, Any]]) -> list[Strategy]:
-    """The strategies other than the baseline that the seeds' searches ran, in ``STRATEGIES``' order."""
-    ran = set.intersection(*(set(seed["strategies"]) for seed in per_seed.values()))
-    return [strategy for strategy in STRATEGIES[1:] if strategy.name in ran]
+def _cell(value: float | None, fmt: str, width: int) -> str:
+    return f"{'-' if value is None else format(value, fmt):>{width}}"
 
 
-def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Median speed-ups over seeds and the PASS/FAIL of the target, per ASHA + TPE strategy run; the effect
-    of pruned vs complete (epochs to target of complete / of pruned; best val SumR difference) when both ran."""
-    summary: dict[str, Any] = {}
-    for strategy in compared(per_seed):
-        rows = [seed["strategies"][strategy.name] for seed in per_seed.values()]
-        median = statistics.median(r["speedup"] for r in rows)
-        summary[strategy.name] = {
-            "median_speedup": median, "median_speedup_95": statistics.median(r["speedup_95"] for r in rows),
-            "seeds_reached": sum(r["reached"] for r in rows), "seeds": len(rows),
-            "target": TARGET_SPEEDUP, "pass": median >= TARGET_SPEEDUP}
-    pruned, complete = "asha-tpe-pruned", "asha-tpe-complete"
-    if not {pruned, complete} <= summary.keys():
-        return summary
-    ratios = []
-    for seed in per_seed.values():
-        a, b = seed["strategies"][pruned]["epochs_to_target"], seed["strategies"][complete]["epochs_to_target"]
-        if a is not None and b is not None:
-            ratios.append(b / a)
-    summary["pruned_vs_complete"] = {
-        "median_epochs_ratio_complete_over_pruned": statistics.median(ratios) if ratios else None,
-        "seeds_both_reached": len(ratios),
-        "median_best_val_sumr_difference": statistics.median(
-            seed["strategies"][pruned]["best_val_sumr"] - seed["strategies"][complete]["best_val_sumr"]
-            for seed in per_seed.values())}
-    return summary
+def report(results: dict[str, Any]) -> str:
+    """The table (repetition x strategy), the summary per strategy, the target's PASS/FAIL, the best strategy."""
+    settings, summary = results["settings"], results["summary"]
+    strategies = settings["strategies"]
+    lines = [f"search efficiency: data {settings['data']}, space {settings['space']} over "
+             f"{' '.join(settings['backbones'])}, {' '.join(settings['set'])}, {settings['trials']} trials x "
+             f"<= {settings['max_epochs']} epochs, concurrency {settings['concurrency']}, grace "
+             f"{settings['grace_epochs']} epoch(s), reduction factor {settings['reduction_factor']:g}, quality = mean "
+             f"best val SumR over seeds {' '.join(map(str, results['quality_seeds']))}",
+             "incumbent = best finished trial by its single run; target = random's final quality (same repetition); "
+             "epochs counted over all trials in report order", "",
+             f"{'rep':>4}  {'strategy':<18}{'epochs':>7}{'finished':>9}{'incumb.':>8}{'single run':>11}"
+             f"{'quality':>9}{'target':>8}{'epochs to target':>22}{'speed-up':>9}  champion != single run"]
+    for seed, rep in results["per_rep"].items():
+        for name in strategies:
+            row = rep["strategies"][name]
+            at = row["epochs_to_target"]
+            reached = str(at) if at is not None else f"not reached (>{row['epochs']})"
+            flag = {True: "yes", False: "no", None: "-"}[row["champion_disagrees"]]
+            lines.append(f"{seed:>4}  {name:<18}{row['epochs']:>7}{row['finished']:>9}{row['incumbents']:>8}"
+                         f"{_cell(row['final_single_run'], '.1f', 11)}{_cell(row['final_quality'], '.1f', 9)}"
+                         f"{rep['target']:>8.1f}{reached:>22}{row['speedup']:>8.2f}x  {flag}")
+    lines += ["", f"{'strategy':<18}{'reps':>5}{'median speed-up':>16}{'reached':>8}{'median quality':>15}"
+                  f"{'IQR (25-75%)':>16}{'median epochs':>14}{'disagree':>9}"]
+    for name in strategies:
+        s = summary["strategies"][name]
+        iqr = ("-" if s["final_quality_q25"] is None
+               else f"{s['final_quality_q25']:.1f}-{s['final_quality_q75']:.1f}")
+        rate = "-" if s["disagreement_rate"] is None else f"{s['disagreements']}/{s['repetitions']}"
+        lines.append(f"{name:<18}{s['repetitions']:>5}{s['median_speedup']:>15.2f}x{s['reached']:>8}"
+                     f"{_cell(s['median_final_quality'], '.1f', 15)}{iqr:>16}{s['median_epochs']:>14g}{rate:>9}")
+    lines.append("")
+    check = summary["target"]
+    if check is not None:
+        lines.append(f"target: {LABELS[check['strategy']]}: median speed-up {check['speedup']:.2f}x "
+                     f"(>= {check['target_speedup']:g}x: {'yes' if check['speedup_met'] else 'no'}), median final "
+                     f"quality {_cell(check['quality'], '.1f', 0)} vs random's {check['random_quality']:.1f} "
+                     f"(no worse: {'yes' if check['quality_met'] else 'no'}): {'PASS' if check['pass'] else 'FAIL'}")
+    best = summary["best"]
+    b = summary["strategies"][best]
+    lines.append(f"best by the measurements: {best} (median speed-up {b['median_speedup']:.2f}x, median final "
+                 f"quality {b['median_final_quality']:.1f}; among strategies no worse than random's median quality)")
+    flags = [r["champion_disagrees"] for rep in results["per_rep"].values() for r in rep["strategies"].values()
+             if r["champion_disagrees"] is not None]
+    if flags:
+        lines.append(f"champion vs single run: the final incumbent is not the best seed mean among the search's "
+                     f"incumbents in {sum(flags)}/{len(flags)} searches ({sum(flags) / len(flags):.0%})")
+    lines.append(f"wall time {results['wall_seconds']:.0f}s (searches {results['search_seconds']:.0f}s, quality "
+                 f"runs {results['quality_seconds']:.0f}s: {results['quality_trainings']} trainings)")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: str | Path) -> Path:
+    """The median anytime curve per strategy with its interquartile band (PNG at ``path``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = results["settings"]
+    reps = list(results["per_rep"].values())
+    longest = max(row["epochs"] for rep in reps for row in rep["strategies"].values())
+    grid = list(range(1, longest + 1))
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    for name in settings["strategies"]:
+        points = median_curve([rep["strategies"][name]["curve"] for rep in reps], grid)
+        xs = [p[0] for p in points if p[2] is not None]
+        if not xs:
+            continue
+        q25, med, q75 = ([p[i] for p in points if p[2] is not None] for i in (1, 2, 3))
+        (line,) = axes.plot(xs, med, drawstyle="steps-post", label=name)
+        axes.fill_between(xs, q25, q75, step="post", alpha=0.2, color=line.get_color())
+    axes.set_xlabel("cumulative epochs (all trials, in report order)")
+    axes.set_ylabel(f"incumbent's mean val SumR over {len(results['quality_seeds'])} other seeds")
+    axes.set_title(f"search efficiency on {settings['data']}: {settings['trials']} trials x <= "
+                   f"{settings['max_epochs']} epochs, {len(reps)} repetition(s); median and IQR")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 # --- running the searches ----------------------------------------------------------------------------------
@@ -241,21 +484,43 @@ def _order_callback() -> Any:
 
     from trainables.trial import METRIC
 
-    class EpochOrder(Callback):
-        """The trials' epoch reports in the order the driver received them (the compute clock)."""
+    class SearchRecord(Callback):
+        """The trials' epoch reports and ends, in the order the driver received them (the compute clock)."""
 
         def __init__(self) -> None:
-            self.events: list[tuple[str, int, float]] = []
-            self.seconds: list[float] = []  # when the driver received each (since the search started)
+            self.stream: list[list[Any]] = []
+            self.seconds: list[float] = []  # when the driver received each event (since the search started)
             self.start = time.perf_counter()
+            self.last_score: dict[str, float] = {}
+            self.ended: set[str] = set()
+
+        def _add(self, event: list[Any]) -> None:
+            self.stream.append(event)
+            self.seconds.append(round(time.perf_counter() - self.start, 2))
+
+        def _end(self, trial_id: str, status: str, score: float | None) -> None:
+            if trial_id not in self.ended:
+                self.ended.add(trial_id)
+                self._add([END, trial_id, status, score])
 
         def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                             **info: Any) -> None:
-            if "epoch" in result and not result.get("finished") and METRIC in result:
-                self.events.append((trial.trial_id, int(result["epoch"]), float(result[METRIC])))
-                self.seconds.append(round(time.perf_counter() - self.start, 2))
+            if "trial_error" in result or METRIC not in result:
+                return  # a failure's report: its end comes with on_trial_complete
+            if result.get("finished"):
+                self._end(trial.trial_id, FINISHED, float(result[METRIC]))
+            elif "epoch" in result:
+                self.last_score[trial.trial_id] = float(result[METRIC])
+                self._add([EPOCH, trial.trial_id, int(result["epoch"]), float(result[METRIC])])
 
-    return EpochOrder()
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            failed = "trial_error" in (trial.last_result or {})
+            self._end(trial.trial_id, FAILED if failed else STOPPED, self.last_score.get(trial.trial_id))
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._end(trial.trial_id, FAILED, self.last_score.get(trial.trial_id))
+
+    return SearchRecord()
 
 
 def search_space(args: argparse.Namespace, seed: int) -> Any:
@@ -269,10 +534,30 @@ def search_space(args: argparse.Namespace, seed: int) -> Any:
     return build_space(args.space, backbones=args.backbones, fixed=fixed)
 
 
+def _checked_record(name: str, stream: list[list[Any]], finished_search: Any) -> None:
+    """The driver's record must be what the trials' result.json files hold: every epoch report with its value,
+    one end per trial, and exactly the stored finished trials (with their final best val SumR) as finished."""
+    from trainables.trial import METRIC
+
+    stored = {t.trial_id: {r["epoch"]: float(r[METRIC]) for r in t.epochs()} for t in finished_search.trials}
+    epochs = [e for e in stream if e[0] == EPOCH]
+    mismatched = [(tid, epoch) for _, tid, epoch, score in epochs if stored.get(tid, {}).get(epoch) != score]
+    if mismatched or sum(map(len, stored.values())) != len(epochs):
+        raise RuntimeError(f"search {name}: the driver's epoch reports differ from the stored result.json "
+                           f"({len(epochs)} vs {sum(map(len, stored.values()))}, e.g. {mismatched[:3]})")
+    ends = {e[1]: e for e in stream if e[0] == END}
+    finished = {t.trial_id: t.score for t in finished_search.trials if t.finished}
+    recorded = {tid: e[3] for tid, e in ends.items() if e[2] == FINISHED}
+    if len(ends) != len(finished_search.trials) or recorded != finished:
+        raise RuntimeError(f"search {name}: the driver's trial ends differ from the stored trials "
+                           f"({len(ends)} ends for {len(finished_search.trials)} trials; finished "
+                           f"{sorted(recorded)} vs stored {sorted(finished)})")
+
+
 def run_search(strategy: Strategy, seed: int, args: argparse.Namespace, data: Any, storage_root: Path,
                tracking_uri: str) -> dict[str, Any]:
-    """One search as ``search/run.py`` runs it (with ``stopped_as`` chosen); its epoch reports in compute
-    order, read back from the search's storage."""
+    """One search as ``search/run.py`` runs it (with ``stopped_as`` chosen); its record in the driver's order,
+    checked against the search's storage, and its trials' configs."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -294,142 +579,168 @@ def run_search(strategy: Strategy, seed: int, args: argparse.Namespace, data: An
                                       sampler=make_sampler(strategy.sampler, seed), stopped_as=strategy.stopped_as)
     scheduler = make_scheduler(strategy.scheduler, metric=METRIC, mode=MODE, time_attr=TIME_ATTR,
                                max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
-                               reduction_factor=args.reduction_factor)
-    order = _order_callback()
+                               reduction_factor=args.reduction_factor, searcher=searcher)
+    record = _order_callback()
     tuner = tune.Tuner(
         tuning.trainable(data, 1.0, 0.0),
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency), scheduler=scheduler,
                                     num_samples=args.trials, trial_dirname_creator=tuning.trial_dirname,
                                     reuse_actors=not args.new_actor_per_trial),
         run_config=tune.RunConfig(name=name, storage_path=storage.storage_path, storage_filesystem=storage.filesystem,
-                                  callbacks=[*tuning.trial_callbacks(tracking, storage), order], verbose=0,
+                                  callbacks=[*tuning.trial_callbacks(tracking, storage), record], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=2),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    start = order.start = time.perf_counter()
+    start = record.start = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - start
     finished = load_search(str(storage_root), name)
     close_children(tracking, final_statuses(grid))
-    if not order.events:
-        raise RuntimeError(f"search {name}: the driver saw no epoch report")
-    stored = {t.trial_id: {r["epoch"]: float(r[METRIC]) for r in t.epochs()} for t in finished.trials}
-    # the compute order comes from the driver; every value must be the one in the trial's result.json
-    mismatched = [(tid, epoch) for tid, epoch, score in order.events if stored.get(tid, {}).get(epoch) != score]
-    if mismatched or sum(map(len, stored.values())) != len(order.events):
-        raise RuntimeError(f"search {name}: the driver's epoch reports differ from the stored result.json "
-                           f"({len(order.events)} vs {sum(map(len, stored.values()))}, e.g. {mismatched[:3]})")
-    told = {}
+    if not record.stream:
+        raise RuntimeError(f"search {name}: the driver saw no report")
+    _checked_record(name, record.stream, finished)
+    told: dict[str, int] = {}
     for state in searcher.told.values():
         told[state] = told.get(state, 0) + 1
+    configs = {t.trial_id: t.config for t in finished.trials}
     return {"name": name, "seconds": seconds, "errors": grid.num_errors,
             "trials": len(finished.trials), "finished": sum(t.finished for t in finished.trials),
             "failed": sum(t.failed for t in finished.trials), "told_to_optuna": told,
-            # ran every epoch, yet the scheduler stopped it at its last epoch report (an ASHA rung at max epochs)
+            # ran every epoch, yet the scheduler stopped it at its last epoch report (a rung at max epochs)
             "stopped_at_max_epochs": sum(not t.finished and not t.failed and len(t.epochs()) == args.max_epochs
                                          for t in finished.trials),
-            "scores": [score for _, _, score in order.events],
-            "order": [[tid, epoch] for tid, epoch, _ in order.events], "report_seconds": order.seconds}
+            "stream": record.stream, "event_seconds": record.seconds, "configs": configs,
+            "config_keys": {tid: config_key(config) for tid, config in configs.items()}}
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    for flag, ok in [("--trials", args.trials >= 1), ("--max-epochs", args.max_epochs >= 1),
-                     ("--concurrency", args.concurrency >= 1), ("--grace-epochs", args.grace_epochs >= 1),
-                     ("--reduction-factor", args.reduction_factor > 1),
-                     ("--seeds", len(set(args.seeds)) == len(args.seeds))]:
-        if not ok:
-            raise ValueError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
-    unknown = sorted(set(args.strategies) - set(STRATEGY_NAMES))
-    if unknown:
-        raise ValueError(f"--strategies: unknown {', '.join(unknown)} (available: {', '.join(STRATEGY_NAMES)})")
-    if BASELINE not in args.strategies or len(set(args.strategies)) < 2:
-        raise ValueError(f"--strategies must name {BASELINE} (the baseline) and at least one other, "
-                         f"got {' '.join(args.strategies)}")
+# --- the quality runs --------------------------------------------------------------------------------------
+
+def quality_jobs(configs: dict[str, dict[str, Any]], cache: dict[str, Any], seeds: Sequence[int],
+                 max_epochs: int) -> list[tuple[str, int, dict[str, Any]]]:
+    """(key, seed, config with that seed) for every config of ``configs`` not in ``cache`` and every seed; a
+    config that would not train ``max_epochs`` with no early stopping is refused (not a search trial's)."""
+    jobs = []
+    for key, config in configs.items():
+        if key in cache:
+            continue
+        if config.get("epochs") != max_epochs or config.get("patience") != max_epochs:
+            raise ValueError(f"quality run of {key}: epochs and patience must be {max_epochs}, "
+                             f"got {config.get('epochs')} and {config.get('patience')}")
+        jobs += [(key, seed, {**config, "seed": seed}) for seed in seeds]
+    return jobs
+
+
+def train_qualities(pool: Any, configs: dict[str, dict[str, Any]], cache: dict[str, Any], seeds: Sequence[int],
+                    max_epochs: int) -> int:
+    """Train the configs not in ``cache`` with every quality seed on ``pool`` (``seed_noise._train``) and add
+    ``{key: {"config", "seeds", "scores", "mean"}}`` to it; returns the number of trainings."""
+    from concurrent.futures import as_completed
+
+    from benchmarks import seed_noise
+
+    jobs = quality_jobs(configs, cache, seeds, max_epochs)
+    futures = {pool.submit(seed_noise._train, config): (key, seed) for key, seed, config in jobs}
+    scores: dict[str, dict[int, float]] = {}
+    started = time.perf_counter()
+    for done, future in enumerate(as_completed(futures), 1):
+        key, seed = futures[future]
+        curve = future.result()
+        if len(curve) != max_epochs:
+            raise RuntimeError(f"quality run of {key} with seed {seed} trained {len(curve)} of {max_epochs} epochs")
+        scores.setdefault(key, {})[seed] = curve[-1]
+        if done % max(1, len(jobs) // 10) == 0 or done == len(jobs):
+            print(f"  quality runs {done}/{len(jobs)} ({time.perf_counter() - started:.0f}s)", flush=True)
+    for key, by_seed in scores.items():
+        values = [by_seed[seed] for seed in seeds]
+        cache[key] = {"config": {k: v for k, v in configs[key].items() if k != "seed"}, "seeds": list(seeds),
+                      "scores": values, "mean": statistics.fmean(values)}
+    return len(jobs)
+
+
+def incumbent_configs(searches: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{key: config} of every trial that was an incumbent in any of ``searches`` (what needs a quality)."""
+    out = {}
+    for search in searches.values():
+        for _, trial_id, _ in incumbents(search["stream"]):
+            out[search["config_keys"][trial_id]] = search["configs"][trial_id]
+    return out
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Every (seed, strategy) search on one local Ray in a private temp folder; the analysis per seed."""
+    """Every (repetition, strategy) search on one local Ray in a private temp folder, then the quality runs of
+    that repetition's new incumbents; the analysis per repetition and over them. The JSON at ``--out`` is
+    rewritten after each repetition, so an interrupted run keeps the repetitions it finished."""
+    from concurrent.futures import ProcessPoolExecutor
+
     os.environ.update(LOCAL_RAY_ENV)  # before ray is imported: a local Ray on 127.0.0.1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from mlflow.tracking import MlflowClient
 
+    from benchmarks import seed_noise
     from search.ray_session import ray_session
     from trainables.data.datasets import resolve_dataset
     from trainables.training.loop import load_data
 
     _check_args(args)
+    strategies = [s for s in STRATEGIES if s.name in args.strategies]
+    seeds = quality_seeds(args.quality_seeds)
     data = load_data(resolve_dataset(args.data))
     started = time.perf_counter()
-    per_seed: dict[int, dict[str, Any]] = {}
-    searches: dict[int, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="prvr-efficiency-") as tmp:
+    results: dict[str, Any] = {
+        "settings": {**{k: v for k, v in vars(args).items() if k not in ("out", "plot")},
+                     "strategies": [s.name for s in strategies]},
+        "quality_seeds": seeds,
+        "definitions": {
+            "incumbent": "after each finished trial: the best finished trial so far by its single-run best_val_sumr",
+            "quality": f"mean best val SumR of the incumbent's config over training seeds {seeds}, "
+                       f"{args.max_epochs} epochs, no early stopping",
+            "anytime_curve": "[cumulative epochs (all trials' epoch reports, driver order), quality, incumbent]",
+            "target": "random search's final quality (same repetition)",
+            "speedup": "epochs_to_target(random) / epochs_to_target(strategy); 0 if not reached",
+            "champion_disagrees": "the final incumbent's quality is below the best quality of the search's incumbents"},
+        "searches": {}, "quality": {}, "per_rep": {}, "search_seconds": 0.0, "quality_seconds": 0.0,
+        "quality_trainings": 0}
+    # spawn: fresh interpreters, not forks of this one (which has imported torch and started Ray)
+    with tempfile.TemporaryDirectory(prefix="prvr-efficiency-") as tmp, \
+            ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                                initializer=seed_noise._load, initargs=(args.data,)) as pool:
         tracking_uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         # artifacts in the temp folder (a SQLite store would put them in ./mlruns of the working folder)
         MlflowClient(tracking_uri).create_experiment(EXPERIMENT, artifact_location=str(Path(tmp) / "artifacts"))
         with ray_session(num_cpus=args.concurrency, num_gpus=None):
             for seed in args.seeds:
-                searches[seed] = {}
-                for strategy in (s for s in STRATEGIES if s.name in args.strategies):
-                    result = run_search(strategy, seed, args, data, Path(tmp) / "results", tracking_uri)
-                    searches[seed][strategy.name] = result
-                    print(f"seed {seed} {strategy.name}: {len(result['scores'])} epochs, best val SumR "
-                          f"{max(result['scores']):.1f}, told {result['told_to_optuna']} ({result['seconds']:.0f}s)",
-                          flush=True)
-                per_seed[seed] = analyse(searches[seed])
-    return {"settings": {k: v for k, v in vars(args).items() if k != "out"},
-            "definitions": {"target": "best val SumR (best_val_sumr) of any random-search trial",
-                            "epochs_to_target": "epoch reports of all trials, in the order the driver received "
-                                                "them, up to the first with best_val_sumr >= target",
-                            "speedup": "epochs_to_target(random) / epochs_to_target(strategy); 0 if not reached",
-                            "speedup_95": f"the same with target {FALLBACK_FRACTION} x random's best"},
-            "wall_seconds": time.perf_counter() - started, "searches": searches, "per_seed": per_seed,
-            "summary": summarise(per_seed)}
-
-
-def _cell(value: int | None, total: int) -> str:
-    return f"{value}" if value is not None else f"not reached (>{total})"
-
-
-def report(results: dict[str, Any]) -> str:
-    """The table (strategy x seed) and the summary lines with the target's PASS/FAIL."""
-    settings = results["settings"]
-    lines = [f"search efficiency: data {settings['data']}, space {settings['space']} over "
-             f"{' '.join(settings['backbones'])}, {' '.join(settings['set'])}, {settings['trials']} trials x "
-             f"<= {settings['max_epochs']} epochs, concurrency {settings['concurrency']}, ASHA grace "
-             f"{settings.get('grace_epochs', 1)} epoch(s), reduction factor {settings.get('reduction_factor', 2.0):g}",
-             "target = best val SumR of random search (same seed); epochs counted over all trials in report order",
-             "",
-             f"{'seed':>4}  {'strategy':<18}{'epochs':>7}{'best val SumR':>15}{'target':>8}"
-             f"{'epochs to target':>22}{'speed-up':>9}{'epochs @95%':>22}{'speed-up @95%':>15}"]
-    for seed, analysis in results["per_seed"].items():
-        for name, row in analysis["strategies"].items():
-            lines.append(f"{seed:>4}  {name:<18}{row['epochs']:>7}{row['best_val_sumr']:>15.1f}"
-                         f"{analysis['target']:>8.1f}"
-                         f"{_cell(row['epochs_to_target'], row['epochs']):>22}{row['speedup']:>8.2f}x"
-                         f"{_cell(row['epochs_to_target_95'], row['epochs']):>22}{row['speedup_95']:>14.2f}x")
-    lines.append("")
-    summary = results["summary"]
-    for strategy in compared(results["per_seed"]):
-        s = summary[strategy.name]
-        lines.append(f"{strategy.label}: median speed-up {s['median_speedup']:.2f}x "
-                     f"(target >= {s['target']:g}x: {'PASS' if s['pass'] else 'FAIL'}), reached random's best in "
-                     f"{s['seeds_reached']}/{s['seeds']} seeds; @95% of it: {s['median_speedup_95']:.2f}x")
-    effect = summary.get("pruned_vs_complete")  # only when both ran
-    if effect is not None:
-        ratio = effect["median_epochs_ratio_complete_over_pruned"]
-        lines.append("pruned vs complete (no target): epochs to random's best, complete / pruned: "
-                     + (f"median {ratio:.2f}" if ratio is not None else "n/a")
-                     + f" over {effect['seeds_both_reached']} seeds where both reached it (> 1: pruned is faster); "
-                     f"best val SumR pruned - complete: median {effect['median_best_val_sumr_difference']:+.1f}")
-    lines.append(f"wall time {results['wall_seconds']:.0f}s")
-    return "\n".join(lines)
+                searches: dict[str, dict[str, Any]] = {}
+                for strategy in strategies:
+                    search = run_search(strategy, seed, args, data, Path(tmp) / "results", tracking_uri)
+                    searches[strategy.name] = search
+                    results["search_seconds"] += search["seconds"]
+                    history = incumbents(search["stream"])
+                    print(f"rep {seed} {strategy.name}: {total_epochs(search['stream'])} epochs, {search['finished']}"
+                          f"/{search['trials']} trials finished, {len({tid for _, tid, _ in history})} distinct "
+                          f"incumbents, told {search['told_to_optuna']} ({search['seconds']:.0f}s)", flush=True)
+                results["searches"][seed] = searches
+                needed = incumbent_configs(searches)
+                fresh = sum(key not in results["quality"] for key in needed)
+                print(f"rep {seed}: {len(needed)} incumbent configs, {fresh} new: {fresh * len(seeds)} quality runs "
+                      f"of {args.max_epochs} epochs on {args.workers} worker(s)", flush=True)
+                quality_start = time.perf_counter()
+                results["quality_trainings"] += train_qualities(pool, needed, results["quality"], seeds,
+                                                                args.max_epochs)
+                results["quality_seconds"] += time.perf_counter() - quality_start
+                means = {key: entry["mean"] for key, entry in results["quality"].items()}
+                results["per_rep"][seed] = analyse_repetition(searches, means)
+                results["summary"] = summarise(results["per_rep"], results["settings"]["strategies"])
+                results["wall_seconds"] = time.perf_counter() - started
+                write_json(args.out, results)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(_parser(), argv, QUICK)
     results = run_benchmark(args)
+    results["plot"] = str(plot(results, args.plot or Path(args.out).with_suffix(".png")))
     print("\n" + report(results))
     out = write_json(args.out, results)
-    print(f"results: {out}")
+    print(f"results: {out}\nplot: {results['plot']}")
     return 0
 
 

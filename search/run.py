@@ -34,9 +34,10 @@ from trainables.training.config import parse_assignments
 
 # Ray is imported inside ``search`` only: a local Ray reads its loopback setting when ray is imported
 
-SCHEDULERS = ("asha", "none")  # search/schedulers.py
-#: the confirmation stage's defaults: each of the 2 best configs over 3 seeds (the search's and 2 more)
-CONFIRM_TOP, CONFIRM_SEEDS = 2, 2
+SCHEDULERS = ("asha", "hyperband", "none")  # search/schedulers.py
+#: the confirmation stage's defaults: each of the 2 best configs over 2 seeds (the search's and 1 more), sized with
+#: --trials so that the README's first command takes under 8 minutes on a 2-core machine
+CONFIRM_TOP, CONFIRM_SEEDS = 2, 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="config values held fixed in every trial, e.g. hidden_size=128 ral.k=6")
     p.add_argument("--data", default="small", help="synthetic preset (tiny, small, ci, ...), a dataset folder, "
                    "or the s3:// URI of an uploaded dataset (search/dataset.py upload)")
-    p.add_argument("--trials", type=int, default=6, help="number of trials")
+    p.add_argument("--trials", type=int, default=4, help="number of trials")
     p.add_argument("--max-epochs", type=int, default=3, help="epochs of a trial that is never stopped early")
     p.add_argument("--patience", type=int, default=10, help="early stopping on val SumR within a trial")
     p.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many seconds")
@@ -96,6 +97,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag, ok in checks:
         if not ok:
             raise ValueError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
+    if args.scheduler == "hyperband" and args.reduction_factor != int(args.reduction_factor):
+        raise ValueError(f"--reduction-factor must be an integer with --scheduler hyperband, got {args.reduction_factor:g}")
     if args.resume and args.name is None:
         raise ValueError("--resume needs the --name of the search to continue")
 
@@ -141,7 +144,7 @@ def search(args: argparse.Namespace) -> int:
         searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler, args.seed))
         scheduler = make_scheduler(args.scheduler, metric=METRIC, mode=MODE, time_attr=TIME_ATTR,
                                    max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
-                                   reduction_factor=args.reduction_factor)
+                                   reduction_factor=args.reduction_factor, searcher=searcher)
         results = session.fit(
             tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, args.concurrency), scheduler=scheduler,
                             num_samples=args.trials, time_budget_s=args.time_budget,
