@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="config values held fixed in every trial, e.g. hidden_size=128 ral.k=6")
     p.add_argument("--data", default="small", help="synthetic preset (tiny, small, ci, ...), a dataset folder, "
                    "or the s3:// URI of an uploaded dataset (search/dataset.py upload)")
-    p.add_argument("--trials", type=int, default=4, help="number of trials")
-    p.add_argument("--max-epochs", type=int, default=3, help="epochs of a trial that is never stopped early")
+    p.add_argument("--trials", type=int, default=6, help="number of trials")
+    p.add_argument("--max-epochs", type=int, default=2, help="epochs of a trial that is never stopped early")
     p.add_argument("--patience", type=int, default=10, help="early stopping on val SumR within a trial")
     p.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--scheduler", default="asha", choices=SCHEDULERS)
