@@ -105,7 +105,6 @@ Measured: see README.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -124,6 +123,7 @@ if str(ROOT) not in sys.path:  # run as ``python benchmarks/search_efficiency.py
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.runs import parse_args, write_json  # noqa: E402
+from search.confirmation import setting_key  # noqa: E402
 from search.cli import run_main  # noqa: E402
 from search.ray_session import LOCAL_RAY_ENV  # noqa: E402
 from tracking.search_results import rank_key  # noqa: E402
@@ -239,8 +239,9 @@ def _check_args(args: argparse.Namespace) -> None:
 # (status finished / stopped / failed; best_val_sumr of a finished trial is its final report's).
 
 def config_key(config: dict[str, Any]) -> str:
-    """The quality cache's key: the config without its training seed, JSON with sorted keys."""
-    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+    """The quality cache's key: the config without its training seed, JSON with sorted keys (what the
+    confirmation stage counts as the same config)."""
+    return setting_key(config)
 
 
 def total_epochs(stream: Iterable[Sequence[Any]]) -> int:

@@ -23,7 +23,7 @@ from tracking.search_results import CONFIRMATION, CONFIRMATION_OF, FinishedSearc
 STAGE = "tag.stage"
 
 
-def _setting_key(config: dict[str, Any]) -> str:
+def setting_key(config: dict[str, Any]) -> str:
     """What makes two configs the same config: every setting but the seed and the tags."""
     return json.dumps({k: v for k, v in config.items() if k != "seed" and not k.startswith("tag.")},
                       sort_keys=True, default=str)
@@ -33,7 +33,7 @@ def top_configs(search: FinishedSearch, top: int) -> list[TrialRecord]:
     """The search's ``top`` best finished trials with distinct configs (a config sampled twice counts once)."""
     chosen: dict[str, TrialRecord] = {}
     for trial in search.ranked():
-        chosen.setdefault(_setting_key(trial.config), trial)
+        chosen.setdefault(setting_key(trial.config), trial)
         if len(chosen) == top:
             break
     return list(chosen.values())
@@ -106,4 +106,4 @@ def log_selection(tracking: Any, chosen: Selection) -> None:
     client.log_text(tracking.parent_run_id, selection_table(chosen), "confirmation.txt")
 
 
-__all__ = ["STAGE", "log_selection", "plan", "run", "top_configs"]
+__all__ = ["STAGE", "log_selection", "plan", "run", "setting_key", "top_configs"]

@@ -116,6 +116,24 @@ def confirmed_configs(search: FinishedSearch) -> list[ConfirmedConfig]:
 
 
 @dataclass(frozen=True)
+class Lead:
+    """The champion's lead over the runner-up (val SumR points) and the seed SD it is judged against."""
+
+    points: float
+    pooled_std: float
+
+    @property
+    def exceeds_spread(self) -> bool:
+        return self.points > self.pooled_std
+
+    def describe(self) -> str:
+        """``33.9 val SumR points, which exceeds the seed SD (16.4, pooled over the two)``."""
+        verdict = "exceeds" if self.exceeds_spread else "does not exceed"
+        return (f"{self.points:.1f} val SumR points, which {verdict} the seed SD ({self.pooled_std:.1f}, "
+                f"pooled over the two)")
+
+
+@dataclass(frozen=True)
 class Selection:
     """What the confirmation stage decided: the confirmed configs (champion first) and the search trial
     the single-run ranking puts first."""
@@ -132,20 +150,19 @@ class Selection:
         """Whether the single-run ranking picks the champion's config."""
         return self.single_run_pick.trial_id == self.champion.source.trial_id
 
-    def lead(self) -> tuple[float, float] | None:
-        """(the champion's lead in mean val SumR over the runner-up, the two configs' pooled seed SD), or
-        None with a single confirmed config."""
+    def lead(self) -> Lead | None:
+        """The champion's lead in mean val SumR over the runner-up against the two configs' pooled seed SD
+        (None with a single confirmed config)."""
         if len(self.confirmed) < 2:
             return None
         first, second = self.confirmed[0].val, self.confirmed[1].val
-        pooled = math.sqrt((first.std ** 2 + second.std ** 2) / 2)
-        return first.mean - second.mean, pooled
+        return Lead(first.mean - second.mean, math.sqrt((first.std ** 2 + second.std ** 2) / 2))
 
     def as_dict(self) -> dict[str, Any]:
         lead = self.lead()
         return {"rule": RULE, "champion": self.champion.source.trial_id, "exported_run": self.champion.best_run.trial_id,
                 "single_run_pick": self.single_run_pick.trial_id, "agrees_with_single_run": self.agrees,
-                "lead": None if lead is None else {"val_sumr": lead[0], "pooled_seed_std": lead[1]},
+                "lead": None if lead is None else {"val_sumr": lead.points, "pooled_seed_std": lead.pooled_std},
                 "configs": [c.as_dict() for c in self.confirmed]}
 
 
@@ -155,7 +172,8 @@ def selection(search: FinishedSearch) -> Selection | None:
     return Selection(confirmed, search.best()) if confirmed else None
 
 
-def _interval(stats: SeedStats) -> str:
+def interval_text(stats: SeedStats) -> str:
+    """``[low, high]`` of the 95% interval, or ``-`` for a single seed."""
     return "-" if math.isnan(stats.low) else f"[{stats.low:.1f}, {stats.high:.1f}]"
 
 
@@ -170,7 +188,7 @@ def selection_table(chosen: Selection) -> str:
         val, test = config.val, config.test
         seeds = ",".join(map(str, config.seeds)) + (f" ({len(config.unfinished)} unfinished)" if config.unfinished else "")
         lines.append(f"{rank:<3}{config.source.trial_id:<16}{seeds:<12}{f'{val.mean:.1f} +- {val.std:.1f}':>22}"
-                     f"{_interval(val):>18}{f'{test.mean:.1f} +- {test.std:.1f}':>23}{config.source.score:>12.1f}")
+                     f"{interval_text(val):>18}{f'{test.mean:.1f} +- {test.std:.1f}':>23}{config.source.score:>12.1f}")
     champion = chosen.champion
     lines += ["", f"champion: {champion.source.trial_id} ({compact_config(champion.source.config)}); its best seed's "
                   f"run {champion.best_run.trial_id} (seed {champion.best_run.config.get('seed')}) is what export.py exports"]
@@ -179,11 +197,9 @@ def selection_table(chosen: Selection) -> str:
                  + ("the same config" if chosen.agrees else "a different config"))
     lead = chosen.lead()
     if lead is not None:
-        verdict = "exceeds" if lead[0] > lead[1] else "does not exceed"
-        lines.append(f"the champion's lead over #2: {lead[0]:.1f} val SumR points, which {verdict} the seed SD "
-                     f"({lead[1]:.1f}, pooled over the two)")
+        lines.append(f"the champion's lead over #2: {lead.describe()}")
     return "\n".join(lines)
 
 
-__all__ = ["RULE", "ConfirmedConfig", "SeedStats", "Selection", "confirmed_configs", "seed_stats", "selection",
-           "selection_table"]
+__all__ = ["RULE", "ConfirmedConfig", "Lead", "SeedStats", "Selection", "confirmed_configs", "interval_text",
+           "seed_stats", "selection", "selection_table"]

@@ -37,7 +37,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
                                   IntDistribution)
 from optuna.trial import TrialState, create_trial  # noqa: E402
 
-from tracking.champion import RULE, selection  # noqa: E402
+from tracking.champion import RULE, interval_text, selection  # noqa: E402
 from tracking.search_results import FinishedSearch, TrialRecord, compact_config, rank_key  # noqa: E402
 from trainables.evaluation.metrics import RECALL_KS  # noqa: E402  (numpy only)
 
@@ -346,18 +346,15 @@ def confirmation_html(search: FinishedSearch) -> str:
     rows = []
     for rank, config in enumerate(chosen.confirmed, 1):
         val, test = config.val, config.test
-        interval = "-" if math.isnan(val.low) else f"[{val.low:.1f}, {val.high:.1f}]"
         cells = [str(rank), config.source.trial_id, ",".join(map(str, config.seeds)), f"{val.mean:.1f} +- {val.std:.1f}",
-                 interval, f"{test.mean:.1f} +- {test.std:.1f}", f"{config.source.score:.1f}"]
+                 interval_text(val), f"{test.mean:.1f} +- {test.std:.1f}", f"{config.source.score:.1f}"]
         row_class = ' class="champion"' if rank == 1 else ""
         rows.append(f"<tr{row_class}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
                     + f'<td class="config">{html.escape(compact_config(config.source.config))}</td></tr>')
     pick = chosen.single_run_pick
     verdict = "the same config" if chosen.agrees else "a different config"
     lead = chosen.lead()
-    lead_text = "" if lead is None else (
-        f" The champion leads #2 by {lead[0]:.1f} points, which {'exceeds' if lead[0] > lead[1] else 'does not exceed'} "
-        f"the seed SD ({lead[1]:.1f}, pooled over the two).")
+    lead_text = "" if lead is None else f" The champion's lead over #2: {lead.describe()}."
     return (f"<h2>Confirmation over training seeds</h2>\n<p>The champion: {html.escape(RULE)}: "
             f'<b id="champion">{html.escape(chosen.champion.source.trial_id)}</b> (exported: its run '
             f"{html.escape(chosen.champion.best_run.trial_id)}). The single-run ranking picks "
