@@ -22,7 +22,7 @@ SAMPLERS = ("tpe", "random", "cmaes")
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """TPE (default), random, or CMA-ES (continuous settings; categorical ones fall back to random)."""
+    """Random (``search/run.py``'s default), TPE, or CMA-ES (continuous settings; categorical ones fall back to random)."""
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
