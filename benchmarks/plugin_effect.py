@@ -6,10 +6,12 @@
 Every (preset, backbone, variant, seed) trains with the backbone's published defaults plus the variant's
 plugin switches (each plugin at its released defaults), the same model size, epochs and seed for every
 variant, for at most ``--epochs`` epochs with early stopping on val SumR; the best epoch's weights are
-evaluated on the test split. Prints, per preset and backbone, test R@1 and SumR (mean +- std over seeds)
-and the paired difference to ``base`` (mean +- std of the per-seed differences). A variant a backbone
-cannot run (e.g. CSA on a clip-only backbone) is listed with the reason. Results go to ``--json`` after
-every run; an interrupted benchmark continues from it.
+evaluated on the test split. Prints, per preset and backbone, the ablation's statistics
+(``search/ablation_stats.py``, the tables of ``search/ablate.py``): test R@1..SumR as mean +- std over
+seeds, and each variant's SumR difference to ``base`` (same seeds, paired) with a 95% t interval and the
+Wilcoxon signed-rank p over seeds, and the paired bootstrap over test queries (interval and p). A variant
+a backbone cannot run (e.g. CSA on a clip-only backbone) is listed with the reason. Results (with each
+run's per-query test ranks) go to ``--json`` after every run; an interrupted benchmark continues from it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.runs import ResultsFile, mean_std
+from benchmarks.runs import ResultsFile
+from search.ablate import tables
+from spaces.ablation import Cell
 from trainables.data.datasets import resolve_dataset
 from trainables.training.config import TrainConfig, parse_assignments
 from trainables.training.loop import load_data, train
@@ -45,6 +49,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=["hidden_size=128"], metavar="KEY=VALUE",
                         help="config values shared by every run (default: hidden_size=128)")
     parser.add_argument("--json", default=None, help="results file, continued if it exists")
+    parser.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples over test queries")
     args = parser.parse_args()
     shared = parse_assignments(args.set)
     results = ResultsFile(args.json)
@@ -66,32 +71,36 @@ def main() -> None:
                     start = time.perf_counter()
                     result = train({**config, "seed": seed}, data)
                     results.add(key, {"best_epoch": result.best_epoch, "seconds": time.perf_counter() - start,
-                                      "test": result.test["fused"]})
+                                      "test": result.test["fused"],
+                                      "ranks": np.asarray(result.test_ranks["fused"]).tolist()})
                     print(f"{key}: test SumR {result.test['fused']['SumR']:.1f} "
                           f"({time.perf_counter() - start:.0f}s)", flush=True)
     report(results, args)
 
 
-def report(results: ResultsFile, args: argparse.Namespace) -> None:
-    print(f"\ntest split, mean +- std over seeds {args.seeds}, at most {args.epochs} epochs, {' '.join(args.set)}")
+def report(results: ResultsFile, args: argparse.Namespace) -> str:
+    """Print and return, per preset, the ablation tables of the finished runs (variants a backbone rejects
+    are listed below them with the reason)."""
+    cells = [Cell(name, tuple(VARIANTS[name].items())) for name in ["base", *(v for v in args.variants if v != "base")]]
+    text = [f"test split, at most {args.epochs} epochs, {' '.join(args.set)}"]
     for data_name in args.data:
-        for backbone in args.backbones:
-            print(f"\n{data_name} / {backbone}")
-            print(f"{'variant':<10}{'R@1':>14}{'SumR':>14}{'dSumR vs base':>16}")
-            base = [results.runs.get(f"{data_name}/{backbone}/base/{s}/{args.epochs}") for s in args.seeds]
-            for variant in args.variants:
-                rejected = results.runs.get(f"{data_name}/{backbone}/{variant}/rejected")
-                if rejected:
-                    print(f"{variant:<10}  n/a: {rejected}")
-                    continue
-                runs = [results.runs.get(f"{data_name}/{backbone}/{variant}/{s}/{args.epochs}") for s in args.seeds]
-                if any(r is None for r in runs):
-                    continue
-                sumr = [r["test"]["SumR"] for r in runs]
-                delta = ""
-                if variant != "base" and all(b is not None for b in base):
-                    delta = mean_std(np.array(sumr) - np.array([b["test"]["SumR"] for b in base]))
-                print(f"{variant:<10}{mean_std([r['test']['R@1'] for r in runs]):>14}{mean_std(sumr):>14}{delta:>16}")
+        runs = []
+        for key, value in results.runs.items():
+            parts = key.split("/")
+            if len(parts) != 5 or parts[0] != data_name or int(parts[4]) != args.epochs or "ranks" not in value:
+                continue
+            _, backbone, variant, seed, _ = parts
+            if backbone in args.backbones and variant in VARIANTS and int(seed) in args.seeds:
+                runs.append({"backbone": backbone, "cell": variant, "seed": int(seed), **value["test"],
+                             "ranks": np.asarray(value["ranks"])})
+        backbones = [b for b in args.backbones if any(r["backbone"] == b and r["cell"] == "base" for r in runs)]
+        text += [f"\n## {data_name}\n", tables(runs, cells, backbones, args.resamples)[0] if backbones else "(no runs)"]
+        text += [f"- {data_name} / {key.split('/')[1]} / {key.split('/')[2]}: n/a: {reason}"
+                 for key, reason in results.runs.items()
+                 if key.startswith(f"{data_name}/") and key.endswith("/rejected") and key.split("/")[1] in args.backbones]
+    output = "\n".join(text)
+    print(output)
+    return output
 
 
 if __name__ == "__main__":
