@@ -142,9 +142,9 @@ def test_proxy_matching_matches_a_naive_loop(text_video, cosine, temperature):
 
 # ------------------------------------------------------------------------------ CSA
 
-def _plugin(**settings) -> RAL:
+def _plugin(max_ctx_l: int = 128, **settings) -> RAL:
     torch.manual_seed(0)
-    return RAL(RALConfig(**settings), BackboneConfig(hidden_size=16, n_heads=4), DIMS).eval()
+    return RAL(RALConfig(**settings), BackboneConfig(hidden_size=16, n_heads=4, max_ctx_l=max_ctx_l), DIMS).eval()
 
 
 def _masks(lengths: list[int], size: int) -> torch.Tensor:
@@ -172,9 +172,10 @@ def _csa_inputs(seed: int = 6):
     return words, words_mask, frames, frames_mask
 
 
-def _naive_csa(plugin: RAL, words, words_mask, frames, frames_mask, normalize: bool, floor: bool = False):
+def _naive_csa(plugin: RAL, words, words_mask, frames, frames_mask, normalize: bool, floor: int | None = None):
     """sum_t g_t max_j sim(w_t, f_j), g = softmax over valid words of gate(w) (the gate reads the scored
-    tokens), by explicit loops over queries, videos, words and frames."""
+    tokens), by explicit loops over queries, videos, words and frames. ``floor`` P: the release's video
+    zero-padded to P frames, i.e. P - valid extra frames of similarity 0 join the max."""
     out = torch.zeros(len(words), len(frames), dtype=torch.float64)
     for q in range(len(words)):
         valid_words = [t for t in range(words.shape[1]) if words_mask[q, t] > 0]
@@ -185,27 +186,52 @@ def _naive_csa(plugin: RAL, words, words_mask, frames, frames_mask, normalize: b
             total = 0.0
             for t in valid_words:
                 best = -math.inf
-                for j in range(frames.shape[1]):
-                    if frames_mask[v, j] > 0:
-                        f = F.normalize(frames[v, j], dim=0) if normalize else frames[v, j]
-                        best = max(best, float(tokens[t] @ f))
-                    elif floor:
-                        best = max(best, 0.0)
+                valid = [j for j in range(frames.shape[1]) if frames_mask[v, j] > 0]
+                for j in valid:
+                    f = F.normalize(frames[v, j], dim=0) if normalize else frames[v, j]
+                    best = max(best, float(tokens[t] @ f))
+                if floor is not None and len(valid) < floor:
+                    best = max(best, 0.0)
+                if not valid:
+                    best = 0.0
                 total += math.exp(logits[t]) / z * best
             out[q, v] = total
     return out
 
 
 @pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("floor", [False, True])
-def test_csa_score_matches_a_naive_loop(normalize, floor):
-    plugin = _plugin(frame_padding_floor=floor)
+@pytest.mark.parametrize("floor, max_ctx_l", [(False, 128), (True, 128), (True, 7)])
+def test_csa_score_matches_a_naive_loop(normalize, floor, max_ctx_l):
+    """max_ctx_l 7: video 0 has all 7 frames (no floor), the others fewer; 128: every video is floored."""
+    plugin = _plugin(max_ctx_l=max_ctx_l, frame_padding_floor=floor)
     words, words_mask, frames, frames_mask = _csa_inputs()
     with torch.no_grad():
         got = plugin.frame_score({"ral_words": words, "ral_words_mask": words_mask},
                                  {"frame_tokens": frames, "frame_mask": frames_mask}, normalize)
-        expected = _naive_csa(plugin, words, words_mask, frames, frames_mask, normalize, floor)
+        expected = _naive_csa(plugin, words, words_mask, frames, frames_mask, normalize,
+                              max_ctx_l if floor else None)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_frame_padding_floor_is_the_default_and_follows_max_ctl_not_the_batch():
+    """One word, one video whose every frame is anti-aligned with it: all similarities are negative.
+    The release pads the video to 128 frames and multiplies by the mask, so its score is 0 (the padded
+    zeros win the max), whatever the batch's padding; with the floor off, or a video as long as max_ctx_l,
+    it is the best (negative) valid similarity."""
+    assert RALConfig().frame_padding_floor is True
+    word = torch.tensor([[[1.0, 2.0, 0.0, -1.0] * 4]])  # (1, 1, 16)
+    frames = torch.stack([-word[0, 0] * s for s in (1.0, 0.5, 2.0)])[None]  # (1, 3, 16), no padding in the batch
+    frames_mask = torch.ones(1, 3)
+    inputs = ({"ral_words": word, "ral_words_mask": torch.ones(1, 1)},
+              {"frame_tokens": frames, "frame_mask": frames_mask})
+    best_dot = -0.5 * float(word[0, 0] @ word[0, 0])  # the least negative dot product
+    with torch.no_grad():
+        for normalize, best in ((True, -1.0), (False, best_dot)):
+            assert _plugin().frame_score(*inputs, normalize).item() == 0.0  # default: floored (3 < 128)
+            floored_off = _plugin(frame_padding_floor=False).frame_score(*inputs, normalize).item()
+            assert floored_off == pytest.approx(best, rel=1e-5)
+            full_length = _plugin(max_ctx_l=3).frame_score(*inputs, normalize).item()  # nothing padded in the release
+            assert full_length == pytest.approx(best, rel=1e-5)
 
 
 def test_csa_padding_has_no_weight_and_no_effect():
@@ -237,9 +263,10 @@ def test_csa_chunked_scoring_equals_unchunked():
                                    rtol=0, atol=1e-6)
 
 
-def test_support_set_gaussians_equal_the_explicit_concatenated_sets():
-    """The segment-softmax pools over a video's queries equal pooling the explicitly concatenated valid word
-    tokens of its queries (the release's support set, without its padding); per_query pools each query."""
+def test_valid_pooling_gaussians_equal_the_explicit_concatenated_sets():
+    """``msra_pooling = valid``: the segment-softmax pools over a video's queries equal pooling the
+    explicitly concatenated valid word tokens of its queries (the release's support set, without its
+    padding); per_query pools each query; the video pools take the valid frames."""
     g = _gen(9)
     words, words_mask = torch.randn(5, 4, 16, generator=g), _masks([4, 2, 3, 1, 4], 4)
     labels = torch.tensor([1, 0, 1, 1, 0])
@@ -253,7 +280,7 @@ def test_support_set_gaussians_equal_the_explicit_concatenated_sets():
         return mu, head.sigma_fc(pool(head.sigma_pool)) + head.sigma_fc_pooled(pooled)
 
     for unit in ("support_set", "per_query"):
-        plugin = _plugin(unit=unit)
+        plugin = _plugin(unit=unit, msra_pooling="valid")
         with torch.no_grad():
             mu, ls, owner = plugin.text_distribution(words, words_mask, labels, 2)
             groups = [[1, 4], [0, 2, 3]] if unit == "support_set" else [[q] for q in range(5)]
@@ -272,10 +299,165 @@ def test_support_set_gaussians_equal_the_explicit_concatenated_sets():
                 torch.testing.assert_close(vls[v], exp_ls, rtol=1e-5, atol=1e-6)
 
 
+def _loop_pool(pool, slots: list[torch.Tensor]) -> torch.Tensor:
+    """softmax_j(w2 tanh(w1 x_j)) weighted sum over the given slot vectors, by a plain loop (float64)."""
+    w1, w2 = pool.w1.weight.double(), pool.w2.weight.double()
+    logits = [float(w2 @ torch.tanh(w1 @ x.double())) for x in slots]
+    top = max(logits)
+    weights = [math.exp(v - top) for v in logits]
+    return sum(w * x.double() for w, x in zip(weights, slots)) / sum(weights)
+
+
+def _loop_head(head, pooled: torch.Tensor, slots: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIENet mean and UncertaintyModuleImage log-sigma, from their weights, over explicit slots."""
+    def linear(layer, x):
+        return layer.weight.double() @ x + layer.bias.double()
+    pooled = pooled.double()
+    residual = torch.sigmoid(linear(head.mean_fc, _loop_pool(head.mean_pool, slots)))
+    norm = head.mean_norm
+    x = pooled + residual
+    x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + norm.eps) * norm.weight.double() + norm.bias.double()
+    return F.normalize(x, dim=0), linear(head.sigma_fc, _loop_pool(head.sigma_pool, slots)) \
+        + linear(head.sigma_fc_pooled, pooled)
+
+
+def _perturbed(plugin: RAL) -> RAL:
+    """Random LayerNorm and bias values too, so that no parameter sits at a value that hides a mistake."""
+    g = _gen(21)
+    with torch.no_grad():
+        for parameter in plugin.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=g))
+    return plugin
+
+
+@pytest.mark.parametrize("support_slots", [26, 2])
+def test_padded_pooling_equals_the_release_zero_padded_sets(support_slots):
+    """The release's MSRA pools, transcribed: a video is zero-padded to max_ctx_l frames (padding frames are
+    zero vectors) and pooled without a mask; a video's support set is the concatenation of its queries'
+    full T-position encodings (padding positions included, as encoded) zero-filled to support_slots x T
+    rows, pooled without a mask. The means stay masked. support_slots 2: video 1 has 3 queries, so no
+    zero rows (the release would fail there)."""
+    g = _gen(20)
+    max_ctx_l, t = 9, 4
+    words, words_mask = torch.randn(5, t, 16, generator=g), _masks([4, 2, 3, 1, 4], t)
+    labels = torch.tensor([1, 0, 1, 1, 0])
+    frames, frames_mask = torch.randn(2, 6, 16, generator=g), _masks([6, 3], 6)  # noise at the padding
+    plugin = _perturbed(_plugin(max_ctx_l=max_ctx_l, support_slots=support_slots))
+    assert plugin.config.msra_pooling == "padded"  # the default
+    zero = torch.zeros(16)
+    with torch.no_grad():
+        mu, ls, owner = plugin.text_distribution(words, words_mask, labels, 2)
+        assert owner.tolist() == [0, 1]
+        for video, queries in enumerate([[1, 4], [0, 2, 3]]):
+            rows = [words[q, j] for q in queries for j in range(t)]
+            rows += [zero] * max(0, support_slots * t - len(rows))
+            valid = [words[q, j] for q in queries for j in range(t) if words_mask[q, j] > 0]
+            exp_mu, exp_ls = _loop_head(plugin.text_gaussian, sum(valid) / len(valid), rows)
+            torch.testing.assert_close(mu[video].double(), exp_mu, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(ls[video].double(), exp_ls, rtol=1e-5, atol=1e-6)
+        vmu, vls = plugin.video_distribution(frames, frames_mask)
+        for v in range(2):
+            valid = [frames[v, j] for j in range(6) if frames_mask[v, j] > 0]
+            slots = valid + [zero] * (max_ctx_l - len(valid))
+            pooled = F.normalize(sum(F.normalize(x, dim=0) for x in valid) / len(valid), dim=0)
+            exp_mu, exp_ls = _loop_head(plugin.video_gaussian, pooled, slots)
+            torch.testing.assert_close(vmu[v].double(), exp_mu, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(vls[v].double(), exp_ls, rtol=1e-5, atol=1e-6)
+        # per_query (not released): each query's T positions, no zero rows
+        per_query = _perturbed(_plugin(max_ctx_l=max_ctx_l, unit="per_query"))
+        mu, ls, _ = per_query.text_distribution(words, words_mask, labels, 2)
+        for q in range(5):
+            valid = [words[q, j] for j in range(t) if words_mask[q, j] > 0]
+            exp_mu, exp_ls = _loop_head(per_query.text_gaussian, sum(valid) / len(valid), list(words[q]))
+            torch.testing.assert_close(mu[q].double(), exp_mu, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(ls[q].double(), exp_ls, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ the frame-branch encoder
+
+def _layer_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps) \
+        * norm.weight.detach().double() + norm.bias.detach().double()
+
+
+def test_query_encoder_is_the_release_post_ln_layer():
+    """From the weights, by hand (eval mode, float64): LN -> Linear -> ReLU projection, + position table,
+    LN; 4-head attention (softmax of q.k / sqrt(d) - 1e4 on padded keys, no output projection);
+    x1 = LN1(x + attention); out = LN2(x1 + W2 ReLU(W1 x1 + b1) + b2) with W1: H -> 4H."""
+    plugin = _perturbed(_plugin())
+    enc = plugin.query_encoder
+    g = _gen(22)
+    tokens, mask = torch.randn(3, 5, DIMS.query_dim, generator=g), _masks([5, 2, 3], 5)
+    assert enc.layer.ffn[0].weight.shape == (64, 16) and enc.layer.ffn[3].weight.shape == (16, 64)
+
+    def linear(layer, x):
+        return x @ layer.weight.detach().double().t() + layer.bias.detach().double()
+
+    x = torch.relu(linear(enc.proj.linear, _layer_norm(tokens.double(), enc.proj.norm)))
+    x = _layer_norm(x + enc.pos.position_embeddings.weight.detach().double()[:5], enc.pos.norm)
+    attention = enc.layer.attention
+    q, k, v = linear(attention.query, x), linear(attention.key, x), linear(attention.value, x)
+    out = torch.zeros_like(x)
+    for n in range(3):
+        for head in range(4):
+            cols = slice(4 * head, 4 * head + 4)
+            for i in range(5):
+                logits = [float(q[n, i, cols] @ k[n, j, cols]) / 2.0 + (0.0 if mask[n, j] > 0 else -1e4)
+                          for j in range(5)]
+                top = max(logits)
+                weights = [math.exp(a - top) for a in logits]
+                out[n, i, cols] = sum(w * v[n, j, cols] for j, w in enumerate(weights)) / sum(weights)
+    x1 = _layer_norm(x + out, enc.layer.norm1)
+    expected = _layer_norm(x1 + linear(enc.layer.ffn[3], torch.relu(linear(enc.layer.ffn[0], x1))), enc.layer.norm2)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(tokens, mask).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gmmformer2_with_ral_parameter_count_at_tvr_dims():
+    """Counted from the module shapes (video 3072, query 768, hidden 384, 30 words, 128 frames, 32 clips).
+    Reference: the release's RAL4GMMV2 at these dims has 35,529,377 parameters (counted on
+    ``zhanglong-ustc/RAL-PRVR`` ``src/Models/RAL4gmmv2/model.py`` built with ``src/Configs/tvr.py``);
+    ours has exactly its frame-branch query encoder's own position table more (30 x 384 + LayerNorm 768 =
+    12,288; the release shares the clip branch's), i.e. 0.035 % more."""
+    h, video, query, words, frames, clips = 384, 3072, 768, 30, 128, 32
+
+    def linear(a: int, b: int) -> int:
+        return a * b + b
+
+    def norm(a: int) -> int:
+        return 2 * a
+
+    def projection(a: int) -> int:  # LinearLayer: LayerNorm(a) + Linear(a, H)
+        return norm(a) + linear(a, h)
+
+    def positions(length: int) -> int:
+        return length * h + norm(h)
+
+    def post_ln(ffn: int) -> int:  # q, k, v + FFN + 2 LayerNorms
+        return 3 * linear(h, h) + linear(h, ffn) + linear(ffn, h) + 2 * norm(h)
+
+    def dygmm_block(length: int) -> int:  # 8 branches (FFN 4H), consolidation (FFN H), weight head
+        return 8 * post_ln(4 * h) + post_ln(h) + linear(h, h) + linear(h, length)
+
+    backbone = (projection(query) + positions(words) + post_ln(4 * h) + h  # query branch + pooling score
+                + projection(video) + positions(frames) + dygmm_block(clips)
+                + projection(video) + positions(frames) + dygmm_block(frames) + h)  # + the weight token
+    gaussian_head = 2 * (h * (h // 2) + (h // 2)) + 3 * linear(h, h) + norm(h)  # 2 pools, 3 FCs, LayerNorm
+    ral = (projection(query) + positions(words) + post_ln(4 * h)) + 2 * gaussian_head \
+        + linear(h, h) + linear(h, 1)  # + the confidence gate
+    model = TrainConfig.from_dict({"backbone": "gmmformer2", "ral": True}).build_model(
+        Dims(video_dim=video, query_dim=query), seed=0)
+    assert sum(p.numel() for p in model.parameters()) == backbone + ral
+    assert sum(p.numel() for p in model.plugins["ral"].parameters()) == ral
+    release = 35_529_377
+    assert backbone + ral - positions(words) == release
+    assert abs(backbone + ral - release) / release < 1e-3
+
+
 # ------------------------------------------------------------------------------ on the backbones
 
-def _build(backbone: str, dims: Dims, plugin: dict | None, seed: int = 0):
-    raw = {"backbone": backbone, **SMALL, **BACKBONE_OPTIONS[backbone]}
+def _build(backbone: str, dims: Dims, plugin: dict | None, seed: int = 0, **options):
+    raw = {"backbone": backbone, **SMALL, **BACKBONE_OPTIONS[backbone], **options}
     if plugin is not None:
         raw.update({"ral": True, **{f"ral.{k}": v for k, v in plugin.items()}})
     torch.manual_seed(seed)
@@ -300,7 +482,8 @@ def _assert_same(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("backbone", ["mssl", "gmmformer", "gmmformer2", "meanpool"])
 def test_msra_adds_nothing_at_inference(backbone):
-    plain, with_ral = _build(backbone, DIMS, None), _build(backbone, DIMS, {"csa": False})
+    # the same fusion weight (ral's release default alpha on gmmformer2 is 0.5, see test_plugins.py)
+    plain, with_ral = _build(backbone, DIMS, None, alpha=0.6), _build(backbone, DIMS, {"csa": False}, alpha=0.6)
     state = with_ral.state_dict()
     for key, value in plain.state_dict().items():  # same seed -> same backbone weights
         torch.testing.assert_close(state[key], value, rtol=0, atol=0)
@@ -324,7 +507,8 @@ def test_csa_is_the_frame_branch_at_inference(backbone):
         scores = model.score(queries, videos)
         words = plugin.query_encoder(text, text_mask)
         torch.testing.assert_close(queries["ral_words"], words)
-        expected = _naive_csa(plugin, words, text_mask, videos["frame_tokens"], videos["frame_mask"], normalize=True)
+        expected = _naive_csa(plugin, words, text_mask, videos["frame_tokens"], videos["frame_mask"], normalize=True,
+                              floor=model.config.max_ctx_l)  # the default floor, at the release's padding
         torch.testing.assert_close(scores["frame"].double(), expected, rtol=1e-5, atol=1e-5)
         own = plain.score(plain.encode_queries(text, text_mask), plain.encode_videos(clips, frames, frames_mask))
         torch.testing.assert_close(scores["clip"], own["clip"], rtol=0, atol=0)
@@ -416,6 +600,9 @@ def test_needs_follow_csa():
     ("gate_input", "x", r"plugin ral: gate_input must be one of scored, raw"),
     ("dim", 0, r"plugin ral: dim must be in \[1, inf\]"),
     ("csa", "yes", r"plugin ral: csa must be true or false, got 'yes'"),
+    ("msra_pooling", "masked", r"plugin ral: msra_pooling must be one of padded, valid, got 'masked'"),
+    ("support_slots", 0, r"plugin ral: support_slots must be in \[1, inf\], got 0"),
+    ("support_slots", 2.0, r"plugin ral: support_slots must be an integer, got 2.0"),
     ("da_prior", False, None),
 ])
 def test_bad_settings_name_the_key(key, value, message):

@@ -20,7 +20,7 @@ ALL_PLUGINS = {
     "gmmformer": {"ral": True, "msc": True, "msc.tome": True, "moment": True},
     "gmmformer2": {"ral": True, "msc": True, "msc.tome": True, "moment": True},
     "amdnet": {"msc": True, "msc.cbva": False, "msc.tome": True, "msc.tome_proportional": False},
-    "meanpool": {"ral": True, "ral.csa": False, "msc": True, "msc.cbva": False},
+    "meanpool": {"ral": True, "ral.csa": False, "msc": True, "msc.cbva": False, "msc.tome": False},
 }
 
 
@@ -106,3 +106,42 @@ def test_resume_with_plugins_equals_uninterrupted_run(tiny, tmp_path):
     assert load_checkpoint(tmp_path / "ckpt")["epoch"] == 2
     resumed = train(raw, tiny, resume_from=tmp_path / "ckpt")
     assert resumed.history == full.history and resumed.test == full.test
+
+
+# ------------------------------------------------------------------ plugins' release defaults of backbone options
+
+def test_ral_on_gmmformer2_fuses_half_and_half_unless_alpha_is_set():
+    """The release's RAL4GMMV2 TVR config: clip_scale_w = frame_scale_w = 0.5 (src/Configs/tvr.py), against
+    gmmformer2's own 0.7. The default applies only while ral is on, only on gmmformer2, never over an
+    explicit alpha, and is not written into the trial's options."""
+    own = TrainConfig.from_dict({"backbone": "gmmformer2"}).backbone_config().alpha
+    assert own == 0.7
+    with_ral = TrainConfig.from_dict({"backbone": "gmmformer2", "ral": True})
+    assert with_ral.backbone_config().alpha == 0.5
+    assert "alpha" not in with_ral.options and "alpha" not in with_ral.to_dict()
+    assert with_ral.build_model(ensure_dims()).config.alpha == 0.5
+    for explicit in (0.7, 0.3):
+        config = TrainConfig.from_dict({"backbone": "gmmformer2", "ral": True, "alpha": explicit})
+        assert config.backbone_config().alpha == explicit
+    for backbone in ("mssl", "gmmformer"):
+        plain = TrainConfig.from_dict({"backbone": backbone}).backbone_config().alpha
+        assert TrainConfig.from_dict({"backbone": backbone, "ral": True}).backbone_config().alpha == plain
+
+
+def test_conflicting_plugin_defaults_name_the_option(monkeypatch):
+    from trainables.plugins.base import plugin_class
+
+    monkeypatch.setattr(plugin_class("moment"), "backbone_defaults", {"gmmformer2": {"alpha": 0.6}})
+    with pytest.raises(ValueError, match=r"plugins ral and moment set different defaults of alpha on gmmformer2 "
+                                         r"\(0\.5 and 0\.6\): set alpha explicitly"):
+        TrainConfig.from_dict({"backbone": "gmmformer2", "ral": True, "moment": True})
+    config = TrainConfig.from_dict({"backbone": "gmmformer2", "ral": True, "moment": True, "alpha": 0.4})
+    assert config.backbone_config().alpha == 0.4
+    monkeypatch.setattr(plugin_class("moment"), "backbone_defaults", {"gmmformer2": {"alpha": 0.5}})
+    assert TrainConfig.from_dict({"backbone": "gmmformer2", "ral": True, "moment": True}).backbone_config().alpha == 0.5
+
+
+def ensure_dims():
+    from trainables.models.base import Dims
+
+    return Dims(video_dim=12, query_dim=10)

@@ -9,6 +9,9 @@
   before masking, which is how GMMFormer's Gaussian windows and AMDNet's moment masks are applied;
   an optional additive ``key_bias`` (N, L) is added to the logits of every query over key ``j``
   (ToMe's proportional attention: ``log(merge_size)``).
+* ``PostLNLayer``: the GMMFormer-v2 / RAL release's ``BertAttention`` (a post-LN Transformer layer):
+  attention (no output projection) -> Dropout -> LayerNorm(residual) -> FFN (H -> F -> H, ReLU,
+  Dropout) -> Dropout -> LayerNorm(residual).
 * ``AttentionPooling``: Linear(H, 1, no bias) scores, masked softmax over tokens, weighted sum
   (the release's "modularized query").
 * ``init_weights``: Linear/Embedding ~ N(0, 0.02), zero bias, LayerNorm (1, 0).
@@ -110,6 +113,24 @@ class BertAttention(nn.Module):
     ) -> torch.Tensor:
         attended = self.attention(x, x, mask, logit_weights, key_bias)
         return self.norm(self.dropout(self.dense(attended)) + x)
+
+
+class PostLNLayer(nn.Module):
+    """Attention -> Dropout -> LN(residual) -> FFN (H -> F -> H, ReLU, Dropout) -> Dropout -> LN(residual)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float, ffn_size: int):
+        super().__init__()
+        self.attention = SelfAttention(hidden_size, num_heads, dropout)
+        self.ffn = nn.Sequential(nn.Linear(hidden_size, ffn_size), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(ffn_size, hidden_size))
+        self.norm1, self.norm2 = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None,
+                logit_weights: torch.Tensor | None = None, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, Lq, H): ``queries`` (N, Lq, H) attend to ``keys`` (N, L, H) (also the values), ``mask`` (N, L)."""
+        x = self.norm1(queries + self.drop1(self.attention(queries, keys, mask, logit_weights, key_bias)))
+        return self.norm2(x + self.drop2(self.ffn(x)))
 
 
 class AttentionPooling(nn.Module):

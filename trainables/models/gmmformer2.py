@@ -35,7 +35,7 @@ from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, 
 from trainables.models.components import (
     AttentionPooling,
     LinearLayer,
-    SelfAttention,
+    PostLNLayer,
     TrainablePositionalEncoding,
     init_weights,
 )
@@ -49,23 +49,6 @@ from trainables.models.gmmformer import (
     ranking_terms,
     windows,
 )
-
-
-class PostLNLayer(nn.Module):
-    """Attention -> Dropout -> LN(residual) -> FFN (H -> F -> H, ReLU, Dropout) -> Dropout -> LN(residual)."""
-
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float, ffn_size: int):
-        super().__init__()
-        self.attention = SelfAttention(hidden_size, num_heads, dropout)
-        self.ffn = nn.Sequential(nn.Linear(hidden_size, ffn_size), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(ffn_size, hidden_size))
-        self.norm1, self.norm2 = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
-        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
-
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None,
-                logit_weights: torch.Tensor | None = None, key_bias: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.norm1(queries + self.drop1(self.attention(queries, keys, mask, logit_weights, key_bias)))
-        return self.norm2(x + self.drop2(self.ffn(x)))
 
 
 class DyGMMBlock(nn.Module):
@@ -86,7 +69,8 @@ class DyGMMBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, weight_token: torch.Tensor,
                 key_bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` (N, length, H), ``mask`` (N, length) or None, ``weight_token`` (1, 1, H), ``key_bias`` (N, length)
-        added to every attention logit over each token (proportional attention of merged tokens)."""
+        added to every branch self-attention logit over each token (proportional attention of merged tokens);
+        as released, the consolidation cross-attention of the weight token gets no key bias."""
         n, length, hidden = x.shape
         if length != self.length:
             raise ValueError(f"DyGMMBlock built for {self.length} tokens got {length}")
@@ -96,9 +80,7 @@ class DyGMMBlock(nn.Module):
         ], dim=1)  # (N, K, L, H)
         k = outputs.shape[1]
         flat_mask = None if mask is None else mask.repeat_interleave(k, dim=0)
-        flat_bias = None if key_bias is None else key_bias.repeat_interleave(k, dim=0)
-        tokens = self.consolidation(weight_token.to(x.dtype).expand(n * k, 1, hidden), outputs.flatten(0, 1), flat_mask,
-                                    None, flat_bias)
+        tokens = self.consolidation(weight_token.to(x.dtype).expand(n * k, 1, hidden), outputs.flatten(0, 1), flat_mask)
         weights = (self.weight_head(tokens.view(n, k, hidden)) / self.sft_factor).softmax(dim=1)  # (N, K, L)
         return torch.einsum("nklh,nkl->nlh", outputs, weights)
 

@@ -16,6 +16,10 @@ Plugins read backbone tensors by the standard names below (``Backbone.features``
 provides); ``requires`` names what a plugin needs, and ``check`` rejects a backbone before training
 with the reason. A new plugin is one file here (registered with ``@register_plugin``) plus its space.
 
+A plugin may also declare the release's values of a backbone's own options for when it runs on that
+backbone (``backbone_defaults``, e.g. RAL's 0.5/0.5 fusion on GMMFormer v2): ``TrainConfig`` applies them
+to the options the user did not set (``plugin_backbone_defaults``); an explicit option always wins.
+
 Standard feature names (training features; the video dict at inference has the same names):
 
 * ``query`` (Nq, H) pooled query vectors; ``text_labels`` (Nq,) index of each query's video;
@@ -28,7 +32,7 @@ Standard feature names (training features; the video dict at inference has the s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -92,6 +96,9 @@ class Plugin(nn.Module):
     Config: ClassVar[type[PluginConfig]] = PluginConfig
     #: standard backbone features / capabilities this plugin always needs
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: {backbone name: {option: value}}: the release's values of that backbone's options when it runs with
+    #: this plugin, used for the options the user left unset (see ``plugin_backbone_defaults``)
+    backbone_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def __init__(self, config: PluginConfig, backbone: BackboneConfig, dims: Dims) -> None:
         super().__init__()
@@ -147,3 +154,20 @@ list_plugins = PLUGINS.names
 def plugin_config(name: str, settings: Mapping[str, Any]) -> PluginConfig:
     cls = plugin_class(name)
     return cls.Config.from_options(settings, name)
+
+
+def plugin_backbone_defaults(plugins: Iterable[str], backbone: str, given: Collection[str] = ()) -> dict[str, Any]:
+    """The backbone option defaults the plugins ``plugins`` declare for ``backbone``
+    (``Plugin.backbone_defaults``), except the options in ``given`` (set by the user); two plugins
+    declaring different values of one option is an error naming the option (set it explicitly to choose)."""
+    merged: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for name in plugins:
+        for key, value in plugin_class(name).backbone_defaults.get(backbone, {}).items():
+            if key in given:
+                continue
+            if key in merged and merged[key] != value:
+                raise ValueError(f"plugins {owner[key]} and {name} set different defaults of {key} on {backbone} "
+                                 f"({merged[key]!r} and {value!r}): set {key} explicitly")
+            merged[key], owner[key] = value, name
+    return merged

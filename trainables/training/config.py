@@ -9,7 +9,9 @@ that is a plugin's name switches that plugin on or off (``"ral": True``) and ``p
 its settings (``"ral.k": 6``; allowed only while the plugin is on); every other key is an option of the
 backbone, validated by the backbone's own ``Config``. An unknown key, an out-of-range value or a plugin
 that cannot run on the backbone fails before training with a message naming the key and the reason.
-Training settings left unset take the backbone's published TVR defaults (``Backbone.training_defaults``).
+Training settings left unset take the backbone's published TVR defaults (``Backbone.training_defaults``);
+backbone options left unset take, before the backbone's own defaults, the release values a switched-on
+plugin declares for that backbone (``Plugin.backbone_defaults``: RAL on GMMFormer v2 fuses with alpha 0.5).
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ import torch
 import yaml
 
 from trainables.models.base import Backbone, BackboneConfig, Dims, backbone_class
-from trainables.plugins.base import PluginConfig, list_plugins, plugin_class, plugin_config
+from trainables.plugins.base import (
+    PluginConfig,
+    list_plugins,
+    plugin_backbone_defaults,
+    plugin_class,
+    plugin_config,
+)
 from trainables.training.random_streams import BACKBONE, init_seed
 
 FALLBACK_DEFAULTS: dict[str, Any] = {
@@ -80,8 +88,11 @@ class TrainConfig:
         return config
 
     def backbone_config(self) -> BackboneConfig:
+        """The backbone's options: the user's, then the plugins' release defaults for this backbone, then the
+        backbone's own defaults (``options`` keeps only what the user set)."""
         cls = backbone_class(self.backbone)
-        return cls.Config.from_options(self.options, self.backbone)
+        options = {**plugin_backbone_defaults(self.plugins, self.backbone, self.options), **self.options}
+        return cls.Config.from_options(options, self.backbone)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad key (the backbone's options included)."""
