@@ -296,3 +296,69 @@ def test_checkpointed_branches_give_same_losses_and_grads(name: str) -> None:
         assert terms["clip_nce"].item() == pytest.approx(_losses(plain, batch, hard=False)["clip_nce"].item())
     for n, g in grads[0].items():
         torch.testing.assert_close(grads[1][n], g, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- proportional attention (OP-ToMe key bias)
+
+def _post_ln_by_hand(layer, queries, keys, window, bias):
+    """A post-LN layer from its parameters: attention (logits * window + key bias) -> LN(residual) ->
+    FFN -> LN(residual); eval mode (no dropout). ``queries`` (N, Lq, H), ``keys`` (N, L, H), ``bias`` (N, L)."""
+    att, heads = layer.attention, layer.attention.num_heads
+    n, lq, h = queries.shape
+    d = h // heads
+
+    def split(x):  # (N, L, H) -> (N, heads, L, d)
+        return x.view(x.shape[0], x.shape[1], heads, d).permute(0, 2, 1, 3)
+
+    q = split(queries @ att.query.weight.T + att.query.bias)
+    k = split(keys @ att.key.weight.T + att.key.bias)
+    v = split(keys @ att.value.weight.T + att.value.bias)
+    logits = torch.einsum("nhqd,nhkd->nhqk", q, k) / math.sqrt(d)
+    if window is not None:
+        logits = logits * window
+    if bias is not None:
+        logits = logits + bias[:, None, None, :]
+    context = torch.einsum("nhqk,nhkd->nhqd", logits.softmax(dim=-1), v).permute(0, 2, 1, 3).reshape(n, lq, h)
+    x = F.layer_norm(queries + context, (h,), layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
+    first, second = layer.ffn[0], layer.ffn[3]
+    ffn = torch.relu(x @ first.weight.T + first.bias) @ second.weight.T + second.bias
+    return F.layer_norm(x + ffn, (h,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
+
+
+def _dygmm_by_hand(block, x, weight_token, bias, consolidation_bias):
+    """DyGMMBlock output (N, L, H) with the key bias in every branch self-attention and, only when
+    ``consolidation_bias``, also in the weight token's cross-attention over each branch output."""
+    n, length, h = x.shape
+    outputs = []
+    for layer, width in zip(block.branches, block.widths):
+        window = None if width is None else torch.tensor(_window_by_hand(length, width), dtype=x.dtype)
+        outputs.append(_post_ln_by_hand(layer, x, x, window, bias))
+    head_in, head_out = block.weight_head[0], block.weight_head[3]
+    logits = []
+    for out in outputs:
+        token = _post_ln_by_hand(block.consolidation, weight_token.expand(n, 1, h), out, None,
+                                 bias if consolidation_bias else None)[:, 0]  # (N, H)
+        logits.append(torch.relu(token @ head_in.weight.T + head_in.bias) @ head_out.weight.T + head_out.bias)
+    weights = (torch.stack(logits, dim=1) / block.sft_factor).softmax(dim=1)  # (N, K, L)
+    return sum(weights[:, i, :, None] * out for i, out in enumerate(outputs))
+
+
+def test_dygmm_key_bias_reaches_the_branches_but_not_the_consolidation() -> None:
+    """The release adds OP-ToMe's log(merge size) in the branch self-attentions only (MSC_PRVR
+    ``DyGMMBlock.forward``: the cross-attention ``ca`` gets no merge sizes)."""
+    from trainables.models.gmmformer2 import DyGMMBlock
+
+    torch.manual_seed(0)
+    block = DyGMMBlock(16, 2, 0.0, (0.5, 5.0), 8, 0.09).double().eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 8, 16, generator=g, dtype=torch.float64)
+    weight_token = torch.randn(1, 1, 16, generator=g, dtype=torch.float64)
+    bias = torch.randint(1, 7, (3, 8), generator=g).double().log()
+    with torch.no_grad():
+        ours = block(x, None, weight_token, bias)
+        expected = _dygmm_by_hand(block, x, weight_token, bias, consolidation_bias=False)
+        both = _dygmm_by_hand(block, x, weight_token, bias, consolidation_bias=True)
+        unbiased = _dygmm_by_hand(block, x, weight_token, None, consolidation_bias=False)
+    assert (both - expected).abs().max() > 1e-3  # the consolidation bias would change the output
+    assert (unbiased - expected).abs().max() > 1e-3  # and the branch bias does change it
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-10)

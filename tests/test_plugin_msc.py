@@ -383,8 +383,8 @@ ACCEPTED = {  # every part each backbone accepts, switched on
     "mssl": {"tome": True, "adaptive": True, "sim_thr": 0.4},
     "gmmformer": {"tome": True, "adaptive": True, "sim_thr": 0.4},
     "gmmformer2": {"tome": True, "adaptive": True, "sim_thr": 0.4},
-    "amdnet": {"cbva": False, "tome": True, "tome_proportional": False},
-    "meanpool": {"cbva": False},
+    "amdnet": {"cbva": False, "tome_proportional": False},
+    "meanpool": {"cbva": False, "tome": False},
 }
 
 
@@ -411,14 +411,21 @@ def test_one_epoch_on_tiny_with_every_accepted_part(tiny, backbone):
 
 
 REJECTED = [
-    ("amdnet", {}, r"msc\.cbva needs frame_tokens .*which amdnet does not have.*set msc\.cbva: false"),
-    ("meanpool", {}, r"msc\.cbva needs clip_tokens .*which meanpool does not have"),
+    # the defaults (every part on, proportional attention) on the backbones that lack something: one line
+    # naming every part that cannot run and every setting that switches it off
+    ("amdnet", {}, r"msc\.cbva needs frame_tokens .*; msc\.tome needs clip_key_bias .*which amdnet does not have"
+                   r".*set msc\.cbva: false and msc\.tome_proportional: false$"),
+    ("meanpool", {}, r"msc\.cbva needs clip_tokens .*; msc\.tome needs clip_key_bias .* and clip_tokens .*which "
+                     r"meanpool does not have.*set msc\.cbva: false and msc\.tome: false$"),
     ("meanpool", {"cbva": False, "tome": True}, r"msc\.tome needs .*clip_tokens .*which meanpool does not have"),
     ("amdnet", {"cbva": False, "tome": True},
      r"msc\.tome needs clip_key_bias .*which amdnet does not have.*set msc\.tome_proportional: false"),
-    ("mssl", {"tcpl": False, "cbva": False}, r"at least one of msc\.tcpl, msc\.cbva, msc\.tome must be on"),
+    ("mssl", {"tcpl": False, "cbva": False, "tome": False},
+     r"at least one of msc\.tcpl, msc\.cbva, msc\.tome must be on"),
     ("mssl", {"cbva": False, "adaptive": True}, r"adaptive .*needs cbva on"),
-    ("mssl", {"teacher": "cls"}, r"teacher must be one of mean, first, last_valid, external"),
+    ("mssl", {"teacher": "cls"}, r"teacher must be one of last_valid, mean, first, external"),
+    ("mssl", {"tome_input": "unit"}, r"tome_input must be one of raw, normalized, got 'unit'"),
+    ("mssl", {"pad_frames": "zeros"}, r"pad_frames must be one of repeat, mask, got 'zeros'"),
     ("mssl", {"alpha_a": -1.0}, r"alpha_a must be in \[0"),
     ("mssl", {"cbva_temperature": 0.0}, r"cbva_temperature must be in \(0"),
     ("mssl", {"sim_thr": 1.5}, r"sim_thr must be in \[-1"),
@@ -436,7 +443,9 @@ def test_rejected_combinations_and_settings(backbone, settings, message):
 @pytest.mark.parametrize("backbone", ["gmmformer", "gmmformer2", "mssl"])
 def test_training_only_parts_leave_inference_unchanged(tiny, backbone):
     torch.manual_seed(0)
-    with_msc = TrainConfig.from_dict(_msc_config(backbone, adaptive=True)).build_model(tiny.dims).eval()
+    # the input transforms (tome, pad_frames: repeat; on by default) off: only the training-only parts
+    with_msc = TrainConfig.from_dict(_msc_config(backbone, adaptive=True, tome=False, pad_frames="mask")
+                                     ).build_model(tiny.dims).eval()
     bare = TrainConfig.from_dict({"backbone": backbone, **SMALL_MODEL}).build_model(tiny.dims).eval()
     state = {k: v for k, v in with_msc.state_dict().items() if not k.startswith("plugins.")}
     bare.load_state_dict(state)
@@ -453,17 +462,18 @@ def test_training_only_parts_leave_inference_unchanged(tiny, backbone):
 
 
 def test_tome_replaces_the_clip_input_with_normalised_merges_and_log_size_bias(tiny):
-    model = TrainConfig.from_dict(_msc_config("gmmformer", tome=True)).build_model(tiny.dims)
+    model = TrainConfig.from_dict(_msc_config("gmmformer", pad_frames="mask")).build_model(tiny.dims)
     plugin = model.plugins["msc"]
     batch = next(iter(train_loader(tiny.train, 4)))
     inputs = VideoInputs.from_batch(batch)
     out = plugin.transform_videos(inputs)
-    merged = op_tome(batch["frame_video_features"], batch["videos_mask"])
+    # the release's merge input: the loader's normalised frames times what it divided them by
+    merged = op_tome(batch["frame_video_features"] * batch["frame_scales"][..., None], batch["videos_mask"])
     expected = merged.tokens / (merged.tokens.norm(dim=-1, keepdim=True) + 1e-5)
     torch.testing.assert_close(out.clips, expected)
     torch.testing.assert_close(out.clip_key_bias, merged.sizes.log())
     assert out.frames is inputs.frames and out.frames_mask is inputs.frames_mask
-    off = TrainConfig.from_dict(_msc_config("gmmformer", tome=True, tome_proportional=False)).build_model(tiny.dims)
+    off = TrainConfig.from_dict(_msc_config("gmmformer", tome_proportional=False)).build_model(tiny.dims)
     assert off.plugins["msc"].transform_videos(inputs).clip_key_bias is None
     model.eval()
     with torch.no_grad():  # used at inference: the encoding differs from the unmerged input's
@@ -496,3 +506,151 @@ def test_teachers_and_external_sentence_features(make_dataset):
     without = {k: v for k, v in batch.items() if k != "sentence_feat"}
     with pytest.raises(ValueError, match="msc.teacher=external needs the dataset's sentence features"):
         model.training_losses(without, _context())
+
+
+# ----------------------------------------------------------------------------------------------- release defaults
+
+def _raw_frames(lengths: tuple[int, ...], dim: int = 6, seed: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
+    """Un-normalised frames (norms spread over 0.2 .. 5, as raw features before any L2 norm), zero-padded."""
+    g = torch.Generator().manual_seed(seed)
+    longest = max(lengths)
+    frames = torch.randn(len(lengths), longest, dim, generator=g, dtype=torch.float64)
+    frames = frames * (0.2 + 4.8 * torch.rand(len(lengths), longest, 1, generator=g, dtype=torch.float64))
+    mask = torch.zeros(len(lengths), longest, dtype=torch.float64)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+        frames[b, n:] = 0
+    return frames, mask
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / (x.norm(dim=-1, keepdim=True) + 1e-5)
+
+
+def _inputs(frames: torch.Tensor, mask: torch.Tensor) -> VideoInputs:
+    return VideoInputs(torch.zeros(len(frames), 32, frames.shape[2], dtype=frames.dtype), frames, mask)
+
+
+def _plugin(**settings):
+    dims = Dims(6, 5)
+    return TrainConfig.from_dict(_msc_config("gmmformer2", **settings)).build_model(dims).plugins["msc"]
+
+
+def test_default_tome_merges_the_raw_128_bin_means_then_normalises_as_released():
+    """data_provider.py: average_to_fixed_length(raw, 128), token_merge 128 -> 80 -> 52 -> 32 on those
+    un-normalised means, then l2_normalize_np_array; the model adds log(merge_size) to the branch logits."""
+    lengths = (50, 128, 97, 7)
+    frames, mask = _raw_frames(lengths)
+    raw_out = _plugin().transform_videos(_inputs(frames, mask))
+    normalized_out = _plugin(tome_input="normalized").transform_videos(_inputs(frames, mask))
+    differ = 0
+    for b, n in enumerate(lengths):
+        uniform = _naive_uniform(frames[b, :n], n)
+        tokens, sizes, labels = _naive_tome(uniform)  # the released loop on the un-normalised means
+        # (the plugin merges in float32)
+        torch.testing.assert_close(raw_out.clips[b], _unit(tokens), rtol=1e-5, atol=1e-6)
+        assert raw_out.clip_key_bias[b].tolist() == pytest.approx([math.log(s) for s in sizes], abs=1e-6)
+        tokens_n, sizes_n, labels_n = _naive_tome(_unit(uniform))  # named variant: cosine-scored merges
+        torch.testing.assert_close(normalized_out.clips[b], _unit(tokens_n), rtol=1e-5, atol=1e-6)
+        assert normalized_out.clip_key_bias[b].tolist() == pytest.approx([math.log(s) for s in sizes_n], abs=1e-6)
+        differ += labels != labels_n
+    assert differ >= 2  # the two inputs give different merges on raw features: the test tells them apart
+
+
+def test_default_frame_input_is_the_release_128_uniform_bins_and_mask_keeps_the_protocol_frames():
+    """data_provider.py builds the frame branch with average_to_fixed_length(frames, 128): a short video
+    repeats frames (bin i = frame min(round(i n / 128), n - 1)), every video has 128 valid frames."""
+    lengths = (50, 128, 7, 93)
+    frames, mask = _raw_frames(lengths, seed=12)
+    out = _plugin().transform_videos(_inputs(frames, mask))
+    assert out.frames.shape == (4, 128, 6) and out.frames_mask.tolist() == [[1.0] * 128] * 4
+    for b, n in enumerate(lengths):
+        for i in range(128):  # a short video: each bin is a single frame, picked by the release's rounding
+            j = min(round(i / 128 * n), n - 1)
+            assert torch.equal(out.frames[b, i], frames[b, j]), (n, i)
+        if n == 128:
+            assert torch.equal(out.frames[b], frames[b])
+    clean = _plugin(pad_frames="mask", tome=False).transform_videos(_inputs(frames, mask))
+    assert clean.frames is frames and clean.frames_mask is mask
+    kept = _plugin(pad_frames="mask").transform_videos(_inputs(frames, mask))  # tome on, frames untouched
+    assert kept.frames is frames and kept.frames_mask is mask
+    with_frames = _plugin(tome=False).transform_videos(_inputs(frames, mask))  # repeat without tome
+    torch.testing.assert_close(with_frames.frames, out.frames, rtol=0, atol=0)
+    assert with_frames.clip_key_bias is None
+
+
+def test_default_teacher_is_the_last_valid_token_as_released():
+    """MSC_PRVR encode_clip_query: the teacher of query q is its input token at position sum(mask_q) - 1."""
+    g = torch.Generator().manual_seed(13)
+    lengths = [5, 2, 7, 1, 4, 6]
+    tokens = torch.randn(6, 7, 5, generator=g)
+    mask = torch.zeros(6, 7)
+    for q, n in enumerate(lengths):
+        mask[q, :n] = 1
+        tokens[q, n:] = 0
+    student = torch.randn(6, 32, generator=g)
+    batch = {"text_feat": tokens, "text_mask": mask}
+    expected_teacher = torch.stack([tokens[q, n - 1] for q, n in enumerate(lengths)])
+    torch.testing.assert_close(_plugin().teacher(batch), expected_teacher, rtol=0, atol=0)
+    terms = _plugin(cbva=False)._losses({"query": student}, batch)  # the RKD terms alone (no video features)
+    distance, angle = _naive_rkd(student, expected_teacher)
+    assert terms["rkd_distance"].item() == pytest.approx(15.0 * distance, rel=1e-4)
+    assert terms["rkd_angle"].item() == pytest.approx(30.0 * angle, rel=1e-4)
+    mean = torch.stack([tokens[q, :n].mean(0) for q, n in enumerate(lengths)])
+    assert not torch.allclose(mean, expected_teacher)  # the former default would give other terms
+
+
+def test_default_tome_merges_the_raw_means_even_when_the_loader_normalised_the_frames():
+    """On an L2-normalised dataset (the MS-SL layout) the loader keeps what it divided each frame by, and
+    OP-ToMe merges the restored raw frames: the same tokens and merge sizes as the release's loop on the raw
+    features, through the real loader's batches at training (collate_train) and at inference
+    (collate_videos); pad_frames=repeat bins the scales with the frames, so CBVA re-merges identically."""
+    from trainables.data.loader import collate_train, collate_videos, EvalVideos, TrainVideos, prepare_split
+    from trainables.data.protocol import Protocol
+    from trainables.data.store import RawSplit
+
+    lengths = (50, 128, 97, 7, 200)  # 200 > 128: the protocol pools to 128 bins before normalising
+    g = torch.Generator().manual_seed(21)
+    videos = [torch.randn(n, 6, generator=g, dtype=torch.float64) * (0.2 + 4.8 * torch.rand(n, 1, generator=g,
+                                                                                             dtype=torch.float64))
+              for n in lengths]
+    raw = RawSplit(name="train", video_ids=[f"v{i}" for i in range(len(lengths))],
+                   frames=torch.cat(videos).float().numpy(),
+                   frame_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                   query_ids=[f"q{i}" for i in range(len(lengths))], query_text=[""] * len(lengths),
+                   query_video=np.arange(len(lengths), dtype=np.int64),
+                   tokens=torch.randn(3 * len(lengths), 5, generator=g).numpy(),
+                   token_offsets=np.arange(0, 3 * len(lengths) + 1, 3, dtype=np.int64))
+    split = prepare_split(raw, Protocol(l2_normalize=True))
+    expected = []
+    for i, n in enumerate(lengths):
+        video = videos[i].float()
+        if n > 128:  # the protocol's 128-bin means of the raw frames (its pooling is tested on its own)
+            video = torch.from_numpy(pooling_matrix(n, 128, Protocol().exclude_last_frame)).float() @ video
+        # what the plugin sees, times what the loader kept, is the raw feature (up to float32 rounding)
+        restored = torch.from_numpy(split.video_frames(i)).double() * \
+            torch.from_numpy(split.video_frame_scales(i)).double()[:, None]
+        torch.testing.assert_close(restored, video.double(), rtol=1e-5, atol=1e-5)
+        expected.append(_naive_tome(_naive_uniform(video.double(), len(video))))
+    plugin = _plugin()
+    train_batch = collate_train([TrainVideos(split)[i] for i in range(len(lengths))])
+    order = train_batch["video_index"].tolist()
+    eval_batch = collate_videos([EvalVideos(split)[i] for i in range(len(lengths))])
+    for batch, rows in ((train_batch, order), (eval_batch, list(range(len(lengths))))):
+        out = plugin.transform_videos(VideoInputs.from_batch(batch))
+        for b, i in enumerate(rows):
+            tokens, sizes, labels = expected[i]
+            torch.testing.assert_close(out.clips[b].double(), _unit(tokens), rtol=1e-4, atol=1e-5)
+            assert out.clip_key_bias[b].tolist() == pytest.approx([math.log(s) for s in sizes], abs=1e-6)
+        # CBVA merges the transformed (128-bin) frames again: the same merge sizes from the binned scales
+        again = plugin._merge(out.frames, out.frames_mask, out.frame_scales)
+        torch.testing.assert_close(again.sizes.log(), out.clip_key_bias, rtol=0, atol=1e-6)
+    # the evaluator hands the scales on too: its encodings are those of the raw-feature merge above
+    from trainables.evaluation.evaluate import encode_videos
+
+    model = TrainConfig.from_dict(_msc_config("gmmformer2")).build_model(Dims(6, 5)).eval()
+    with torch.no_grad():
+        encoded = encode_videos(model, split, torch.device("cpu"), 8)
+        reference = model._encode_videos(model.transform_videos(VideoInputs.from_batch(eval_batch)))
+    for key, value in reference.items():
+        torch.testing.assert_close(encoded[key], value, rtol=1e-5, atol=1e-6)

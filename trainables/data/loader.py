@@ -4,8 +4,11 @@ A split is read from the feature store once, every video is resampled (32 clips,
 normalised once, and every query is normalised and truncated once; the torch datasets below only
 slice those arrays. As in the release code, a **training item is one video with all its queries**:
 a batch of B videos flattens their queries into one query batch with ``text_labels[q]`` = index of
-q's video in the batch (contiguous blocks), and videos are sorted by their number of queries,
-most first, like the release's ``collate_train``.
+q's video in the batch (contiguous blocks), and videos are sorted by their number of queries, most
+first (a stable sort). The release's ``collate_train`` (ms-sl ``method/data_provider.py``) sorts a batch
+by its videos' frame counts instead (its comment says caption length, but the key is the frame
+feature); both only reorder the videos of a batch (not verified here whether the sampled negatives
+then differ).
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ class PreparedSplit(RaggedSplit):
     token_offsets: np.ndarray
     protocol: Protocol
     sentence: np.ndarray | None = None
+    #: (total frames,) what each frame was divided by when L2-normalised (its norm + 1e-5), so a plugin that
+    #: needs the un-normalised features (MSC's OP-ToMe, as released) can restore them; None if not normalised
+    frame_scales: np.ndarray | None = None
+
+    def video_frame_scales(self, i: int) -> np.ndarray | None:
+        """Video ``i``'s frame scales (n_i,), or None when the protocol does not normalise."""
+        return None if self.frame_scales is None else self.frame_scales[self.frame_offsets[i] : self.frame_offsets[i + 1]]
 
     def queries_of_video(self) -> list[np.ndarray]:
         """For each video, the indices of its queries in split order."""
@@ -49,16 +59,23 @@ class PreparedSplit(RaggedSplit):
         return [order[bounds[i] : bounds[i + 1]] for i in range(self.num_videos)]
 
 
-def _l2_in_place(x: torch.Tensor, rows: int = 65536) -> None:
-    """``protocol.l2_normalize`` in place (same formula and epsilon), ``rows`` rows at a time."""
+def _l2_in_place(x: torch.Tensor, rows: int = 65536) -> torch.Tensor:
+    """``protocol.l2_normalize`` in place (same formula and epsilon), ``rows`` rows at a time; returns what
+    each row was divided by (its norm + eps), shape ``x.shape[:-1]``."""
     flat = x.view(-1, x.shape[-1])
+    divisors = torch.empty(flat.shape[0], dtype=torch.float32)
     for first in range(0, flat.shape[0], rows):
         part = flat[first : first + rows]
-        part.div_(part.norm(dim=-1, keepdim=True) + L2_EPS)
+        divisor = part.norm(dim=-1, keepdim=True) + L2_EPS
+        part.div_(divisor)
+        divisors[first : first + rows] = divisor[:, 0]
+    return divisors.view(x.shape[:-1])
 
 
-def _prepare_videos(raw: RawSplit, protocol: Protocol, dtype: str) -> tuple[np.ndarray, ...]:
-    """(clips, frames, frame_offsets) of every video by ``protocol.prepare_video``'s rule.
+def _prepare_videos(raw: RawSplit, protocol: Protocol, dtype: str
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(clips, frames, frame_offsets, frame_scales) of every video by ``protocol.prepare_video``'s rule;
+    ``frame_scales`` (total frames,) float32 is what each frame was divided by (None if not normalised).
 
     Written straight into the preallocated outputs with torch (numpy's float16 -> float32
     conversion and large temporaries dominated the load time of TVR-size splits).
@@ -76,16 +93,17 @@ def _prepare_videos(raw: RawSplit, protocol: Protocol, dtype: str) -> tuple[np.n
             pool = pooling_matrix(int(lengths[i]), protocol.max_frames, protocol.exclude_last_frame)
             video = torch.from_numpy(pool) @ video
         frames_out[frame_offsets[i] : frame_offsets[i + 1]] = video
+    frame_scales = None
     if protocol.l2_normalize:
         _l2_in_place(clips_out)
-        _l2_in_place(frames_out)
-    return clips, frames, frame_offsets
+        frame_scales = _l2_in_place(frames_out).numpy()
+    return clips, frames, frame_offsets, frame_scales
 
 
 def prepare_split(raw: RawSplit, protocol: Protocol, dtype: str = "float32") -> PreparedSplit:
     """Apply the protocol to every video and query of a raw split (``prepare_video`` and
     ``prepare_query`` item by item)."""
-    clips, frames, frame_offsets = _prepare_videos(raw, protocol, dtype)
+    clips, frames, frame_offsets, frame_scales = _prepare_videos(raw, protocol, dtype)
     num_tokens = np.minimum(np.diff(raw.token_offsets), protocol.max_tokens)
     token_offsets = np.concatenate([[0], np.cumsum(num_tokens)]).astype(np.int64)
     tokens = np.empty((int(token_offsets[-1]), raw.tokens.shape[1]), dtype=dtype)
@@ -104,6 +122,7 @@ def prepare_split(raw: RawSplit, protocol: Protocol, dtype: str = "float32") -> 
         token_offsets=token_offsets,
         protocol=protocol,
         sentence=None if raw.sentence is None else raw.sentence.astype(dtype),
+        frame_scales=frame_scales,
     )
 
 
@@ -145,6 +164,13 @@ def _pad(arrays: list[np.ndarray], length: int | None = None) -> tuple[torch.Ten
     return out, mask
 
 
+def _frame_scales(items: list[dict[str, Any]], length: int) -> dict[str, torch.Tensor]:
+    """``{"frame_scales": (B, length)}`` zero-padded, when the items carry them (an L2-normalised split)."""
+    if items[0].get("frame_scales") is None:
+        return {}
+    return {"frame_scales": _pad([item["frame_scales"][:, None] for item in items], length)[0][..., 0]}
+
+
 def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
     """Same-shape arrays as one float32 tensor, converted once."""
     out = torch.empty(len(arrays), *arrays[0].shape)
@@ -170,6 +196,7 @@ class TrainVideos(Dataset):
             "video_index": i,
             "clips": s.clips[i],
             "frames": s.video_frames(i),
+            "frame_scales": s.video_frame_scales(i),
             "query_index": queries,
             "tokens": [s.query_tokens(q) for q in queries],
             **({} if s.sentence is None else {"sentence": s.sentence[queries]}),
@@ -178,7 +205,8 @@ class TrainVideos(Dataset):
 
 def collate_train(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Batch videos with all their queries; ``text_labels[q]`` is q's video's row in the batch (plus
-    ``sentence_feat`` (Nq, Ds) when the split has external sentence features)."""
+    ``sentence_feat`` (Nq, Ds) when the split has external sentence features, and ``frame_scales`` (B, L)
+    when its frames were L2-normalised)."""
     items = sorted(items, key=lambda item: len(item["tokens"]), reverse=True)
     frames, videos_mask = _pad([item["frames"] for item in items])
     tokens = [t for item in items for t in item["tokens"]]
@@ -197,6 +225,7 @@ def collate_train(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "video_index": torch.tensor([item["video_index"] for item in items], dtype=torch.long),
         "query_index": torch.from_numpy(np.concatenate([item["query_index"] for item in items]).astype(np.int64)),
         **sentence,
+        **_frame_scales(items, frames.shape[1]),
     }
 
 
@@ -210,17 +239,20 @@ class EvalVideos(Dataset):
         return self.split.num_videos
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"video_index": i, "clips": self.split.clips[i], "frames": self.split.video_frames(i)}
+        return {"video_index": i, "clips": self.split.clips[i], "frames": self.split.video_frames(i),
+                "frame_scales": self.split.video_frame_scales(i)}
 
 
 def collate_videos(items: list[dict[str, Any]], pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """Batch videos; frames padded to ``pad_to`` (so batches of one split concatenate) or the batch max."""
+    """Batch videos; frames padded to ``pad_to`` (so batches of one split concatenate) or the batch max
+    (with ``frame_scales`` (B, L) when the split's frames were L2-normalised)."""
     frames, mask = _pad([item["frames"] for item in items], pad_to)
     return {
         "clip_video_features": _stack([item["clips"] for item in items]),
         "frame_video_features": frames,
         "videos_mask": mask,
         "video_index": torch.tensor([item["video_index"] for item in items], dtype=torch.long),
+        **_frame_scales(items, frames.shape[1]),
     }
 
 

@@ -29,7 +29,8 @@ def encode_videos(model: Backbone, split: PreparedSplit, device: torch.device, b
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in videos:
         batch = _to(batch, device)
-        encoded = model.encode_videos(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"])
+        encoded = model.encode_videos(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"],
+                                      batch.get("frame_scales"))
         for key, value in encoded.items():
             parts.setdefault(key, []).append(value)
     return {key: torch.cat(values) for key, values in parts.items()}

@@ -2,8 +2,9 @@
 
 A backbone is an ``nn.Module`` with four public methods the training loop and the evaluator rely on:
 
-* ``encode_videos(clips, frames, frames_mask) -> dict`` of per-video tensors (leading dim = videos;
-  frame-level tensors padded to the batch's longest video, with ``frames_mask``);
+* ``encode_videos(clips, frames, frames_mask, frame_scales=None) -> dict`` of per-video tensors (leading
+  dim = videos; frame-level tensors padded to the batch's longest video, with ``frames_mask``;
+  ``frame_scales`` (B, L), what the loader divided each frame by, for plugins that need raw features);
 * ``encode_queries(tokens, tokens_mask) -> dict`` of per-query tensors (leading dim = queries);
 * ``score(queries, videos) -> dict`` of (queries x videos) cosine-based score matrices, one per branch
   (``clip``, ``frame``, ...) plus ``fused``, the score that model selection and the metrics use;
@@ -65,17 +66,20 @@ class LossContext:
 class VideoInputs:
     """What a backbone's video encoder reads: the clip-scale features (B, M, D), frames (B, L, D) with
     their 0/1 mask (B, L), and an optional additive attention bias over the clip tokens (B, M) (set by
-    an input-transform plugin such as OP-ToMe; only backbones with ``clip_key_bias`` accept it)."""
+    an input-transform plugin such as OP-ToMe; only backbones with ``clip_key_bias`` accept it).
+    ``frame_scales`` (B, L), when the loader L2-normalised the frames, is what each frame was divided by
+    (``frames * frame_scales[..., None]`` restores the un-normalised features; OP-ToMe merges those)."""
 
     clips: torch.Tensor
     frames: torch.Tensor
     frames_mask: torch.Tensor
     clip_key_bias: torch.Tensor | None = None
+    frame_scales: torch.Tensor | None = None
 
     @classmethod
     def from_batch(cls, batch: Tensors) -> VideoInputs:
         return cls(batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"],
-                   batch.get("clip_key_bias"))
+                   batch.get("clip_key_bias"), batch.get("frame_scales"))
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,10 @@ class Backbone(nn.Module):
         return inputs
 
     # the public contract --------------------------------------------------------------------------
-    def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor) -> Tensors:
-        return self._encode_videos(self.transform_videos(VideoInputs(clips, frames, frames_mask)))
+    def encode_videos(self, clips: torch.Tensor, frames: torch.Tensor, frames_mask: torch.Tensor,
+                      frame_scales: torch.Tensor | None = None) -> Tensors:
+        return self._encode_videos(self.transform_videos(VideoInputs(clips, frames, frames_mask,
+                                                                     frame_scales=frame_scales)))
 
     def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
         out = self._encode_queries(tokens, tokens_mask)
@@ -194,6 +200,10 @@ class Backbone(nn.Module):
         inputs = self.transform_videos(VideoInputs.from_batch(batch))
         batch = {**batch, "clip_video_features": inputs.clips, "frame_video_features": inputs.frames,
                  "videos_mask": inputs.frames_mask}
+        if inputs.frame_scales is None:  # a transform that replaced the frames drops their scales
+            batch.pop("frame_scales", None)
+        else:
+            batch["frame_scales"] = inputs.frame_scales
         if inputs.clip_key_bias is not None:
             batch["clip_key_bias"] = inputs.clip_key_bias
         terms, features = self._training_losses(batch, context)

@@ -1,38 +1,68 @@
 """MSC: Mitigating Semantic Collapse in PRVR (NeurIPS'25, ``admins97/MSC_PRVR``; spec section B).
 
-Four parts, each switched by a setting (``msc.tcpl`` ...); at least one of tcpl, cbva, tome must be on:
+Four parts, each switched by a setting (``msc.tcpl`` ...); at least one of tcpl, cbva, tome must be on.
+The defaults are the release's (README TVR commands, ``src/Configs/tvr.py``, ``src/Datasets/data_provider.py``):
 
 * ``tcpl`` (training only): Text Correlation Preservation, RKD (``trainables/losses/rkd.py``) of the pooled
   query vectors (``query``) toward a frozen teacher sentence feature: ``alpha_d`` * distance term +
   ``alpha_a`` * angle term over all queries of the batch (README weights 15 / 30; ``main.py`` has 10 / 20).
-  ``teacher``: ``mean`` (masked mean of the query's input token features, the default), ``first`` (first
-  token), ``last_valid`` (last valid token: the release's choice, CLIP's EOT sentence embedding) or
-  ``external`` (the dataset's own sentence feature, ``batch["sentence_feat"]``). The default is ``mean``
-  because this project's features are RoBERTa-like token sequences, where the last valid token is an
-  ordinary (or truncated-away end) token rather than a trained sentence summary; the masked mean is the
-  standard frozen sentence feature for such encoders (spec B.1 porting note). With one token per query
-  (AMDNet's CLIP sentence vectors) all four agree. ``last_valid`` reproduces the release on CLIP tokens.
+  ``teacher``: ``last_valid`` (the default, as released: each query's input token at its last valid
+  position, CLIP's EOT sentence embedding on the release's CLIP features), ``mean`` (masked mean of the
+  query's input tokens), ``first`` (first token) or ``external`` (the dataset's own sentence feature,
+  ``batch["sentence_feat"]``). On RoBERTa-like token sequences the last valid token is an ordinary (or,
+  after truncation to 30 tokens, a cut-off) token rather than a trained sentence summary; ``mean`` is the
+  usual frozen sentence feature there (spec B.1 porting note). With one token per query (AMDNet's CLIP
+  sentence vectors) all four agree.
 * ``cbva`` (training only): Cross-Branch Video Alignment (``trainables/losses/cbva.py``): frame tokens and
   clip tokens through one shared Linear(H, H) (the release's ``vproj_clip``), intra-video contrast of each
   frame with its clip and of each clip with its frames, weight ``cbva_weight`` (``vl_coef`` 0.1),
-  temperature ``cbva_temperature`` (1: the release has none). A frame's clip is the one whose mean contains
-  it under the protocol's pooling rule (``trainables/data/protocol.py``: 32 bins of the n valid frames,
-  b_i = round(i n / 32); for 128 frames frame f -> clip f // 4), or its OP-ToMe token when ``tome`` is on.
+  temperature ``cbva_temperature`` (1: the release has none). A frame's clip is its OP-ToMe token when
+  ``tome`` is on (the release), else the clip whose mean contains it under the protocol's pooling rule
+  (``trainables/data/protocol.py``: 32 bins of the n valid frames, b_i = round(i n / 32); with 128 frames
+  frame f -> clip f // 4).
 * ``adaptive`` (training only, with cbva): per-video segment count r in {5, 8, 12, 20, 32} from the
-  connectivity of the raw clip features (``sim_thr``); the encoded clip tokens are merged 32 -> 20 -> 12
-  -> 8 -> 5 down to r by greedy bipartite matching before the alignment, frame labels follow. The released
-  loss always does this, so unset (``None``) means on whenever cbva is on; ``false`` gives CBVA with the
-  32 fixed clips (spec D lists it as an on/off choice).
-* ``tome`` (training and inference): OP-ToMe (``trainables/plugins/token_merging.py``) replaces the
-  clip-branch input by 32 order-preserving merges of the frames (``transform_videos``); with
-  ``tome_proportional`` the clip encoder adds log(merge size) to its attention logits (ToMe's proportional
-  attention: the backbone needs the ``clip_key_bias`` capability). As released, the merged tokens are
-  L2-normalised (``tome_normalize``; x / (||x|| + 1e-5), the protocol's rule).
+  connectivity of the clip-branch input features (``sim_thr``; with ``tome`` these are the merged tokens,
+  as released); the encoded clip tokens are merged 32 -> 20 -> 12 -> 8 -> 5 down to r by greedy bipartite
+  matching before the alignment, frame labels follow. The released loss always does this, so unset
+  (``None``) means on whenever cbva is on; ``false`` gives CBVA with the 32 fixed clips (spec D lists it as
+  an on/off choice).
+* ``tome`` (training and inference; on by default: the release always builds its clip input this way):
+  OP-ToMe (``trainables/plugins/token_merging.py``) replaces the clip-branch input by 32 order-preserving
+  merges of the video's 128 uniform frame means (``transform_videos``); with ``tome_proportional`` (the
+  release) the clip encoder adds log(merge size) to its self-attention logits (ToMe's proportional
+  attention: the backbone needs the ``clip_key_bias`` capability). As released, the merged tokens are then
+  L2-normalised (``tome_normalize``; x / (||x|| + 1e-5), the protocol's rule). ``tome_input``: ``raw``
+  (the default, the release's merge) merges the 128-bin means of the un-normalised frame features,
+  without normalising them first; ``normalized`` (named variant) L2-normalises each 128-bin mean
+  before merging, so pairs are scored by cosine whatever the dataset's normalisation. ``raw`` is the
+  release's merge on every dataset: where the loader L2-normalised the frames (the MS-SL / GMMFormer
+  layout, the synthetic sets) it keeps what it divided each frame by (``frame_scales``: norm + 1e-5 per
+  frame, or per 128-bin mean for a video over 128 frames), and the plugin multiplies it back before the
+  128-bin means and the merge (with ``pad_frames: repeat`` the scales are binned with the frames, exact
+  copies as the frames are, so CBVA's frame labels come from the same merge).
 
-Training-only parts add nothing to ``encode_videos`` / ``encode_queries`` / ``score``; ``needs`` therefore
-lists only what the plugin reads at inference (tome's clip inputs), so a backbone does not keep training
-tensors (e.g. GMMFormer's frame tokens) in its inference encoding for this plugin, while ``check`` rejects a
-backbone lacking anything a switched-on part reads, training included.
+The frame-branch input (``pad_frames``): ``repeat`` (the default, as released: ``data_provider.py`` builds
+the frame input with ``average_to_fixed_length(frames, 128)``) replaces every video's frames by its 128
+uniform bins of the valid frames, with an all-ones mask: a video of n < 128 frames repeats frames (bin i
+is frame min(round(i n / 128), n - 1)), a longer one is mean-pooled; ``mask`` (the clean variant) keeps the
+protocol's frames, zero-padded and masked. This changes the frame input at inference too, whatever parts
+are on (the release's data pipeline).
+
+Deviations from the release (not switchable here):
+
+* Pair-score ties in OP-ToMe go to the lower pair (``token_merging.py``).
+
+Backbones and the defaults (``check`` rejects a backbone lacking what a switched-on part reads, in one
+line naming every part to switch off): ``gmmformer2``, ``gmmformer`` and ``mssl`` run every part as
+released; ``amdnet`` (no frame tokens, no clip key bias) needs ``msc.cbva: false`` and
+``msc.tome_proportional: false``; ``meanpool`` (no clip tokens) needs ``msc.cbva: false`` and
+``msc.tome: false``. ``tome`` and ``adaptive`` also need ``map_size`` 32 (checked on the first batch).
+
+Training-only parts add nothing to ``encode_videos`` / ``encode_queries`` / ``score`` (only ``tome`` and
+``pad_frames`` transform the inputs); ``needs`` therefore lists no inference tensor (``inference_needs``
+stays empty), so a backbone does not keep training tensors (e.g. GMMFormer's frame tokens) in its
+inference encoding for this plugin, while ``check`` rejects a backbone lacking anything a switched-on part
+reads, training included.
 """
 
 from __future__ import annotations
@@ -54,6 +84,7 @@ from trainables.plugins.token_merging import (
     TOME_SCHEDULE,
     UNIFORM_TOKENS,
     MergedTokens,
+    average_to_fixed_length,
     frame_bins,
     merge_to_counts,
     op_tome,
@@ -62,8 +93,10 @@ from trainables.plugins.token_merging import (
 if TYPE_CHECKING:
     from trainables.models.base import Backbone
 
-TEACHERS = ("mean", "first", "last_valid", "external")
+TEACHERS = ("last_valid", "mean", "first", "external")
 PARTS = ("tcpl", "cbva", "tome")
+TOME_INPUTS = ("raw", "normalized")  # what OP-ToMe merges: the means as given (release) or L2-normalised
+PAD_FRAMES = ("repeat", "mask")  # frame input: 128 uniform bins (release) or the protocol's frames, masked
 #: what each feature is used for, for the rejection messages
 FEATURE_ROLES = {
     "query": "pooled query vectors",
@@ -75,12 +108,13 @@ FEATURE_ROLES = {
 
 @dataclass(frozen=True)
 class MSCConfig(PluginConfig):
-    """MSC's settings; defaults are the README's TVR commands (see the module docstring)."""
+    """MSC's settings; defaults are the release's TVR settings (README command, ``data_provider.py``; see the
+    module docstring)."""
 
     tcpl: bool = True
     alpha_d: float = 15.0
     alpha_a: float = 30.0
-    teacher: str = "mean"
+    teacher: str = "last_valid"
     #: largest block of the O(N^3) angle tensor materialised at once, in floats (memory knob, same value)
     angle_block: int = ANGLE_BLOCK
     cbva: bool = True
@@ -89,9 +123,13 @@ class MSCConfig(PluginConfig):
     #: None = as released: on whenever cbva is on
     adaptive: bool | None = None
     sim_thr: float = 0.8
-    tome: bool = False
+    tome: bool = True
     tome_proportional: bool = True
     tome_normalize: bool = True
+    #: what OP-ToMe merges: "raw" 128-bin means as given (release), "normalized" L2-normalised first
+    tome_input: str = "raw"
+    #: frame input: "repeat" 128 uniform bins, all valid (release), "mask" the protocol's frames, padded and masked
+    pad_frames: str = "repeat"
 
     def validate(self) -> None:
         for key in ("tcpl", "cbva", "adaptive", "tome", "tome_proportional", "tome_normalize"):
@@ -100,6 +138,8 @@ class MSCConfig(PluginConfig):
         check_range(self, "alpha_d", 0.0)
         check_range(self, "alpha_a", 0.0)
         check_choice(self, "teacher", TEACHERS)
+        check_choice(self, "tome_input", TOME_INPUTS)
+        check_choice(self, "pad_frames", PAD_FRAMES)
         check_range(self, "angle_block", 1)
         check_range(self, "cbva_weight", 0.0)
         check_range(self, "cbva_temperature", 0.0, low_open=True)
@@ -150,39 +190,64 @@ class MSC(Plugin):
 
     @classmethod
     def check(cls, config: MSCConfig, backbone: type[Backbone]) -> None:  # type: ignore[override]
-        """Reject a backbone lacking a feature some switched-on part reads, naming the part and the fix."""
+        """Reject a backbone lacking a feature some switched-on part reads, in one line naming every such
+        part, what it misses and the settings that switch it off."""
+        lacks, fixes = [], []
         for part, needed in cls.part_needs(config).items():
             missing = sorted(needed - backbone.features)
             if not missing:
                 continue
-            fix = "msc.tome_proportional: false" if missing == ["clip_key_bias"] else f"msc.{part}: false"
             what = " and ".join(f"{feature} ({FEATURE_ROLES.get(feature, feature)})" for feature in missing)
-            raise ValueError(f"plugin msc cannot run on backbone {backbone.name}: msc.{part} needs {what}, "
+            lacks.append(f"msc.{part} needs {what}")
+            fixes.append("msc.tome_proportional: false" if missing == ["clip_key_bias"] else f"msc.{part}: false")
+        if lacks:
+            raise ValueError(f"plugin msc cannot run on backbone {backbone.name}: {'; '.join(lacks)}, "
                              f"which {backbone.name} does not have ({backbone.name} provides: "
-                             f"{', '.join(sorted(backbone.features))}); set {fix}")
+                             f"{', '.join(sorted(backbone.features))}); set {' and '.join(fixes)}")
 
     # inference (and training) input transform ----------------------------------------------------------
     def transform_videos(self, inputs: VideoInputs) -> VideoInputs:
-        """OP-ToMe: the clip input becomes 32 merged frame tokens (+ log merge size as attention key bias)."""
-        if not self.config.tome:
+        """OP-ToMe (``tome``): the clip input (B, 32, D) becomes 32 merged frame tokens (+ log merge size as
+        attention key bias (B, 32)); ``pad_frames: repeat``: the frames (B, L, D) become the 128 uniform bins
+        (B, 128, D) of each video's valid frames, with an all-ones mask."""
+        c = self.config
+        if not c.tome and c.pad_frames != "repeat":
             return inputs
-        if inputs.clips.shape[1] != TOME_SCHEDULE[-1]:
-            raise ValueError(f"msc.tome merges frames into {TOME_SCHEDULE[-1]} clip tokens, but the backbone's "
-                             f"clip input has {inputs.clips.shape[1]} (map_size must be {TOME_SCHEDULE[-1]})")
-        merged = self._merge(inputs.frames, inputs.frames_mask)
-        clips = merged.tokens
-        if self.config.tome_normalize:
-            clips = clips / (clips.norm(dim=-1, keepdim=True) + L2_EPS)
-        bias = inputs.clip_key_bias
-        if self.config.tome_proportional:
-            log_sizes = merged.sizes.log()
-            bias = log_sizes if bias is None else bias + log_sizes
-        return VideoInputs(clips.to(inputs.clips.dtype), inputs.frames, inputs.frames_mask, bias)
+        clips, frames, mask, bias = inputs.clips, inputs.frames, inputs.frames_mask, inputs.clip_key_bias
+        scales = inputs.frame_scales
+        if c.tome:
+            if clips.shape[1] != TOME_SCHEDULE[-1]:
+                raise ValueError(f"msc.tome merges frames into {TOME_SCHEDULE[-1]} clip tokens, but the backbone's "
+                                 f"clip input has {clips.shape[1]} (map_size must be {TOME_SCHEDULE[-1]})")
+            merged = self._merge(frames, mask, scales)
+            tokens = merged.tokens
+            if c.tome_normalize:
+                tokens = tokens / (tokens.norm(dim=-1, keepdim=True) + L2_EPS)
+            clips = tokens.to(clips.dtype)
+            if c.tome_proportional:
+                log_sizes = merged.sizes.log()
+                bias = log_sizes if bias is None else bias + log_sizes
+        if c.pad_frames == "repeat":
+            wide = torch.promote_types(frames.dtype, torch.float32)  # exact copies of the frames of a short video
+            with torch.no_grad(), torch.autocast(frames.device.type, enabled=False):
+                frames = average_to_fixed_length(frames.to(wide), mask.to(wide), UNIFORM_TOKENS).to(frames.dtype)
+            if scales is not None:  # the same bins of the scales: exact copies too (<= 128 frames a video)
+                with torch.no_grad(), torch.autocast(frames.device.type, enabled=False):
+                    scales = average_to_fixed_length(scales.float().unsqueeze(-1), mask.to(torch.float32),
+                                                     UNIFORM_TOKENS)[..., 0]
+            mask = mask.new_ones(mask.shape[0], UNIFORM_TOKENS)
+        return VideoInputs(clips, frames, mask, bias, scales)
 
-    @staticmethod
-    def _merge(frames: torch.Tensor, frames_mask: torch.Tensor) -> MergedTokens:
-        with torch.no_grad():
-            return op_tome(frames.float(), frames_mask.float())
+    def _merge(self, frames: torch.Tensor, frames_mask: torch.Tensor,
+               frame_scales: torch.Tensor | None) -> MergedTokens:
+        """OP-ToMe of ``frames`` (B, L, D) in float32 without gradients, on the ``tome_input`` features:
+        ``raw`` restores the un-normalised frames first when the loader normalised them (``frame_scales``
+        (B, L)), so the 128-bin means and the merge are the release's."""
+        with torch.no_grad(), torch.autocast(frames.device.type, enabled=False):
+            features = frames.float()
+            if self.config.tome_input == "raw" and frame_scales is not None:
+                features = features * frame_scales.float().unsqueeze(-1)
+            return op_tome(features, frames_mask.float(), normalize=self.config.tome_input == "normalized")
 
     # training losses -----------------------------------------------------------------------------------
     def losses(self, features: Tensors, batch: Tensors, context: LossContext) -> Tensors:
@@ -212,17 +277,19 @@ class MSC(Plugin):
             if "sentence_feat" not in batch:
                 raise ValueError("msc.teacher=external needs the dataset's sentence features (batch['sentence_feat']), "
                                  "but this dataset has none (no sentence_dim in its manifest); use msc.teacher: "
-                                 "mean, first or last_valid")
+                                 "last_valid, mean or first")
             return batch["sentence_feat"].float()
         if choice == "first":
             return tokens[:, 0]
-        if choice == "last_valid":
-            last = (mask.sum(dim=1).long() - 1).clamp(min=0)
-            return tokens[torch.arange(len(tokens), device=tokens.device), last]
-        return (tokens * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        if choice == "mean":
+            return (tokens * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        last = (mask.sum(dim=1).long() - 1).clamp(min=0)
+        return tokens[torch.arange(len(tokens), device=tokens.device), last]
 
     def cbva(self, features: Tensors, batch: Tensors) -> torch.Tensor:
-        """Unweighted L_CBVA of a training batch (segments merged per video when ``adaptive``)."""
+        """Unweighted L_CBVA of a training batch (segments merged per video when ``adaptive``); ``batch``
+        holds the transformed inputs (``Backbone.training_losses``), so its clip features are the merged
+        tokens when ``tome`` is on (the release's raw features for the segment counts and merges)."""
         assert self.projection is not None
         frame_mask = features["frame_mask"]
         frames = self.projection(features["frame_tokens"].float())
@@ -230,7 +297,7 @@ class MSC(Plugin):
         lengths = frame_mask.sum(dim=1).round().long().clamp(min=1)
         num_clips, length = clips.shape[1], frames.shape[1]
         if self.config.tome:
-            merged = self._merge(batch["frame_video_features"], batch["videos_mask"])
+            merged = self._merge(batch["frame_video_features"], batch["videos_mask"], batch.get("frame_scales"))
             labels = merged.labels.gather(1, frame_bins(lengths, UNIFORM_TOKENS, length))
             sizes = merged.sizes
         else:

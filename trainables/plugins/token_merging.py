@@ -11,10 +11,15 @@ merge levels (and, for the greedy matching, the fixed number of pairs merged per
   mean, goes to the last bin).
 * **OP-ToMe** (B.2, ``token_merge`` in ``src/Datasets/data_provider.py``): a video's frames are averaged
   to 128 uniform tokens, then merged 128 -> 80 -> 52 -> 32. Each step splits the sequence into fixed
-  adjacent pairs (2i, 2i+1), scores each pair by the dot product of its two (current, un-normalised)
-  features and merges the N - target best pairs into their size-weighted mean; the other tokens stay.
+  adjacent pairs (2i, 2i+1), scores each pair by the dot product of its two current features (as given:
+  the release feeds it the un-normalised means of the raw frames and L2-normalises the 32 results only
+  afterwards; ``op_tome(normalize=True)`` normalises the uniform tokens first, scoring pairs by cosine)
+  and merges the N - target best pairs into their size-weighted mean; the other tokens stay.
   Merging only inside adjacent pairs keeps the temporal order. Outputs: the 32 tokens, their sizes (the
   number of uniform tokens each covers, summing to 128) and the label (merged token) of each uniform token.
+  Ties between pair scores go to the lower pair (stable sort); the release's ``argsort`` fixes no order
+  for ties. They do occur: in a short video's 128 bins one frame can fill two whole pairs, which then
+  score exactly alike.
 * **Loss-side bipartite merging** (B.3, ``token_merge`` in ``compute_vid_level_contrastive_loss``): tokens
   split into even / odd positions; similarity = cosine of their raw clip features; pairs are taken
   greedily in descending similarity, each even and each odd token at most once, until N - target pairs are
@@ -32,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from trainables.data.protocol import L2_EPS
 
 UNIFORM_TOKENS = 128  # OP-ToMe's uniform tokens before merging (the release's frame count)
 TOME_SCHEDULE = (80, 52, 32)  # OP-ToMe's merge targets
@@ -109,10 +116,15 @@ class MergedTokens:
 
 
 def op_tome(frames: torch.Tensor, frames_mask: torch.Tensor, uniform_tokens: int = UNIFORM_TOKENS,
-            schedule: Sequence[int] = TOME_SCHEDULE) -> MergedTokens:
+            schedule: Sequence[int] = TOME_SCHEDULE, *, normalize: bool = False) -> MergedTokens:
     """Order-preserving token merging of ``frames`` (B, L, D) with 0/1 ``frames_mask`` (B, L): the valid
-    frames averaged to ``uniform_tokens`` tokens, then merged down ``schedule`` (see the module docstring)."""
+    frames averaged to ``uniform_tokens`` tokens, then merged down ``schedule`` (see the module docstring).
+
+    The features are merged as given (the release merges un-normalised means); ``normalize`` first
+    L2-normalises each uniform token (x / (||x|| + 1e-5)), so pairs are scored by their cosine."""
     tokens = average_to_fixed_length(frames, frames_mask, uniform_tokens)
+    if normalize:
+        tokens = tokens / (tokens.norm(dim=-1, keepdim=True) + L2_EPS)
     batch = tokens.shape[0]
     sizes = tokens.new_ones(batch, uniform_tokens)
     labels = torch.arange(uniform_tokens, device=tokens.device).expand(batch, -1)
