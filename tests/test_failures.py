@@ -72,7 +72,15 @@ def test_io_errors_are_infrastructure_and_retried(make):
 def test_ray_errors_are_infrastructure():
     from ray.exceptions import ActorDiedError, RayTaskError
 
-    assert is_infrastructure_error(ActorDiedError()) and issubclass(RayTaskError, Exception)
+    assert is_infrastructure_error(ActorDiedError())
+    assert is_infrastructure_error(RayTaskError("remote_step", "Traceback ...", ConnectionError("lost")))
+    try:  # a library wrapping Ray's error: found in the chain
+        try:
+            raise ActorDiedError()
+        except ActorDiedError as exc:
+            raise RuntimeError("trial lost its worker") from exc
+    except RuntimeError as wrapped:
+        assert is_infrastructure_error(wrapped)
 
 
 @pytest.mark.parametrize("make", [

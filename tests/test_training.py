@@ -139,9 +139,24 @@ def test_mssl_beats_meanpool_on_partially_relevant_data():
     assert sumr["mssl"] > sumr["meanpool"] + 15, sumr
 
 
-def test_bf16_autocast_runs_the_same_code_path(tiny):
-    result = train(_config("mssl", epochs=1, bf16=True), tiny)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_bf16_autocast_runs_the_same_code_path(tiny, bf16):
+    """With ``bf16`` the linear layers of training and evaluation really compute in bfloat16 (autocast on),
+    without it in float32; the run completes with finite losses and metrics either way."""
+    dtypes: list[torch.dtype] = []
+
+    def linear_output(module, args, output):
+        if isinstance(module, torch.nn.Linear):
+            dtypes.append(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(linear_output)
+    try:
+        result = train(_config("mssl", epochs=1, bf16=bf16), tiny)
+    finally:
+        handle.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16 if bf16 else torch.float32}
     assert np.isfinite(result.test["fused"]["SumR"]) and result.history[0]["loss"]
+    assert all(np.isfinite(v) for v in result.history[0]["loss"].values())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
