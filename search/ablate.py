@@ -3,6 +3,7 @@
     python search/ablate.py --base base.yaml --components ral msc --seeds 3
     python search/ablate.py --from-search ral-1 --components ral.csa ral.k=1,6 --design factorial
     python search/ablate.py --base base.yaml --components ral --backbones mssl gmmformer
+    python search/ablate.py --preset ral-gmmformer2-tvr --components ral.csa --set hidden_size=128
 
 Every cell x seed runs as a Ray Tune trial, with the resources, storage, retries and MLflow logging of a
 search (one parent run for the ablation, one child per cell x seed, tagged ``cell`` and ``ablation``);
@@ -44,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--base", type=Path, help="YAML file of the base config (flat keys, as a trial's config)")
     base.add_argument("--from-search", metavar="NAME", help="the config of search NAME in --storage: its champion "
                       "over seeds (search/run.py's confirmation stage), else its best finished trial")
+    base.add_argument("--preset", metavar="NAME", help="a release preset (trainables/presets.py) as the base config")
     p.add_argument("--components", nargs="+", required=True, metavar="C",
                    help="plugin or boolean setting (ral, ral.csa) or key=off,on (ral.k=1,6)")
     p.add_argument("--design", default="one-at-a-time", choices=DESIGNS)
@@ -70,18 +72,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def base_config(args: argparse.Namespace, settings: StorageSettings | None) -> dict[str, Any]:
-    """The base config: a YAML file or the best trial of a finished search, with ``--set`` applied."""
+    """The base config: a release preset, a YAML file (which may name a ``preset``) or the best trial of a
+    finished search, with ``--set`` applied (``--set`` wins; the seed is the cell's, 0..N-1)."""
+    from trainables.presets import apply_preset, get_preset
     from trainables.training.config import parse_assignments
 
-    if args.base is not None:
+    if getattr(args, "preset", None) is not None:
+        raw = dict(get_preset(args.preset).values)
+    elif args.base is not None:
         try:
             raw = yaml.safe_load(args.base.read_text())
         except OSError as exc:
             raise ValueError(f"--base {args.base}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise ValueError(f"--base {args.base}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict) or "backbone" not in raw:
-            raise ValueError(f"--base {args.base}: a mapping of config keys with a 'backbone' is expected")
+        if not isinstance(raw, dict) or ("backbone" not in raw and "preset" not in raw):
+            raise ValueError(f"--base {args.base}: a mapping of config keys with a 'backbone' (or 'preset') is expected")
     else:
         from tracking.champion import selection
         from tracking.search_results import load_search
@@ -92,6 +98,7 @@ def base_config(args: argparse.Namespace, settings: StorageSettings | None) -> d
         print(f"base: trial {source.trial_id} of search {args.from_search} "
               f"({'its champion over seeds' if chosen is not None else 'its best single run'})", flush=True)
         raw = dict(source.config)
+    raw = apply_preset(raw)  # a base YAML may name a preset too: its own keys override it
     raw = {k: v for k, v in raw.items() if k != "seed" and not k.startswith("tag.")}
     return {**raw, **parse_assignments(args.set)}
 

@@ -4,6 +4,7 @@
     python search/run.py --space full --backbones mssl gmmformer --trials 32 --max-epochs 20
     python search/run.py --space ral --name ral-1 --resume      # continue an interrupted search
     python search/run.py --space ral --confirm-top 3 --confirm-seeds 4  # a larger confirmation stage
+    python search/run.py --space ral --preset ral-gmmformer2-tvr   # a release preset as the fixed base
 
 Everything is checked before Ray starts: the space (sampled and each distinct model built once), the
 range overrides, the dataset and the storage; a bad input is one ``error:`` line and exit code 2. Each
@@ -47,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", nargs="+", default=None,
                    help="backbones to search over (default: the ranges' choices that can run the space's plugin)")
     p.add_argument("--overrides", default=None, help="YAML file of range overrides (layout of spaces/ranges.yaml)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="a release preset (trainables/presets.py) as the fixed base of every trial: the space's "
+                        "sampled settings, --max-epochs/--patience/--seed and --set override it; its backbone is "
+                        "the default of --backbones")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config values held fixed in every trial, e.g. hidden_size=128 ral.k=6")
     p.add_argument("--data", default="small", help="synthetic preset (tiny, small, ci, ...), a dataset folder, "
@@ -105,6 +110,33 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--resume needs the --name of the search to continue")
 
 
+def sampled_keys(space: Any) -> set[str]:
+    """The flat keys ``space`` may sample: its training and backbone entries, the entries of its plugins
+    (always on or toggled) and the toggled plugins' switches."""
+    keys = {e.name for e in space.groups["training"].entries} | {e.name for e in space.groups["backbone"].entries}
+    for plugin in (*space.always_on, *space.toggled):
+        keys |= {f"{plugin}.{e.name}" for e in space.groups[plugin].entries}
+    return keys | set(space.toggled) | {"backbone"}
+
+
+def build_preset_space(args: argparse.Namespace, fixed: dict[str, Any]) -> Any:
+    """The space of ``--space``; with ``--preset`` its fixed values are the preset's values that the space
+    does not sample, under ``fixed`` (the budget flags and ``--set``, which win). Precedence, lowest first:
+    preset < sampled settings < --max-epochs/--patience/--seed < --set."""
+    backbones = args.backbones
+    values: dict[str, Any] = {}
+    if args.preset is not None:
+        from trainables.presets import get_preset
+
+        values = dict(get_preset(args.preset).values)
+        backbones = backbones or [values["backbone"]]
+    space = build_space(args.space, backbones=backbones, overrides=args.overrides, fixed=fixed)
+    if values:
+        sampled = sampled_keys(space) - set(fixed)
+        space.fixed = {**{k: v for k, v in values.items() if k not in sampled}, **fixed}
+    return space
+
+
 def search(args: argparse.Namespace) -> int:
     if args.ray_address is None:  # read when ray is imported: a local Ray stays on 127.0.0.1
         os.environ.update(LOCAL_RAY_ENV)
@@ -127,7 +159,7 @@ def search(args: argparse.Namespace) -> int:
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     fixed: dict[str, Any] = {"epochs": args.max_epochs, "patience": args.patience, "seed": args.seed,
                              **parse_assignments(args.set)}
-    space = build_space(args.space, backbones=args.backbones, overrides=args.overrides, fixed=fixed)
+    space = build_preset_space(args, fixed)
     inputs = prepare(name, data=args.data, storage=args.storage, resume=args.resume, s3_endpoint=args.s3_endpoint,
                      allow_val_test_overlap=args.allow_val_test_overlap)
     storage, manifest = inputs.storage, inputs.manifest

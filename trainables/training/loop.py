@@ -271,9 +271,13 @@ def train(
 
     A dataset whose val split shares queries or videos with its test split is refused (the best epoch
     would be selected on the test queries) unless ``allow_val_test_overlap`` (a paper's protocol).
+    A flat dict may name a release preset (``{"preset": "ral-gmmformer2-tvr", ...}``, see
+    ``trainables.presets``): its other keys override the preset's values.
     """
     if not isinstance(config, TrainConfig):
-        config = TrainConfig.from_dict(dict(config))
+        from trainables.presets import apply_preset
+
+        config = TrainConfig.from_dict(apply_preset(dict(config)))
     if not isinstance(data, DataSplits):
         data = load_data(data)
     check_val_test(data_overlap(data.val, data.test), data.location, allow=allow_val_test_overlap)
