@@ -32,7 +32,7 @@ import yaml
 from search.cli import run_main
 from search.ray_session import LOCAL_RAY_ENV
 from spaces.ablation import DESIGNS, Cell, design, parse_component
-from tracking.storage import StorageSettings
+from tracking.storage import StorageSettings, check_name
 from trainables.data.split_overlap import ALLOW_FLAG
 
 COLUMNS = ("R@1", "R@5", "R@10", "R@100", "SumR")
@@ -254,7 +254,7 @@ def ablate(args: argparse.Namespace) -> int:
     from search.driver import driver_session, prepare, s3_settings
 
     resources = tuning.ray_resources(args.ray_address, args.concurrency, args.cpus_per_trial, args.gpus_per_trial)
-    name = args.name or f"ablation-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = check_name(f"ablation-{time.strftime('%Y%m%d-%H%M%S')}" if args.name is None else args.name)
     out = (args.out or Path(name)).resolve()
     if out.exists():
         raise ValueError(f"--out {out} already exists; choose another folder")
@@ -316,7 +316,12 @@ def ablate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return ablate(_parser().parse_args(argv))
+    try:
+        return ablate(_parser().parse_args(argv))
+    except BaseException as exc:  # a parent run this process opened must not stay RUNNING
+        if "search.driver" in sys.modules:
+            sys.modules["search.driver"].end_open_parents(exc)
+        raise
 
 
 if __name__ == "__main__":

@@ -10,12 +10,35 @@ from trainables.data.errors import DatasetError
 EXIT_USAGE = 2
 
 
+TRACKING_URI = "--tracking-uri"
+
+
+def without_credentials(argv: list[str]) -> list[str]:
+    """``argv`` with the credentials of ``--tracking-uri`` moved to MLflow's environment variables
+    (``tracking.redact.use_tracking_uri``); this process's ``sys.argv`` is redacted too (Ray records it)."""
+    from tracking.redact import redact_argv, use_tracking_uri
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        option, eq, value = arg.partition("=")
+        is_option = len(option) > 4 and TRACKING_URI.startswith(option)  # argparse accepts a prefix
+        if is_option and eq:
+            out[i] = f"{option}={use_tracking_uri(value)}"
+        elif is_option and i + 1 < len(out):
+            out[i + 1] = use_tracking_uri(out[i + 1])
+    redact_argv()
+    return out
+
+
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main``; a bad input becomes one ``error: ...`` line on stderr and exit code 2."""
+    """Run ``main``; a bad input becomes one ``error: ...`` line on stderr and exit code 2. No URI
+    credentials reach ``main`` (``without_credentials``) or an error line."""
+    from tracking.redact import redact_text
+
     try:
-        return main(argv)
+        return main(without_credentials(sys.argv[1:] if argv is None else argv))
     except (DatasetError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -42,9 +42,11 @@ def dataset_source(spec: str, settings: StorageSettings | None, allow_val_test_o
         manifest = read_remote_manifest(spec, settings)
         location, folder, data = spec, None, RemoteDataset(spec, settings)
     else:
+        from trainables.data.store import FeatureStore
         from trainables.training.loop import load_data
 
         path = resolve_dataset(spec)
+        FeatureStore(path).check()  # sizes and sha256 before Ray: a corrupted file is one line here
         manifest, location, folder = read_manifest(path), str(path.parent), path.parent
         data = lambda: load_data(path)  # noqa: E731
     overlap = manifest_overlap(manifest, folder)
@@ -79,8 +81,9 @@ def prepare(name: str, *, data: str, storage: str, resume: bool = False, s3_endp
             allow_val_test_overlap: bool = False) -> DriverInputs:
     """Check the storage and the dataset of run ``name`` (no Ray yet); raises one-line ValueErrors."""
     settings = s3_settings(storage, data, s3_endpoint)
-    where = search_storage(storage, name, resume, settings)
+    # the dataset first: checking the storage may create its folder, and a refused dataset writes nothing
     manifest, location, source, overlap = dataset_source(data, settings, allow_val_test_overlap)
+    where = search_storage(storage, name, resume, settings)
     return DriverInputs(name, where, settings, manifest, location, source, overlap, allow_val_test_overlap)
 
 
@@ -137,27 +140,48 @@ def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, 
     """Ray, the loaded data and the MLflow parent run (``kind``: the space's name, or "ablation") of one
     search or ablation. The parent run records the command, ``params``, the data, the storage, the
     manifest's hash, the git commit and ``tags``. Ray is shut down on leaving; the parent run is left
-    for the caller to finish, since what it records at the end differs."""
+    for the caller to finish, since what it records at the end differs, except when an exception leaves
+    the session: then it is ended FAILED with the error as tag ``error`` (KILLED on Ctrl-C)."""
     from search.ray_session import on_cluster, ray_session
-    from tracking.mlflow_runs import code_version, default_tracking_uri, start_parent
+    from tracking.mlflow_runs import code_version, default_tracking_uri, fail_parent, start_parent
+    from tracking.redact import redact_text, use_tracking_uri
 
     # Ray before the data and the parent run: the trial workers it starts ahead import torch and Tune
     # meanwhile (search/warm_workers.py)
     with ray_session(ray_address, **resources):
         data = inputs.data() if callable(inputs.data) else inputs.data
-        uri = tracking_uri or default_tracking_uri()
+        uri = use_tracking_uri(tracking_uri or default_tracking_uri())  # no credentials in what is kept
         if ray_address is not None:
             on_cluster(inputs.storage.uri)
         try:
             tracking = start_parent(
                 uri, experiment, inputs.name, kind, resume=resume,
-                params={"command": " ".join(sys.argv), **params},
+                params={"command": redact_text(" ".join(sys.argv)), **params},
                 tags={"data": inputs.location, "storage": inputs.storage.uri,
                       "data_manifest_sha256": inputs.manifest.sha256(), **overlap_tags(inputs.overlap), **tags,
                       **code_version(ROOT)})
         except Exception as exc:  # an unreachable or broken tracking store
             raise ValueError(f"MLflow tracking URI {uri}: {str(exc).splitlines()[0]}") from None
-        yield DriverSession(inputs, tracking, data, cpus_per_trial, gpus_per_trial, max_failures)
+        OPEN_PARENTS.append(tracking)
+        try:
+            yield DriverSession(inputs, tracking, data, cpus_per_trial, gpus_per_trial, max_failures)
+        except BaseException as exc:  # the parent run exists: it must not stay RUNNING
+            fail_parent(tracking, exc)
+            raise
 
 
-__all__ = ["DriverInputs", "DriverSession", "dataset_source", "driver_session", "prepare", "s3_settings"]
+#: the parent runs this process opened (``driver_session``), for ``end_open_parents``
+OPEN_PARENTS: list[Any] = []
+
+
+def end_open_parents(exc: BaseException) -> None:
+    """After ``exc`` ended a search or an ablation (in or after its session): end each parent run this
+    process opened that is still RUNNING (FAILED with the error; KILLED on Ctrl-C)."""
+    from tracking.mlflow_runs import fail_parent
+
+    for tracking in OPEN_PARENTS:
+        fail_parent(tracking, exc)
+
+
+__all__ = ["DriverInputs", "DriverSession", "dataset_source", "driver_session", "end_open_parents", "prepare",
+           "s3_settings"]

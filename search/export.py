@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from search.cli import run_main
-from tracking.storage import StorageSettings, is_s3
+from tracking.storage import StorageSettings, check_name, is_s3
 
 SELECTION = "best_val_sumr"  # trainables.trial.METRIC: the searcher ranks trials on it (mode max)
 METRIC_PREFIXES = ("best_val_", "val_", "test_")
@@ -203,6 +203,7 @@ def export(args: argparse.Namespace) -> int:
     from trainables.export import Export, check_target, pin_dims, write_export
     from trainables.models.base import Dims
 
+    check_name(args.name)  # it names the export folder and the registered model
     register = not args.no_register
     registered_name = args.registered_name or f"prvr-{args.name}"
     if register:

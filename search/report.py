@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from search.cli import run_main
-from tracking.storage import StorageSettings, is_s3
+from tracking.storage import StorageSettings, check_name, is_s3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +71,7 @@ def report(args: argparse.Namespace) -> int:
     from tracking.report import log_report, write_report
     from tracking.search_results import load_search
 
+    check_name(args.name)  # it names the default --out folder
     out = _out_dir((args.out or Path(f"report-{args.name}")).resolve(), args.overwrite)
     settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if (
         is_s3(args.storage) or args.s3_endpoint is not None) else None

@@ -29,6 +29,7 @@ from typing import Any
 from search.cli import run_main
 from search.ray_session import LOCAL_RAY_ENV
 from spaces import SPACES, build_space
+from tracking.storage import check_name
 from trainables.data.split_overlap import ALLOW_FLAG
 from trainables.models.base import Dims
 from trainables.training.config import parse_assignments
@@ -36,6 +37,8 @@ from trainables.training.config import parse_assignments
 # Ray is imported inside ``search`` only: a local Ray reads its loopback setting when ray is imported
 
 SCHEDULERS = ("asha", "hyperband", "none")  # search/schedulers.py
+SAMPLERS = ("random", "tpe", "cmaes")  # search/searcher.py (which imports Ray: not imported before the checks)
+MAX_SEED = 2**31 - 1  # numpy's and Optuna's seeds are < 2**32; a trial's seeds go up to --seed + --confirm-seeds
 #: the confirmation stage's defaults: each of the 2 best configs over 2 seeds (the search's and 1 more), sized with
 #: --trials so that the README's first command takes under 8 minutes on a 2-core machine
 CONFIRM_TOP, CONFIRM_SEEDS = 2, 1
@@ -108,6 +111,50 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--reduction-factor must be an integer with --scheduler hyperband, got {args.reduction_factor:g}")
     if args.resume and args.name is None:
         raise ValueError("--resume needs the --name of the search to continue")
+    if args.name is not None:
+        check_name(args.name)
+    if args.sampler not in SAMPLERS:
+        raise ValueError(f"unknown --sampler {args.sampler!r} (available: {', '.join(SAMPLERS)})")
+    if not 0 <= args.seed <= MAX_SEED - args.confirm_seeds:
+        raise ValueError(f"--seed is out of range: {args.seed} (0 to {MAX_SEED - args.confirm_seeds})")
+
+
+#: options a resumed search takes from its stored state (``Tuner.restore`` restores the Tune config, the
+#: searcher and the scheduler), not from the command line: given again, they must equal the stored ones
+RESUME_FIXED = ("space", "backbones", "overrides", "preset", "set", "trials", "max_epochs", "patience",
+                "time_budget", "scheduler", "grace_epochs", "reduction_factor", "sampler", "concurrency", "seed")
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the options actually written on the command line (not defaults)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def check_resume_options(args: argparse.Namespace, given: set[str], tracking_uri: str) -> None:
+    """With ``--resume``: refuse an option of ``RESUME_FIXED`` given with a value other than the search's
+    (as its MLflow parent run recorded it), which Tune would silently ignore. Reads MLflow, writes nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from tracking.mlflow_runs import local_store, parent_runs
+
+    store = local_store(tracking_uri)
+    if store is not None and not store.exists():
+        return
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(args.experiment)
+    runs = [] if experiment is None else parent_runs(client, experiment.experiment_id, args.name)
+    if not runs:
+        return
+    recorded = runs[0].data.params
+    for key in RESUME_FIXED:
+        value = getattr(args, key)
+        if key in given and (None if value is None else str(value)) != recorded.get(key):
+            flag = "--" + key.replace("_", "-")
+            shown = " ".join(value) if isinstance(value, list) else value
+            raise ValueError(f"{flag} {shown} differs from search {args.name}'s {recorded.get(key, 'default')}: a "
+                             f"resumed search keeps the {flag} it started with; leave it out, or start a new --name")
 
 
 def sampled_keys(space: Any) -> set[str]:
@@ -137,7 +184,7 @@ def build_preset_space(args: argparse.Namespace, fixed: dict[str, Any]) -> Any:
     return space
 
 
-def search(args: argparse.Namespace) -> int:
+def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     if args.ray_address is None:  # read when ray is imported: a local Ray stays on 127.0.0.1
         os.environ.update(LOCAL_RAY_ENV)
     from ray import tune
@@ -163,11 +210,13 @@ def search(args: argparse.Namespace) -> int:
     inputs = prepare(name, data=args.data, storage=args.storage, resume=args.resume, s3_endpoint=args.s3_endpoint,
                      allow_val_test_overlap=args.allow_val_test_overlap)
     storage, manifest = inputs.storage, inputs.manifest
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    if args.resume:
+        check_resume_options(args, given, tracking_uri)
     start = time.perf_counter()
     built = space.validate(Dims(manifest.video_dim, manifest.query_dim), count=args.validate_samples)
     print(f"space {space.name} over {', '.join(space.backbones)}: {args.validate_samples} sampled configs valid, "
           f"{built} distinct models built ({time.perf_counter() - start:.1f}s)", flush=True)
-    tracking_uri = args.tracking_uri or default_tracking_uri()
     with driver_session(inputs, kind=space.name, ray_address=args.ray_address, resources=resources,
                         tracking_uri=tracking_uri, experiment=args.experiment, params=vars(args), tags={},
                         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -223,7 +272,7 @@ def search(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"warning: no report for search {name}: {(str(exc) or type(exc).__name__).splitlines()[0]}",
               file=sys.stderr)
-    finish_parent(tracking, best, table, "KILLED" if interrupted else "FINISHED")
+    finish_parent(tracking, best, table, "KILLED" if interrupted else "FINISHED" if top else "FAILED")
     print(f"MLflow runs (experiment {args.experiment}): {ui_command(tracking_uri)}")
     if interrupted:
         root = storage.uri.rstrip("/").rsplit("/", 1)[0]
@@ -231,8 +280,13 @@ def search(args: argparse.Namespace) -> int:
               f"(and the same options)", file=sys.stderr)
         return 130
     ran = [r for r in rows if not r.failed]
-    if not ran:
+    if not ran and rows:
         print("error: every trial failed", file=sys.stderr)
+        return 1
+    if not ranked(rows):  # nothing to pick from: an exit code of 0 would claim a search that did not happen
+        budget = f" within --time-budget {args.time_budget:g}s" if args.time_budget is not None else ""
+        print(f"error: no trial finished an epoch{budget}"
+              + ("; raise --time-budget" if budget else ""), file=sys.stderr)
         return 1
     return 0
 
@@ -243,7 +297,12 @@ def _interrupted(results: Any) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return search(_parser().parse_args(argv))
+    try:
+        return search(_parser().parse_args(argv), given_options(_parser(), argv))
+    except BaseException as exc:  # a parent run this process opened must not stay RUNNING
+        if "search.driver" in sys.modules:
+            sys.modules["search.driver"].end_open_parents(exc)
+        raise
 
 
 if __name__ == "__main__":

@@ -52,7 +52,13 @@ def parse_component(spec: str) -> Component:
             raise ValueError(f"ablation component {spec!r} is not a setting name (e.g. ral, ral.csa, loss=a,b)")
         return Component(spec, False, True)
     key, _, values = spec.partition("=")
-    choices = [yaml.safe_load(v) for v in values.split(",")] if values else []
+    try:
+        choices = [yaml.safe_load(v) for v in values.split(",")] if values else []
+    except yaml.YAMLError as exc:  # e.g. ral.k=1,[
+        from trainables.training.config import yaml_problem
+
+        raise ValueError(f"ablation component {spec!r}: a value of {key} is not valid YAML "
+                         f"({yaml_problem(exc)})") from None
     if not key or len(choices) != 2 or choices[0] == choices[1]:
         raise ValueError(f"ablation component {spec!r}: write key=off,on with two different values")
     return Component(key, choices[0], choices[1])

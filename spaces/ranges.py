@@ -11,6 +11,7 @@ forced on when the others are off, instead of being sampled).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,15 @@ def _entry(group: str, name: str, raw: Any) -> Entry:
     if unknown:
         raise ValueError(f"range {where}: unknown key {unknown[0]!r} for type {kind} (allowed: {', '.join(sorted(allowed))})")
     when = raw.get("when")
+    if when is not None and not isinstance(when, str):
+        raise ValueError(f"range {where}: when must name one switch of group {group}, got {when!r}")
     if kind in ("float", "int"):
         low, high = raw.get("low"), raw.get("high")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-            raise ValueError(f"range {where}: low and high must be numbers, got {low!r} and {high!r}")
+        if not all(_finite(v) for v in (low, high)):
+            raise ValueError(f"range {where}: low and high must be finite numbers, got {low!r} and {high!r}")
+        step = raw.get("step")
+        if step is not None and not (_finite(step) and step > 0):
+            raise ValueError(f"range {where}: step must be a finite number > 0, got {step!r}")
         if low > high:
             raise ValueError(f"range {where}: low {low} is above high {high}")
         if raw.get("log") and low <= 0:
@@ -91,6 +97,23 @@ def _entry(group: str, name: str, raw: Any) -> Entry:
     if "value" not in raw:
         raise ValueError(f"range {where}: a fixed entry needs a value")
     return Entry(name, kind, value=raw["value"], when=when)
+
+
+def _finite(value: Any) -> bool:
+    """A number (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _at_least_one(group: str, raw: Any, names: set[str]) -> tuple[str, ...]:
+    """A group's ``_at_least_one``: a list of its settings (``[]``: no constraint), checked."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
+        raise ValueError(f"range {group}.{AT_LEAST_ONE}: must be a list of switches of {group}, got {raw!r}")
+    unknown = [n for n in raw if n not in names]
+    if unknown:
+        raise ValueError(f"range {group}.{AT_LEAST_ONE}: {unknown[0]!r} is not a setting of {group}")
+    return tuple(raw)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
@@ -124,9 +147,9 @@ def load_ranges(overrides: str | Path | None = None) -> dict[str, Group]:
         raw = _merge(raw, loaded, str(path))
     groups = {}
     for group, entries in raw.items():
-        at_least_one = tuple(entries.get(AT_LEAST_ONE, ()))
         parsed = tuple(_entry(group, name, value) for name, value in entries.items() if name != AT_LEAST_ONE)
         names = {e.name for e in parsed}
+        at_least_one = _at_least_one(group, entries.get(AT_LEAST_ONE), names)
         for entry in parsed:
             if entry.when is not None and entry.when not in names:
                 raise ValueError(f"range {group}.{entry.name}: when {entry.when!r} is not a setting of {group}")

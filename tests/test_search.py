@@ -172,6 +172,10 @@ def test_a_trial_whose_own_config_fails_is_failed_once_with_its_error_not_retrie
     (["--resume"], ["--resume needs the --name"]),
     (["--name", "gone", "--resume"], ["nothing to resume: no search 'gone'"]),
     (["--trials", "0"], ["--trials is out of range: 0"]),
+    (["--sampler", "nosuch"], ["unknown --sampler 'nosuch'", "random, tpe, cmaes"]),  # issue 21 item 9
+    (["--seed", "-1"], ["--seed is out of range: -1"]),
+    (["--seed", str(2**32)], [f"--seed is out of range: {2**32}"]),
+    (["--storage", "/proc"], ["storage /proc is not writable"]),  # exists, but nothing can be written in it
 ])
 def test_bad_input_fails_before_ray_with_one_line(tmp_path, run_cli_without_ray, args, fragments):
     from search.run import main
@@ -198,3 +202,131 @@ def test_existing_search_name_is_refused_without_resume(tmp_path):
     result = run_search(tmp_path, "--name", "taken", timeout=120)
     assert result.returncode == 2
     assert "a search named 'taken' already exists" in result.stderr and "--resume" in result.stderr
+
+
+UNSAFE_NAMES = ["../x", "/abs/x", "a/b", "a b", ".hidden", "..", "", "x;y", "x" * 101]
+
+
+@pytest.mark.parametrize("cli", ["run", "ablate", "export", "report"])
+def test_an_unsafe_name_is_refused_before_anything_is_written(tmp_path, run_cli_without_ray, cli):
+    # issue 21 item 3: a name becomes one folder under --storage (and of --out, exports, reports)
+    import importlib
+
+    main = importlib.import_module(f"search.{cli}").main
+    storage = tmp_path / "s" / "results"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "base.yaml").write_text("backbone: mssl\n")
+    extra = {"run": ["--data", "tiny", "--validate-samples", "5", *CONFIRMATION_OFF],
+             "ablate": ["--data", "tiny", "--base", str(tmp_path / "in" / "base.yaml"), "--components", "ral"],
+             "export": ["--no-register"], "report": []}[cli]
+    for name in UNSAFE_NAMES:
+        result = run_cli_without_ray(main, f"--name={name}", "--storage", str(storage), "--tracking-uri",
+                                     tracking_uri(tmp_path), *extra, cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.code == 2 and len(lines) == 1, (cli, name, result.stderr[-1500:])
+        assert lines[0].startswith(f"error: --name {name!r} is not allowed: use letters, digits"), lines[0]
+        assert not (tmp_path / "s").exists() and not (tmp_path / "x").exists(), (cli, name)
+        assert [p.name for p in tmp_path.iterdir()] == ["in"], (cli, name)  # no mlflow.db, no output folder
+
+
+@pytest.mark.parametrize("where", ["in the session", "after the session"])
+def test_a_failure_after_the_parent_run_exists_ends_it_failed_with_the_error(tmp_path, monkeypatch,
+                                                                               run_cli_without_ray, where):
+    # issue 21 item 9: the parent run is never left RUNNING (Ray is replaced by nothing: no Ray starts)
+    import contextlib
+
+    import search.driver
+    import search.ray_session
+    import search.results
+    from search.run import main
+
+    class NoTrials:
+        num_terminated = num_errors = 0
+
+        def __len__(self):
+            return 0
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"boom {where}")
+
+    monkeypatch.setattr(search.ray_session, "ray_session", lambda *a, **k: contextlib.nullcontext({}))
+    monkeypatch.setattr(search.driver, "OPEN_PARENTS", [])
+    if where == "in the session":
+        monkeypatch.setattr(search.driver.DriverSession, "fit", boom)
+    else:
+        monkeypatch.setattr(search.driver.DriverSession, "fit", lambda *a, **k: NoTrials())
+        monkeypatch.setattr(search.results, "rows_of", boom)
+    with pytest.raises(RuntimeError, match=f"boom {where}"):
+        run_cli_without_ray(main, *_command(tmp_path, "--name", "late", "--validate-samples", "5")[2:], cwd=tmp_path)
+    parent, _ = mlflow_runs(tmp_path, "late")
+    assert parent.info.status == "FAILED", parent.info.status
+    assert parent.data.tags["error"] == f"RuntimeError: boom {where}"
+
+
+@pytest.mark.parametrize(("args", "overrides", "fragment"), [  # issue 21 item 8: one line, not a traceback
+    (["--set", "margin=[unclosed"], None, "--set margin: '[unclosed' is not a valid value"),
+    (["--space", "msc"], "msc:\n  tome: {type: categorical, choices: [true, false], when: [tcpl]}\n",
+     "range msc.tome: when must name one switch of group msc, got ['tcpl']"),
+    (["--space", "msc"], "msc:\n  _at_least_one: 5\n", "range msc._at_least_one: must be a list of switches of msc"),
+    (["--space", "msc"], "msc:\n  _at_least_one: [tcpl, nosuch]\n", "range msc._at_least_one: 'nosuch' is not a"),
+    ([], "training:\n  lr: {type: float, low: .nan, high: 0.1}\n",
+     "range training.lr: low and high must be finite numbers, got nan and 0.1"),
+    ([], "training:\n  lr: {type: float, low: 0.001, high: .inf}\n", "range training.lr: low and high must be finite"),
+    ([], "training:\n  lr: {type: float, low: 0.001, high: 0.1, step: .nan}\n", "range training.lr: step must be"),
+])
+def test_a_malformed_set_value_or_range_is_one_line_before_ray(tmp_path, run_cli_without_ray, args, overrides,
+                                                                fragment):
+    from search.run import main
+
+    if overrides is not None:
+        (tmp_path / "ranges.yaml").write_text(overrides)
+        args = [*args, "--overrides", str(tmp_path / "ranges.yaml")]
+    result = run_cli_without_ray(main, *_command(tmp_path, *args, "--validate-samples", "5")[2:], cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert fragment in lines[0], lines[0]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_search_in_which_no_trial_ran_an_epoch_exits_nonzero(tmp_path, monkeypatch, run_cli_without_ray):
+    # issue 21 item 7: --time-budget 0.001 ended Tune before any trial reported, and the search exited 0
+    import contextlib
+    from types import SimpleNamespace
+
+    import search.driver
+    import search.ray_session
+    from search.run import main
+
+    class Unstarted(list):  # one trial Tune made and ended at the budget before its first epoch
+        num_terminated, num_errors = 1, 0
+
+    grid = Unstarted([SimpleNamespace(metrics={}, config={}, path=str(tmp_path / "trial_0"), error=None)])
+    monkeypatch.setattr(search.ray_session, "ray_session", lambda *a, **k: contextlib.nullcontext({}))
+    monkeypatch.setattr(search.driver, "OPEN_PARENTS", [])
+    monkeypatch.setattr(search.driver.DriverSession, "fit", lambda *a, **k: grid)
+    result = run_cli_without_ray(main, *_command(tmp_path, "--name", "budget", "--time-budget", "0.001",
+                                                 "--validate-samples", "5")[2:], cwd=tmp_path)
+    assert result.code == 1, (result.stdout[-1500:], result.stderr[-1500:])
+    assert "error: no trial finished an epoch within --time-budget 0.001s; raise --time-budget" in result.stderr
+    parent, _ = mlflow_runs(tmp_path, "budget")
+    assert parent.info.status == "FAILED"
+
+
+def test_resume_refuses_an_option_the_restored_search_would_ignore(tmp_path, run_cli_without_ray):
+    # issue 21 item 7: --resume --trials 4 on a finished 2-trial search exited 0 and ran nothing more
+    from search.run import main
+    from tracking.mlflow_runs import start_parent
+
+    (tmp_path / "results" / "done").mkdir(parents=True)
+    start_parent(tracking_uri(tmp_path), "prvr", "done", "base", resume=False, tags={},
+                 params={"trials": 2, "sampler": "random", "seed": 0, "space": "base"})
+    for args, fragment in [(["--trials", "4"], "--trials 4 differs from search done's 2"),
+                           (["--sampler", "tpe"], "--sampler tpe differs from search done's random"),
+                           (["--time-budget", "5"], "--time-budget 5.0 differs from search done's default")]:
+        result = run_cli_without_ray(main, *_command(tmp_path, "--name", "done", "--resume", *args,
+                                                     "--validate-samples", "5")[2:], cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.code == 2 and len(lines) == 1 and fragment in lines[0], (args, result.stderr[-1500:])
+    with pytest.raises(AssertionError, match="Ray session was started"):  # the same values: on to Ray
+        run_cli_without_ray(main, *_command(tmp_path, "--name", "done", "--resume", "--trials", "2", "--seed", "0",
+                                            "--validate-samples", "5")[2:], cwd=tmp_path)

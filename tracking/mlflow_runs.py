@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,21 @@ def default_tracking_uri() -> str:
 
 
 def ui_command(tracking_uri: str) -> str:
-    """The one command that opens the MLflow UI on ``tracking_uri``."""
+    """The one command that opens the MLflow UI on ``tracking_uri`` (credentials masked)."""
+    from tracking.redact import redact_uri
+
+    tracking_uri = redact_uri(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
 def scrub(values: dict[str, Any]) -> dict[str, str]:
-    """Values as MLflow params/tags: secrets dropped, long values cut."""
-    return {k: str(v)[:MAX_PARAM] for k, v in values.items() if not SECRET_KEY.search(k) and v is not None}
+    """Values as MLflow params/tags: secrets dropped, credentials in URIs masked, long values cut."""
+    from tracking.redact import redact_text
+
+    return {k: redact_text(str(v))[:MAX_PARAM] for k, v in values.items()
+            if not SECRET_KEY.search(k) and v is not None}
 
 
 def code_version(root: Path) -> dict[str, str]:
@@ -197,6 +204,28 @@ def finish_parent(tracking: Tracking, best: dict[str, Any] | None, table: str, s
         client.log_dict(tracking.parent_run_id, best["config"], "best_config.json")
     client.log_text(tracking.parent_run_id, table, "best_trials.txt")
     client.set_terminated(tracking.parent_run_id, status)
+
+
+def fail_parent(tracking: Tracking, exc: BaseException) -> bool:
+    """End the parent run of a search or ablation that stopped on ``exc`` while the run was still RUNNING:
+    FAILED with tag ``error`` (KILLED with tag ``interrupted`` for Ctrl-C). A run already ended is left as
+    it is. Never raises (the original error is what the user must see); returns whether it ended the run."""
+    try:
+        client = tracking.client()
+        if client.get_run(tracking.parent_run_id).info.status != "RUNNING":
+            return False
+        first = (str(exc) or type(exc).__name__).splitlines()[0][:4000]
+        if isinstance(exc, KeyboardInterrupt):
+            client.set_tag(tracking.parent_run_id, "interrupted", "KeyboardInterrupt")
+            client.set_terminated(tracking.parent_run_id, "KILLED")
+        else:
+            client.set_tag(tracking.parent_run_id, "error", f"{type(exc).__name__}: {first}")
+            client.set_terminated(tracking.parent_run_id, "FAILED")
+        return True
+    except Exception as failure:  # an unreachable store: say so, keep the original error
+        print(f"warning: MLflow parent run {tracking.parent_run_id} could not be ended: "
+              f"{(str(failure) or type(failure).__name__).splitlines()[0]}", file=sys.stderr)
+        return False
 
 
 __all__ = ["Tracking", "child_run", "close_children", "code_version", "default_tracking_uri", "end_run", "log_dict",

@@ -16,10 +16,13 @@ both clients (``MAX_ATTEMPTS`` attempts) before anything fails.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from tracking.redact import redact_uri
 
 MAX_ATTEMPTS = 8
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -73,7 +76,10 @@ class StorageSettings:
         if endpoint is not None:
             parsed = urlparse(endpoint)
             if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/"):
-                raise ValueError(f"--s3-endpoint {endpoint!r} must look like http://host:port or https://host")
+                raise ValueError(f"--s3-endpoint {redact_uri(endpoint)!r} must look like http://host:port or https://host")
+            if "@" in parsed.netloc:  # it would be logged, printed and pickled with every S3 setting
+                raise ValueError(f"--s3-endpoint {redact_uri(endpoint)}: credentials in the endpoint are not "
+                                 f"accepted (they would be logged); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
             endpoint = f"{parsed.scheme}://{parsed.netloc}"
         region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         access, secret = (os.environ.get(name) or None for name in CREDENTIAL_VARIABLES[:2])
@@ -134,9 +140,23 @@ class SearchStorage:
         return SearchStorage(f"{self.uri.rstrip('/')}/{name}", self.path, self.filesystem)
 
 
+#: what a search's or an ablation's name may hold: it becomes one folder under --storage (and S3 key part)
+NAME_CHARS = "letters, digits, '-', '_' and '.', not starting with '.' (at most 100)"
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a safe single folder name (no ``/``, ``..``, absolute path or odd characters)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"--name {name!r} is not allowed: use {NAME_CHARS}")
+    return name
+
+
 def search_storage(storage: str, name: str, resume: bool, settings: StorageSettings | None = None) -> SearchStorage:
     """The folder of search ``name`` under ``storage`` (a local folder or ``s3://bucket/prefix``): an
-    existing one is refused without ``resume`` and required with it; a missing bucket is refused."""
+    existing one is refused without ``resume`` and required with it; a missing bucket is refused; an
+    unsafe ``name`` (see :func:`check_name`) is refused before anything is created."""
+    check_name(name)
     if not is_s3(storage):
         if "://" in storage:
             raise ValueError(f"storage {storage!r}: use a local folder or s3://bucket/prefix")
@@ -146,6 +166,8 @@ def search_storage(storage: str, name: str, resume: bool, settings: StorageSetti
                 root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ValueError(f"storage {root} cannot be created: {exc.strerror}") from None
+        if not resume:  # a folder Tune cannot write to fails here, not after Ray and the parent run started
+            _check_writable(root)
         _check_exists(str(root / name), (root / name).exists(), name, str(root), resume)
         return SearchStorage(str(root / name), str(root), None)
     settings = settings or StorageSettings.from_env()
@@ -163,6 +185,17 @@ def search_storage(storage: str, name: str, resume: bool, settings: StorageSetti
     exists = filesystem.get_file_info(folder.path).type != fs.FileType.NotFound
     _check_exists(str(folder), exists, name, str(root), resume)
     return SearchStorage(str(folder), root.path, filesystem)
+
+
+def _check_writable(root: Path) -> None:
+    """Create and remove a file in ``root``: ``os.access`` says yes for root users and read-only mounts."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".prvr-write-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"storage {root} is not writable: {exc.strerror or exc}") from None
 
 
 def _check_exists(folder: str, exists: bool, name: str, root: str, resume: bool) -> None:

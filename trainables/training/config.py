@@ -210,4 +210,12 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
                 break
             except ValueError:
                 continue
+            except yaml.YAMLError as exc:  # e.g. margin=[unclosed
+                raise ValueError(f"--set {key}: {text!r} is not a valid value ({yaml_problem(exc)})") from None
     return values
+
+
+def yaml_problem(exc: Exception) -> str:
+    """The one-line reason of a YAML error (``problem`` of a MarkedYAMLError, else its first line)."""
+    problem = getattr(exc, "problem", None) or (str(exc) or type(exc).__name__).splitlines()[0]
+    return str(problem).strip()
