@@ -106,6 +106,7 @@ class FlakyProxy:
         self.fail_every = fail_every
         self.requests = 0
         self.failures = 0
+        self.authorization: list[str | None] = []  # each request's Authorization header
         self._lock = threading.Lock()
         proxy = self
 
@@ -130,6 +131,7 @@ class FlakyProxy:
                 body = self._body()
                 with proxy._lock:
                     proxy.requests += 1
+                    proxy.authorization.append(self.headers.get("Authorization"))
                     fail = proxy.fail_every > 0 and proxy.requests % proxy.fail_every == 0
                     kind = proxy.requests % (3 * proxy.fail_every) if fail else -1
                     if fail:

@@ -69,8 +69,78 @@ def test_checksum_mismatch_named_on_verify_and_on_verified_load(make_dataset):
     store = FeatureStore(root)
     with pytest.raises(DatasetError, match=r"videos-00001\.h5: sha256"):
         store.verify()
-    with pytest.raises(DatasetError, match=r"videos-00001\.h5: sha256 does not match"):
+    with pytest.raises(DatasetError, match=r"videos-00001\.h5: sha256 \w+\.\.\. does not match"):
         store.load_split("test", verify=True)
+
+
+def _flip_a_byte(shard: Path, at: int = -10) -> None:
+    data = bytearray(shard.read_bytes())
+    data[at] ^= 0xFF  # same size, different bytes
+    shard.write_bytes(bytes(data))
+
+
+def _age(root: Path, seconds: int = 3600) -> None:
+    """Set every file's mtime ``seconds`` back: older than the racy window, so its hash is remembered."""
+    import os
+    import time
+
+    for path in root.iterdir():
+        os.utime(path, ns=(path.stat().st_atime_ns, time.time_ns() - seconds * 10**9))
+
+
+def test_same_size_corruption_is_refused_on_a_plain_load(make_dataset):
+    # issue 21 item 4: a plain load (what training does) checked sizes only and read the changed bytes
+    root, _, _ = make_dataset()
+    _flip_a_byte(root / "videos-00001.h5")
+    with pytest.raises(DatasetError, match=r"videos-00001\.h5: sha256 \w+\.\.\. does not match the manifest"):
+        FeatureStore(root).load_split("test")
+    with pytest.raises(DatasetError, match=r"videos-00001\.h5: sha256"):
+        FeatureStore(root).check()
+
+
+def test_checksums_are_hashed_once_per_file_version(make_dataset, monkeypatch):
+    """A file is hashed once per process per (path, inode, size, mtime_ns); a same-size rewrite changes
+    mtime_ns and is hashed again; a file modified within the racy window is never remembered."""
+    import trainables.data.store as store_module
+
+    root, _, _ = make_dataset()
+    hashed: list[str] = []
+    real = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    FeatureStore(root).load_split("train")
+    fresh = len(hashed)
+    assert fresh > 0
+    FeatureStore(root).load_split("train")
+    assert len(hashed) == 2 * fresh  # just written: within the racy window, hashed on every load
+    _age(root)
+    FeatureStore(root).load_split("train")
+    FeatureStore(root).load_split("train")
+    FeatureStore(root).check()
+    once = len(hashed)
+    FeatureStore(root).load_split("train")
+    FeatureStore(root).check()
+    assert len(hashed) == once  # remembered: nothing read again
+    shard = root / "videos-00000.h5"
+    _flip_a_byte(shard)
+    _age(root, seconds=1800)  # an old mtime again, but a different one
+    with pytest.raises(DatasetError, match=r"videos-00000\.h5: sha256"):
+        FeatureStore(root).load_split("train")
+    _flip_a_byte(shard)  # back to the original bytes
+    _age(root, seconds=900)
+    FeatureStore(root).load_split("train")
+
+
+def test_a_corrupted_preset_cache_is_generated_again(tmp_path):
+    # the preset cache checked sizes only: same-size corruption was used as a current dataset
+    from trainables.data.synthetic import ensure_synthetic
+
+    folder = ensure_synthetic("tiny", cache_dir=tmp_path)
+    manifest = read_manifest(folder)
+    shard = folder / manifest.shards_of("videos")[0].file
+    _flip_a_byte(shard, at=shard.stat().st_size // 2)
+    assert sha256_file(shard) != manifest.shards_of("videos")[0].sha256
+    again = ensure_synthetic("tiny", cache_dir=tmp_path)
+    FeatureStore(again).verify()
 
 
 def test_truncated_shard(make_dataset):
@@ -92,6 +162,13 @@ def test_unreadable_hdf5_with_matching_size(make_dataset):
     root, _, _ = make_dataset()
     shard = root / "videos-00000.h5"
     shard.write_bytes(b"x" * shard.stat().st_size)
+    with pytest.raises(DatasetError, match=r"videos-00000\.h5: sha256 \w+\.\.\. does not match"):
+        FeatureStore(root).load_split("train")
+    manifest = json.loads((root / "manifest.json").read_text())  # a manifest that agrees with the garbage
+    for entry in manifest["shards"]:
+        if entry["file"] == shard.name:
+            entry["sha256"] = sha256_file(shard)
+    (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match=r"videos-00000\.h5: not a readable HDF5 file"):
         FeatureStore(root).load_split("train")
 

@@ -91,7 +91,7 @@ import numpy as np
 
 from trainables.data.errors import DatasetError
 from trainables.data.manifest import read_manifest
-from trainables.data.store import RawSplit
+from trainables.data.store import RawSplit, checked_sha256
 from trainables.data.writer import DatasetWriter
 
 GENERATOR_VERSION = 1  # bump when the same config would produce different data
@@ -588,8 +588,9 @@ def _is_current(folder: Path, config: SyntheticConfig) -> bool:
         return False
     if json.loads(json.dumps(manifest.source)) != json.loads(json.dumps(config.source())):
         return False
+    # sizes and sha256 (hashed once per process per file version): a corrupted cache is generated again
     return all((folder / s.file).is_file() and (folder / s.file).stat().st_size == s.bytes
-               for s in manifest.shards)
+               and checked_sha256(folder / s.file) == s.sha256 for s in manifest.shards)
 
 
 def _retire(folder: Path) -> None:
