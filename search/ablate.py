@@ -316,12 +316,7 @@ def ablate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return ablate(_parser().parse_args(argv))
-    except BaseException as exc:  # a parent run this process opened must not stay RUNNING
-        if "search.driver" in sys.modules:
-            sys.modules["search.driver"].end_open_parents(exc)
-        raise
+    return ablate(_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -32,11 +32,17 @@ def without_credentials(argv: list[str]) -> list[str]:
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run ``main``; a bad input becomes one ``error: ...`` line on stderr and exit code 2. No URI
-    credentials reach ``main`` (``without_credentials``) or an error line."""
+    credentials reach ``main`` (``without_credentials``) or an error line. Whatever ends ``main`` with an
+    exception first ends the MLflow parent runs it left RUNNING (``search.driver.end_open_parents``)."""
     from tracking.redact import redact_text
 
     try:
-        return main(without_credentials(sys.argv[1:] if argv is None else argv))
+        try:
+            return main(without_credentials(sys.argv[1:] if argv is None else argv))
+        except BaseException as exc:  # a parent run this process opened must not stay RUNNING
+            if "search.driver" in sys.modules:  # only a process that opened a driver session has any
+                sys.modules["search.driver"].end_open_parents(exc)
+            raise
     except (DatasetError, ValueError, FileNotFoundError) as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

@@ -297,12 +297,7 @@ def _interrupted(results: Any) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return search(_parser().parse_args(argv), given_options(_parser(), argv))
-    except BaseException as exc:  # a parent run this process opened must not stay RUNNING
-        if "search.driver" in sys.modules:
-            sys.modules["search.driver"].end_open_parents(exc)
-        raise
+    return search(_parser().parse_args(argv), given_options(_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -157,3 +157,18 @@ def test_a_search_with_credentials_in_the_tracking_uri_logs_none_and_authenticat
     assert any(name.endswith("tuner.pkl") for name, _ in found)
     leaks = [name for name, text in found if PASSWORD in text or USER in text]
     assert not leaks, leaks
+
+
+def test_a_failed_parent_runs_error_tag_carries_no_uri_credentials(tmp_path):
+    """fail_parent stores the error's first line as a tag: URIs in it are redacted like every param and tag."""
+    from mlflow.tracking import MlflowClient
+
+    from tracking.mlflow_runs import fail_parent, start_parent
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = start_parent(uri, "prvr", "failing", "base", params={}, tags={}, resume=False)
+    error = RuntimeError("cannot reach http://alice:Pa55-WORD-9c1e@127.0.0.1:5000/api")
+    assert fail_parent(tracking, error)
+    run = MlflowClient(tracking_uri=uri).get_run(tracking.parent_run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: cannot reach http://***@127.0.0.1:5000/api"

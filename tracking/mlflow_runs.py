@@ -210,6 +210,8 @@ def fail_parent(tracking: Tracking, exc: BaseException) -> bool:
     """End the parent run of a search or ablation that stopped on ``exc`` while the run was still RUNNING:
     FAILED with tag ``error`` (KILLED with tag ``interrupted`` for Ctrl-C). A run already ended is left as
     it is. Never raises (the original error is what the user must see); returns whether it ended the run."""
+    from tracking.redact import redact_text
+
     try:
         client = tracking.client()
         if client.get_run(tracking.parent_run_id).info.status != "RUNNING":
@@ -219,7 +221,7 @@ def fail_parent(tracking: Tracking, exc: BaseException) -> bool:
             client.set_tag(tracking.parent_run_id, "interrupted", "KeyboardInterrupt")
             client.set_terminated(tracking.parent_run_id, "KILLED")
         else:
-            client.set_tag(tracking.parent_run_id, "error", f"{type(exc).__name__}: {first}")
+            client.set_tag(tracking.parent_run_id, "error", redact_text(f"{type(exc).__name__}: {first}"))
             client.set_terminated(tracking.parent_run_id, "FAILED")
         return True
     except Exception as failure:  # an unreachable store: say so, keep the original error
@@ -229,4 +231,4 @@ def fail_parent(tracking: Tracking, exc: BaseException) -> bool:
 
 
 __all__ = ["Tracking", "child_run", "close_children", "code_version", "default_tracking_uri", "end_run", "log_dict",
-           "end_trial_run", "finish_parent", "log_metrics", "set_tags", "start_parent", "trial_status", "ui_command"]
+           "end_trial_run", "fail_parent", "finish_parent", "log_metrics", "set_tags", "start_parent", "trial_status", "ui_command"]

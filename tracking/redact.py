@@ -53,10 +53,6 @@ def redact_argv() -> None:
     sys.argv[:] = [redact_text(a) for a in sys.argv]
 
 
-def has_credentials(uri: str) -> bool:
-    return redact_uri(uri) != uri
-
-
 def use_tracking_uri(uri: str | None) -> str | None:
     """The tracking URI without credentials; a ``user:password@`` in it is moved to MLflow's environment
     variables (so the client, and the trial workers of a local Ray, still authenticate). Credentials in the

@@ -145,7 +145,7 @@ class FeatureStore:
     def _check_present(self, shard: ShardInfo, rehash: bool = False) -> Path:
         """The shard's path, checked against the manifest's size and sha256.
 
-        The sha256 is computed once per process for each (path, size, mtime_ns) of a file (see
+        The sha256 is computed once per process for each (path, inode, size, mtime_ns) of a file (see
         ``checked_sha256``); ``rehash`` reads the file again even if it was checked before.
         """
         path = self.root / shard.file
