@@ -97,6 +97,7 @@ class DriverSession:
     cpus_per_trial: float
     gpus_per_trial: float
     max_failures: int
+    trust_storage: bool = False  # resume a Tune state the parent run does not record (search/trusted_state.py)
 
     def storage(self, stage: str | None = None) -> SearchStorage:
         """Where the search's Tune run (or its further run ``stage``, a folder of the search's) is kept."""
@@ -118,7 +119,8 @@ class DriverSession:
         trainable = tuning.trainable(self.data, self.cpus_per_trial, self.gpus_per_trial,
                                      self.inputs.allow_val_test_overlap)
         return tuning.fit(trainable, tune_config, stage or self.inputs.name, self.storage(stage), self.tracking,
-                          self.max_failures, resume=resume, callbacks=callbacks)
+                          self.max_failures, resume=resume, callbacks=callbacks, stage=stage,
+                          trust_storage=self.trust_storage)
 
     def end_trial_runs(self, *results: Any) -> dict[str, str]:
         """End every trial's child run with its final status (FAILED on an error, KILLED when stopped
@@ -135,8 +137,8 @@ class DriverSession:
 @contextmanager
 def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, resources: dict[str, Any],
                    tracking_uri: str | None, experiment: str, params: dict[str, Any], tags: dict[str, Any],
-                   cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool = False
-                   ) -> Iterator[DriverSession]:
+                   cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool = False,
+                   trust_storage: bool = False) -> Iterator[DriverSession]:
     """Ray, the loaded data and the MLflow parent run (``kind``: the space's name, or "ablation") of one
     search or ablation. The parent run records the command, ``params``, the data, the storage, the
     manifest's hash, the git commit and ``tags``. Ray is shut down on leaving; the parent run is left
@@ -164,7 +166,7 @@ def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, 
             raise ValueError(f"MLflow tracking URI {uri}: {str(exc).splitlines()[0]}") from None
         OPEN_PARENTS.append(tracking)
         try:
-            yield DriverSession(inputs, tracking, data, cpus_per_trial, gpus_per_trial, max_failures)
+            yield DriverSession(inputs, tracking, data, cpus_per_trial, gpus_per_trial, max_failures, trust_storage)
         except BaseException as exc:  # the parent run exists: it must not stay RUNNING
             fail_parent(tracking, exc)
             raise

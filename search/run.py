@@ -28,6 +28,7 @@ from typing import Any
 
 from search.cli import run_main
 from search.ray_session import LOCAL_RAY_ENV
+from search.trusted_state import TRUST_FLAG
 from spaces import SPACES, build_space
 from tracking.storage import check_name
 from trainables.data.split_overlap import ALLOW_FLAG
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="an S3-compatible endpoint (http://host:port) instead of AWS, for s3:// storage and data")
     p.add_argument("--name", default=None, help="search name (default: <space>-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search --name in --storage")
+    p.add_argument(TRUST_FLAG, action="store_true",
+                   help="with --resume: load a Tune state that the search's MLflow parent run does not record "
+                        "(unpickling it runs any code planted in it); only for a storage only trusted people write")
     p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: a private local Ray)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: sqlite:///<working folder>/mlflow.db); http://host:port for a server")
@@ -111,6 +115,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--reduction-factor must be an integer with --scheduler hyperband, got {args.reduction_factor:g}")
     if args.resume and args.name is None:
         raise ValueError("--resume needs the --name of the search to continue")
+    if args.trust_storage and not args.resume:
+        raise ValueError(f"{TRUST_FLAG} applies to --resume only")
     if args.name is not None:
         check_name(args.name)
     if args.sampler not in SAMPLERS:
@@ -132,22 +138,27 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> se
     return set(vars(parser.parse_args(argv)))
 
 
-def check_resume_options(args: argparse.Namespace, given: set[str], tracking_uri: str) -> None:
-    """With ``--resume``: refuse an option of ``RESUME_FIXED`` given with a value other than the search's
-    (as its MLflow parent run recorded it), which Tune would silently ignore. Reads MLflow, writes nothing."""
+def recorded_parent(args: argparse.Namespace, tracking_uri: str) -> Any:
+    """The MLflow parent run of search ``args.name`` (None: none, or no tracking store yet). Reads only."""
     from mlflow.tracking import MlflowClient
 
     from tracking.mlflow_runs import local_store, parent_runs
 
     store = local_store(tracking_uri)
     if store is not None and not store.exists():
-        return
+        return None
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(args.experiment)
     runs = [] if experiment is None else parent_runs(client, experiment.experiment_id, args.name)
-    if not runs:
+    return runs[0] if runs else None
+
+
+def check_resume_options(args: argparse.Namespace, given: set[str], parent: Any) -> None:
+    """With ``--resume``: refuse an option of ``RESUME_FIXED`` given with a value other than the search's
+    (as its MLflow ``parent`` run recorded it), which Tune would silently ignore."""
+    if parent is None:
         return
-    recorded = runs[0].data.params
+    recorded = parent.data.params
     for key in RESUME_FIXED:
         value = getattr(args, key)
         if key in given and (None if value is None else str(value)) != recorded.get(key):
@@ -155,6 +166,20 @@ def check_resume_options(args: argparse.Namespace, given: set[str], tracking_uri
             shown = " ".join(value) if isinstance(value, list) else value
             raise ValueError(f"{flag} {shown} differs from search {args.name}'s {recorded.get(key, 'default')}: a "
                              f"resumed search keeps the {flag} it started with; leave it out, or start a new --name")
+
+
+def check_resumable_state(args: argparse.Namespace, storage: Any, parent: Any) -> None:
+    """With ``--resume``: refuse a Tune state in ``storage`` (the search's, its confirmation stage's) that the
+    ``parent`` run does not record (search/trusted_state.py), unless ``--trust-storage``. Loads nothing."""
+    from search.trusted_state import check_state
+    from tracking.search_results import CONFIRMATION
+
+    if args.trust_storage:
+        print(f"warning: {TRUST_FLAG}: the Tune state in {storage.uri} is loaded unchecked", file=sys.stderr)
+        return
+    tags = None if parent is None else parent.data.tags
+    for stage in (None, CONFIRMATION):
+        check_state(storage if stage is None else storage.child(stage), tags, stage, args.name)
 
 
 def sampled_keys(space: Any) -> set[str]:
@@ -212,7 +237,9 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     storage, manifest = inputs.storage, inputs.manifest
     tracking_uri = args.tracking_uri or default_tracking_uri()
     if args.resume:
-        check_resume_options(args, given, tracking_uri)
+        parent = recorded_parent(args, tracking_uri)
+        check_resume_options(args, given, parent)
+        check_resumable_state(args, storage, parent)
     start = time.perf_counter()
     built = space.validate(Dims(manifest.video_dim, manifest.query_dim), count=args.validate_samples)
     print(f"space {space.name} over {', '.join(space.backbones)}: {args.validate_samples} sampled configs valid, "
@@ -220,7 +247,8 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     with driver_session(inputs, kind=space.name, ray_address=args.ray_address, resources=resources,
                         tracking_uri=tracking_uri, experiment=args.experiment, params=vars(args), tags={},
                         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                        max_failures=args.max_failures, resume=args.resume) as session:
+                        max_failures=args.max_failures, resume=args.resume, trust_storage=args.trust_storage
+                        ) as session:
         tracking = session.tracking
         tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
                                                             space.groups.items()}, "space.json")

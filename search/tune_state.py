@@ -9,21 +9,24 @@ leaves it as the newest state on the storage, and ``Tuner.restore`` then logs "F
 state" and starts a new run, dropping every trial before the kill (seen once in CI: a resumed search of 4
 trials ran 1). Here the state is written to a temporary file next to the staging folder and renamed over the
 old one (atomic on one filesystem), so any reader, the upload included, sees the previous state or the new one.
+Each save then hands the digests of the files a restore would load to the recorder of ``search/trusted_state.py``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.tune.execution.tune_controller import TuneController
-
-from tracking.storage import SearchStorage
 from ray.tune.utils.serialization import TuneFunctionEncoder
+
+from search import trusted_state
+from tracking.storage import SearchStorage
 
 #: Ray's own ``save_to_dir``, as imported (for tests to compare with)
 RAYS_SAVE_TO_DIR = TuneController.save_to_dir
@@ -32,7 +35,8 @@ VERIFIED_RAY = "2.60.0"
 
 
 def save_to_dir(self: Any) -> None:
-    """``TuneController.save_to_dir`` of Ray 2.60 with the experiment state written atomically."""
+    """``TuneController.save_to_dir`` of Ray 2.60 with the experiment state written atomically, and the
+    digests of what a restore loads recorded (``trusted_state.current``) before Tune uploads it."""
     runner_state = {
         "trial_data": list(self._get_trial_checkpoints().values()),
         "runner_data": self.__getstate__(),
@@ -51,6 +55,30 @@ def save_to_dir(self: Any) -> None:
         raise
     self._search_alg.save_to_dir(str(staging), session_str=self._session_str)
     self._callbacks.save_to_dir(str(staging), session_str=self._session_str)
+    record_state(staging)
+
+
+#: the first error of a failed recording (warned about once per process)
+_unrecorded: list[BaseException] = []
+
+
+def record_state(staging: Path) -> None:
+    """Hands the digests of the state files in ``staging`` to the current recorder; a recorder that fails
+    (an unreachable tracking store) is reported and the search goes on (a later ``--resume`` then needs
+    ``--trust-storage``)."""
+    recorder = trusted_state.current
+    if recorder is None:
+        return
+    digests = {path.name: trusted_state.sha256(path.read_bytes()) for path in staging.iterdir()
+               if path.is_file() and trusted_state.is_loaded_on_restore(path.name)}
+    try:
+        recorder(digests)
+    except Exception as exc:
+        if _unrecorded:
+            return
+        _unrecorded.append(exc)
+        print(f"warning: the Tune state's digests could not be recorded in MLflow ({type(exc).__name__}); "
+              f"--resume will need {trusted_state.TRUST_FLAG}", file=sys.stderr, flush=True)
 
 
 def write_experiment_state_atomically() -> bool:
@@ -72,4 +100,4 @@ def has_experiment_state(storage: SearchStorage) -> bool:
     return any(info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json") for info in infos)
 
 
-__all__ = ["RAYS_SAVE_TO_DIR", "VERIFIED_RAY", "has_experiment_state", "save_to_dir", "write_experiment_state_atomically"]
+__all__ = ["RAYS_SAVE_TO_DIR", "VERIFIED_RAY", "has_experiment_state", "record_state", "save_to_dir", "write_experiment_state_atomically"]

@@ -63,24 +63,41 @@ def trial_callbacks(tracking: Tracking, storage: SearchStorage) -> list[Any]:
 
 
 def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tracking: Tracking,
-        max_failures: int, resume: bool = False, callbacks: list[Any] | None = None) -> Any:
+        max_failures: int, resume: bool = False, callbacks: list[Any] | None = None, stage: str | None = None,
+        trust_storage: bool = False) -> Any:
     """Run (or, with ``resume``, restore and continue) the Tuner; returns its ResultGrid. ``callbacks``:
-    Tune callbacks besides the status lines (e.g. a benchmark's timings; not kept for a restore)."""
+    Tune callbacks besides the status lines (e.g. a benchmark's timings; not kept for a restore). The
+    digests of the state Tune writes are recorded in the parent run as ``stage``'s (None: the search's), and
+    a restore first checks the stored state against them unless ``trust_storage`` (search/trusted_state.py)."""
+    import sys
+
     from ray import tune
 
-    from search.tune_state import write_experiment_state_atomically
+    from search import trusted_state
+    from search.tune_state import VERIFIED_RAY, write_experiment_state_atomically
     from search.warm_workers import wait_until_ready
 
-    write_experiment_state_atomically()  # a driver killed mid-save must leave a state to resume from
+    if not write_experiment_state_atomically():  # a driver killed mid-save must leave a state to resume from
+        print(f"warning: Ray is not {VERIFIED_RAY}: the Tune state is not recorded in MLflow, and --resume will "
+              f"need {trusted_state.TRUST_FLAG}", file=sys.stderr)
+    recorder = trusted_state.StateRecorder(tracking, stage)
     wait_until_ready()  # the workers a local session started ahead, before Tune asks for trial workers
     if resume:
+        if not trust_storage:  # checked before Ray too (search/run.py); again here, just before it is loaded
+            tags = tracking.client().get_run(tracking.parent_run_id).data.tags
+            trusted_state.check_state(storage, tags, stage, tracking.search)
         tuner = tune.Tuner.restore(storage.path, trainable, resume_errored=True, storage_filesystem=storage.filesystem)
     else:
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=tune.RunConfig(
             name=name, storage_path=storage.storage_path, storage_filesystem=storage.filesystem,
             callbacks=[*trial_callbacks(tracking, storage), *(callbacks or [])], verbose=1, failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    return tuner.fit()
+        recorder.record(trusted_state.stored_digests(storage))  # tuner.pkl, written by the Tuner to the storage
+    trusted_state.current = recorder.record
+    try:
+        return tuner.fit()
+    finally:
+        trusted_state.current = None
 
 
 __all__ = ["REUSE_ACTORS", "fit", "ray_resources", "trainable", "trial_callbacks", "trial_dirname"]
