@@ -291,6 +291,9 @@ def ablate(args: argparse.Namespace) -> int:
             tune.TuneConfig(search_alg=ConcurrencyLimiter(FixedConfigs(configs), args.concurrency),
                             num_samples=len(configs), trial_dirname_creator=tuning.trial_dirname,
                             reuse_actors=tuning.REUSE_ACTORS))
+        if session.interrupted:  # Ctrl-C: the parent run ends KILLED (tag interrupted), exit code 130
+            session.end_trial_runs(results)
+            raise KeyboardInterrupt("the ablation was interrupted; an ablation has no --resume: run it again")
     session.end_trial_runs(results)
     runs = _collect(results, tracking)
     markdown, rows = tables(runs, cells, backbones, args.bootstrap)

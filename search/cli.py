@@ -8,6 +8,7 @@ from collections.abc import Callable
 from trainables.data.errors import DatasetError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 TRACKING_URI = "--tracking-uri"
@@ -46,6 +47,6 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     except (DatasetError, ValueError, FileNotFoundError) as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED

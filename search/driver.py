@@ -98,6 +98,7 @@ class DriverSession:
     gpus_per_trial: float
     max_failures: int
     trust_storage: bool = False  # resume a Tune state the parent run does not record (search/trusted_state.py)
+    interrupted: bool = False  # a Tune run of the session was stopped by Ctrl-C (SIGINT)
 
     def storage(self, stage: str | None = None) -> SearchStorage:
         """Where the search's Tune run (or its further run ``stage``, a folder of the search's) is kept."""
@@ -113,14 +114,19 @@ class DriverSession:
             stage: str | None = None) -> Any:
         """Run (or restore and continue) the session's Tuner over ``tune_config``; returns its ResultGrid.
         ``stage``: a further Tune run of the session after the search's (the confirmation stage), named by
-        its folder in the search's folder; its trials have the same trainable, resources and retries."""
+        its folder in the search's folder; its trials have the same trainable, resources and retries. A Ctrl-C
+        stops the Tune run gracefully (its state saved for ``--resume``) and sets ``interrupted``."""
         from search import tuning
 
         trainable = tuning.trainable(self.data, self.cpus_per_trial, self.gpus_per_trial,
                                      self.inputs.allow_val_test_overlap)
-        return tuning.fit(trainable, tune_config, stage or self.inputs.name, self.storage(stage), self.tracking,
-                          self.max_failures, resume=resume, callbacks=callbacks, stage=stage,
-                          trust_storage=self.trust_storage)
+        with tuning.watching_interrupts():
+            try:
+                return tuning.fit(trainable, tune_config, stage or self.inputs.name, self.storage(stage),
+                                  self.tracking, self.max_failures, resume=resume, callbacks=callbacks, stage=stage,
+                                  trust_storage=self.trust_storage)
+            finally:
+                self.interrupted = self.interrupted or tuning.interrupt_received()
 
     def end_trial_runs(self, *results: Any) -> dict[str, str]:
         """End every trial's child run with its final status (FAILED on an error, KILLED when stopped

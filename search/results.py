@@ -9,14 +9,15 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from tracking.mlflow_runs import Tracking, end_trial_run, trial_status
+from tracking.mlflow_runs import INTERRUPTED_TAG, Tracking, end_trial_run, trial_status
 from tracking.search_results import compact_config, rank_key
 from trainables.trial import COLUMNS, METRIC, metric_key
 
 
 
-def status_line(trial_id: str, result: dict[str, Any] | None, error: str | None = None) -> str:
-    """``trial 1a2b_00003: 4 epochs, best val SumR 231.4, finished`` (or stopped early / failed)."""
+def status_line(trial_id: str, result: dict[str, Any] | None, error: str | None = None,
+                interrupted: bool = False) -> str:
+    """``trial 1a2b_00003: 4 epochs, best val SumR 231.4, finished`` (or stopped early / interrupted / failed)."""
     result = result or {}
     if error or "trial_error" in result:
         return f"trial {trial_id}: failed: {error or result['trial_error']}"
@@ -25,6 +26,8 @@ def status_line(trial_id: str, result: dict[str, Any] | None, error: str | None 
     how = "finished" if result.get("finished") else "stopped early by the scheduler"
     if result.get("stopped_early"):
         how = "finished (early stopping on patience)"
+    if interrupted:
+        how = "interrupted (Ctrl-C; --resume continues it)"
     best_text = f"{best:.1f}" if isinstance(best, (int, float)) else "-"
     return f"trial {trial_id}: {epochs} epochs, best val SumR {best_text}, {how}"
 
@@ -37,6 +40,13 @@ class TrialStatus(Callback):
         self.tracking = tracking
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        from search.tuning import interrupt_received
+
+        if interrupt_received() and not (trial.last_result or {}).get("finished"):  # Tune stops it on Ctrl-C
+            print(status_line(trial.trial_id, trial.last_result, interrupted=True), flush=True)
+            if self.tracking is not None:
+                end_trial_run(self.tracking, trial.trial_id, "KILLED", {INTERRUPTED_TAG: "SIGINT"})
+            return
         print(status_line(trial.trial_id, trial.last_result), flush=True)
         if self.tracking is not None:
             end_trial_run(self.tracking, trial.trial_id, trial_status(trial.last_result))
@@ -109,6 +119,6 @@ def best_trials_table(rows: list[TrialRow], top: int = 5) -> str:
     waiting = [r for r in rows if not r.failed and not r.metrics.get("epoch")]
     lines.append(f"\n{len(rows)} trials: {len(rows) - len(failed) - len(waiting)} ran, {len(failed)} failed"
                  + (f", {len(waiting)} without a finished epoch" if waiting else "")
-                 + ("" if not ranked_rows else f"; test metrics ('-' = stopped early by the scheduler) are of each "
-                                          f"trial's best epoch"))
+                 + ("" if not ranked_rows else f"; test metrics ('-' = not tested: stopped early by the scheduler, or "
+                                          f"interrupted) are of each trial's best epoch"))
     return "\n".join(lines)

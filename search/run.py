@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from search.cli import run_main
+from search.cli import EXIT_INTERRUPTED, run_main
 from search.ray_session import LOCAL_RAY_ENV
 from search.trusted_state import TRUST_FLAG
 from spaces import SPACES, build_space
@@ -221,7 +221,8 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     from search.schedulers import make_scheduler
     from search.searcher import PruneAwareOptunaSearch, make_sampler
     from tracking.champion import RULE, selection, selection_table
-    from tracking.mlflow_runs import default_tracking_uri, finish_parent, ui_command
+    from tracking.mlflow_runs import (INTERRUPTED_TAG, default_tracking_uri, end_interrupted_children, finish_parent,
+                                      ui_command)
     from tracking.search_results import CONFIRMATION, load_search
     from trainables.trial import METRIC, MODE, TIME_ATTR
 
@@ -262,7 +263,8 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
                             trial_dirname_creator=tuning.trial_dirname, reuse_actors=tuning.REUSE_ACTORS),
             resume=args.resume)
         grids = [results]
-        if not _interrupted(results) and (args.confirm_top > 0 or session.can_resume(CONFIRMATION)):
+        if not (session.interrupted or _interrupted(results)) and (args.confirm_top > 0
+                                                                    or session.can_resume(CONFIRMATION)):
             confirmed = confirmation.run(session, load_search(args.storage, name, inputs.settings),
                                          args.confirm_top, args.confirm_seeds, args.concurrency)
             grids += [confirmed] if confirmed is not None else []
@@ -270,7 +272,7 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     table = best_trials_table(rows)
     print(f"\nbest trials of search {name} (space {space.name}, by best val SumR of the fused score):")
     print(table)
-    interrupted = any(_interrupted(grid) for grid in grids)
+    interrupted = session.interrupted or any(_interrupted(grid) for grid in grids)
     if not interrupted:
         session.end_trial_runs(*grids)
     try:  # what the confirmation's statistics and the report read; neither fails the search
@@ -300,13 +302,16 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     except Exception as exc:
         print(f"warning: no report for search {name}: {(str(exc) or type(exc).__name__).splitlines()[0]}",
               file=sys.stderr)
+    if session.interrupted:  # Ctrl-C: the parent and the trials Tune stopped say so (KILLED, tag interrupted)
+        end_interrupted_children(tracking)
+        tracking.client().set_tag(tracking.parent_run_id, INTERRUPTED_TAG, "SIGINT")
     finish_parent(tracking, best, table, "KILLED" if interrupted else "FINISHED" if top else "FAILED")
     print(f"MLflow runs (experiment {args.experiment}): {ui_command(tracking_uri)}")
     if interrupted:
         root = storage.uri.rstrip("/").rsplit("/", 1)[0]
         print(f"interrupted: continue with  python search/run.py --storage {root} --name {name} --resume "
               f"(and the same options)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     ran = [r for r in rows if not r.failed]
     if not ran and rows:
         print("error: every trial failed", file=sys.stderr)

@@ -5,6 +5,10 @@ status lines), the local Ray's size, and fitting or restoring the Tuner."""
 from __future__ import annotations
 
 import math
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tracking.mlflow_runs import Tracking
@@ -15,6 +19,32 @@ from tracking.storage import SearchStorage
 #: importing torch and the trainable (a trial after the first on a node starts its first epoch in about
 #: 1 s instead of 3-4 s; benchmarks/overhead.py)
 REUSE_ACTORS = True
+
+
+def _second_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT while a Tune run is being stopped: what Python does by default (Tune's own handler, on the
+    first Ctrl-C, stops the run gracefully and then puts back the handler it found: this one)."""
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def watching_interrupts() -> Iterator[None]:
+    """For the duration of a Tune run: makes ``interrupt_received`` tell whether Tune got a Ctrl-C (its
+    handler returns the run's results as if it ended, every trial TERMINATED). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _second_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupt_received() -> bool:
+    """Inside ``watching_interrupts`` (during or right after the Tune run): whether Tune received SIGINT,
+    i.e. whether its handler (installed when the run starts) has put this module's back."""
+    return signal.getsignal(signal.SIGINT) is _second_interrupt and threading.current_thread() is threading.main_thread()
 
 
 def trial_dirname(trial: Any) -> str:
@@ -100,4 +130,4 @@ def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tra
         trusted_state.current = None
 
 
-__all__ = ["REUSE_ACTORS", "fit", "ray_resources", "trainable", "trial_callbacks", "trial_dirname"]
+__all__ = ["REUSE_ACTORS", "fit", "interrupt_received", "watching_interrupts", "ray_resources", "trainable", "trial_callbacks", "trial_dirname"]

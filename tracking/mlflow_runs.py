@@ -25,6 +25,8 @@ from mlflow.tracking import MlflowClient
 
 PARENT, CHILD = "parent", "child"
 TAG_KIND, TAG_SEARCH, TAG_TRIAL = "prvr.kind", "prvr.search", "prvr.trial_id"
+#: tag of a parent run or a trial's child run that a Ctrl-C ended (KILLED): what stopped it
+INTERRUPTED_TAG = "interrupted"
 #: keys whose values are never logged (credentials reach MLflow neither as params nor tags)
 SECRET_KEY = re.compile(r"(secret|password|token|credential|access_key|session_key)", re.I)
 MAX_PARAM = 6000
@@ -79,6 +81,13 @@ class Tracking:
         return MlflowClient(tracking_uri=self.uri)
 
 
+def _reopen(client: MlflowClient, run: Any) -> None:
+    """A run that continues (a resumed search, a restarted trial): RUNNING, no longer tagged interrupted."""
+    if INTERRUPTED_TAG in run.data.tags:
+        client.delete_tag(run.info.run_id, INTERRUPTED_TAG)
+    client.update_run(run.info.run_id, status="RUNNING")
+
+
 def start_parent(uri: str, experiment: str, search: str, space: str, params: dict[str, Any],
                  tags: dict[str, Any], resume: bool) -> Tracking:
     """Create (or, with ``resume``, reopen) the parent run of ``search`` in ``experiment``."""
@@ -88,7 +97,7 @@ def start_parent(uri: str, experiment: str, search: str, space: str, params: dic
     existing = parent_runs(client, experiment_id, search)
     if existing and resume:
         run_id = existing[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
+        _reopen(client, existing[0])
     else:
         run = client.create_run(experiment_id, run_name=search,
                                 tags={TAG_KIND: PARENT, TAG_SEARCH: search, "space": space, **scrub(tags)})
@@ -133,7 +142,7 @@ def child_run(tracking: Tracking, trial_id: str, config: dict[str, Any], plugins
     found = children(tracking, trial_id)
     if found:
         run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
+        _reopen(client, found[0])
         return run_id
     tags = {TAG_KIND: CHILD, TAG_TRIAL: trial_id, TAG_SEARCH: tracking.search, "space": tracking.space,
             "mlflow.parentRunId": tracking.parent_run_id, "backbone": str(config.get("backbone")),
@@ -176,12 +185,24 @@ def trial_status(result: dict[str, Any] | None, error: bool = False) -> str:
     return "FINISHED" if result.get("finished") else "KILLED"
 
 
-def end_trial_run(tracking: Tracking, trial_id: str, status: str) -> None:
-    """End the child run of ``trial_id`` (from the driver: a stopped trial's process cannot)."""
+def end_trial_run(tracking: Tracking, trial_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    """End the child run of ``trial_id`` (from the driver: a stopped trial's process cannot), with ``tags``."""
     client = tracking.client()
     for run in children(tracking, trial_id):
+        for key, value in (tags or {}).items():
+            client.set_tag(run.info.run_id, key, value)
         if run.info.status != status:
             client.set_terminated(run.info.run_id, status)
+
+
+def end_interrupted_children(tracking: Tracking) -> None:
+    """After a Ctrl-C: the child runs still RUNNING (Tune stops their trials without telling the callbacks)
+    become KILLED with tag ``INTERRUPTED_TAG``; a ``--resume`` makes them RUNNING again."""
+    client = tracking.client()
+    for run in children(tracking):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, INTERRUPTED_TAG, "SIGINT")
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def close_children(tracking: Tracking, statuses: dict[str, str]) -> None:
@@ -218,7 +239,7 @@ def fail_parent(tracking: Tracking, exc: BaseException) -> bool:
             return False
         first = (str(exc) or type(exc).__name__).splitlines()[0][:4000]
         if isinstance(exc, KeyboardInterrupt):
-            client.set_tag(tracking.parent_run_id, "interrupted", "KeyboardInterrupt")
+            client.set_tag(tracking.parent_run_id, INTERRUPTED_TAG, "KeyboardInterrupt")
             client.set_terminated(tracking.parent_run_id, "KILLED")
         else:
             client.set_tag(tracking.parent_run_id, "error", redact_text(f"{type(exc).__name__}: {first}"))
@@ -230,5 +251,5 @@ def fail_parent(tracking: Tracking, exc: BaseException) -> bool:
         return False
 
 
-__all__ = ["Tracking", "child_run", "close_children", "code_version", "default_tracking_uri", "end_run", "log_dict",
-           "end_trial_run", "fail_parent", "finish_parent", "log_metrics", "set_tags", "start_parent", "trial_status", "ui_command"]
+__all__ = ["INTERRUPTED_TAG", "Tracking", "child_run", "close_children", "code_version", "default_tracking_uri", "end_run", "log_dict",
+           "end_interrupted_children", "end_trial_run", "fail_parent", "finish_parent", "log_metrics", "set_tags", "start_parent", "trial_status", "ui_command"]

@@ -1,0 +1,77 @@
+"""Ctrl-C (SIGINT to the driver, or to its whole process group) ends a search with exit code 130, its
+MLflow parent run and the stopped trials' child runs KILLED and tagged ``interrupted``, and the resume
+command printed; ``--resume`` then finishes it (exit 0, every run FINISHED, the tag gone). An ablation
+interrupted the same way exits 130 with its parent run KILLED."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_search import ROOT, TINY_MODEL, _command, _env, mlflow_runs, run_search, tracking_uri
+
+from tracking.mlflow_runs import INTERRUPTED_TAG
+
+EPOCHS = 40
+
+
+def _interrupt_when_training(command: list[str], tmp_path: Path, results: Path, group: bool) -> subprocess.CompletedProcess:
+    """Runs ``command``; SIGINT (to the driver, or to its process group) once a trial saved its 2nd epoch."""
+    process = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not any(results.glob("*/trial_*/checkpoint_000001")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no trial reached its 2nd epoch"
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()
+    if group:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["driver", "process-group"])
+def test_an_interrupted_search_exits_130_says_so_and_resumes(tmp_path, group):
+    options = ["--name", "c1", "--trials", "2", "--max-epochs", str(EPOCHS), "--patience", "1000",
+               "--scheduler", "none", "--backbones", "mssl", *TINY_MODEL]
+    stopped = _interrupt_when_training(_command(tmp_path, *options), tmp_path, tmp_path / "results", group)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "--name c1 --resume" in stopped.stderr
+    parent, children = mlflow_runs(tmp_path, "c1")
+    assert (parent.info.status, parent.data.tags.get(INTERRUPTED_TAG)) == ("KILLED", "SIGINT")
+    assert len(children) == 2
+    assert all(c.info.status == "KILLED" and c.data.tags.get(INTERRUPTED_TAG) for c in children)
+    assert all(c.data.metrics["epoch"] < EPOCHS for c in children)  # really cut short
+    if group:
+        return
+    resumed = run_search(tmp_path, "--name", "c1", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    parent, children = mlflow_runs(tmp_path, "c1")
+    assert parent.info.status == "FINISHED" and INTERRUPTED_TAG not in parent.data.tags
+    assert sorted((c.info.status, c.data.metrics["epoch"], INTERRUPTED_TAG in c.data.tags) for c in children) == \
+        [("FINISHED", EPOCHS, False)] * 2
+
+
+def test_an_interrupted_ablation_exits_130_with_its_parent_killed(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(f"backbone: mssl\nhidden_size: 16\nn_heads: 2\nepochs: {EPOCHS}\npatience: 1000\n")
+    command = [sys.executable, str(ROOT / "search/ablate.py"), "--data", "tiny", "--storage", str(tmp_path / "results"),
+               "--tracking-uri", tracking_uri(tmp_path), "--name", "a1", "--base", str(base), "--components", "ral",
+               "--seeds", "1", "--out", str(tmp_path / "out")]
+    stopped = _interrupt_when_training(command, tmp_path, tmp_path / "results", group=False)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1].startswith("interrupted: the ablation was interrupted")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(tmp_path))
+    (parent,) = client.search_runs([client.get_experiment_by_name("prvr").experiment_id],
+                                   "tags.`prvr.kind` = 'parent'")
+    assert (parent.info.status, parent.data.tags.get(INTERRUPTED_TAG)) == ("KILLED", "KeyboardInterrupt")
+    assert not (tmp_path / "out").exists()
