@@ -182,6 +182,36 @@ def check_resumable_state(args: argparse.Namespace, storage: Any, parent: Any) -
         check_state(storage if stage is None else storage.child(stage), tags, stage, args.name)
 
 
+#: config keys that an option of run.py owns (the scheduler's horizon, the confirmation's seeds read it):
+#: ``--set`` refuses them rather than override the option or be overridden
+OWNED_BY_OPTIONS = {"epochs": "--max-epochs", "patience": "--patience", "seed": "--seed"}
+
+
+def held_fixed(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--set`` values, each checked to take effect: a key an option owns is refused, and
+    ``backbone=B`` is ``--backbones B`` (refused beside a different ``--backbones``)."""
+    values = parse_assignments(args.set)
+    for key, flag in OWNED_BY_OPTIONS.items():
+        if key in values:
+            raise ValueError(f"--set {key}={values[key]}: give it as {flag} (which the scheduler and the "
+                             "confirmation stage read too)")
+    if "backbone" in values:
+        backbone = values["backbone"]
+        if args.backbones is not None and args.backbones != [backbone]:
+            raise ValueError(f"--set backbone={backbone} contradicts --backbones {' '.join(args.backbones)}: "
+                             "give one of them")
+        args.backbones = [str(backbone)]
+    return values
+
+
+def check_switches_held(space: Any, fixed: dict[str, Any]) -> None:
+    """Refuses ``--set P=false`` for a plugin the space always switches on (it would be switched on anyway)."""
+    for plugin in space.always_on:
+        if plugin in fixed and fixed[plugin] is not True:
+            raise ValueError(f"--set {plugin}={fixed[plugin]}: space {space.name} always switches plugin {plugin} "
+                             f"on; use --space base for {plugin} off, or --space full to search it on and off")
+
+
 def sampled_keys(space: Any) -> set[str]:
     """The flat keys ``space`` may sample: its training and backbone entries, the entries of its plugins
     (always on or toggled) and the toggled plugins' switches."""
@@ -231,8 +261,9 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
                                      args.gpus_per_trial)
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     fixed: dict[str, Any] = {"epochs": args.max_epochs, "patience": args.patience, "seed": args.seed,
-                             **parse_assignments(args.set)}
+                             **held_fixed(args)}
     space = build_preset_space(args, fixed)
+    check_switches_held(space, fixed)
     inputs = prepare(name, data=args.data, storage=args.storage, resume=args.resume, s3_endpoint=args.s3_endpoint,
                      allow_val_test_overlap=args.allow_val_test_overlap)
     storage, manifest = inputs.storage, inputs.manifest

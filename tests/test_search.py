@@ -176,6 +176,12 @@ def test_a_trial_whose_own_config_fails_is_failed_once_with_its_error_not_retrie
     (["--seed", "-1"], ["--seed is out of range: -1"]),
     (["--seed", str(2**32)], [f"--seed is out of range: {2**32}"]),
     (["--storage", "/proc"], ["storage /proc is not writable"]),  # exists, but nothing can be written in it
+    # issue 21 item 6: a --set value that another option would override, or that would override it
+    (["--set", "epochs=1000000000"], ["--set epochs=1000000000: give it as --max-epochs"]),
+    (["--set", "patience=3"], ["--set patience=3: give it as --patience"]),
+    (["--set", "seed=5"], ["--set seed=5: give it as --seed"]),
+    (["--space", "ral", "--set", "ral=false"], ["--set ral=False: space ral always switches plugin ral on"]),
+    (["--backbones", "mssl", "--set", "backbone=gmmformer"], ["--set backbone=gmmformer contradicts --backbones mssl"]),
 ])
 def test_bad_input_fails_before_ray_with_one_line(tmp_path, run_cli_without_ray, args, fragments):
     from search.run import main
@@ -195,6 +201,21 @@ def test_bad_input_fails_before_ray_with_one_line(tmp_path, run_cli_without_ray,
     for fragment in fragments:
         assert fragment.replace("NOWHERE", str(tmp_path / "nowhere")) in lines[0], lines[0]
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(("args", "held"), [
+    (["--set", "backbone=gmmformer"], {"backbone": "gmmformer"}),  # as --backbones gmmformer
+    (["--space", "full", "--backbones", "mssl", "--set", "ral=false"], {"ral": None}),  # never sampled on
+    (["--space", "full", "--backbones", "mssl", "--set", "ral=true"], {"ral": True}),
+    (["--set", "lr=0.00042"], {"lr": 0.00042}),  # a sampled setting held fixed
+])
+def test_every_set_value_takes_effect_in_every_sampled_config(args, held):
+    from search.run import _parser, build_preset_space, held_fixed
+
+    parsed = _parser().parse_args(args)
+    space = build_preset_space(parsed, {"epochs": 2, **held_fixed(parsed)})
+    for key, value in held.items():
+        assert {config.get(key) for config in space.sample(30)} == {value}, key
 
 
 def test_existing_search_name_is_refused_without_resume(tmp_path):
