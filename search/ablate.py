@@ -262,7 +262,8 @@ def ablate(args: argparse.Namespace) -> int:
     components = [parse_component(spec) for spec in args.components]
     cells = design(components, args.design)
     inputs = prepare(name, data=args.data, storage=args.storage, s3_endpoint=args.s3_endpoint,
-                     allow_val_test_overlap=args.allow_val_test_overlap)
+                     allow_val_test_overlap=args.allow_val_test_overlap,
+                     ray_address=args.ray_address)
     storage, manifest = inputs.storage, inputs.manifest
 
     from trainables.models.base import Dims

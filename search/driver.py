@@ -78,8 +78,12 @@ def s3_settings(storage: str, data: str, s3_endpoint: str | None) -> StorageSett
 
 
 def prepare(name: str, *, data: str, storage: str, resume: bool = False, s3_endpoint: str | None = None,
-            allow_val_test_overlap: bool = False) -> DriverInputs:
-    """Check the storage and the dataset of run ``name`` (no Ray yet); raises one-line ValueErrors."""
+            allow_val_test_overlap: bool = False, ray_address: str | None = None) -> DriverInputs:
+    """Check the Ray cluster's address, the storage and the dataset of run ``name`` (no Ray yet); raises
+    one-line ValueErrors."""
+    from search.ray_session import check_address
+
+    check_address(ray_address)
     settings = s3_settings(storage, data, s3_endpoint)
     # the dataset first: checking the storage may create its folder, and a refused dataset writes nothing
     manifest, location, source, overlap = dataset_source(data, settings, allow_val_test_overlap)

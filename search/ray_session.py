@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -29,6 +30,27 @@ DRIVER_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 #: got less CPU than the same training in the driver: 6% slower epochs in a plain actor, 8-12% in a
 #: trial (benchmarks/overhead.py, on a 2-core machine shared with other jobs), and a slower start.
 LOCAL_RAY_SYSTEM_ENV = {"RAY_worker_niceness": "0"}
+
+
+#: how long a ``--ray-address`` has to accept a connection (Ray itself keeps dialling for minutes)
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuses (one-line ValueError) a ``--ray-address`` ``host:port`` or ``ray://host:port`` that accepts no
+    TCP connection within ``timeout`` seconds; ``auto`` (Ray finds the cluster it started) is left to Ray."""
+    if address is None or address == "auto":
+        return
+    target = address.split("://", 1)[1] if "://" in address else address
+    host, colon, port = target.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--ray-address {address!r}: expected host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ValueError(f"--ray-address {address}: no Ray cluster answers there ({reason}; waited up to "
+                         f"{timeout:g}s)") from None
 
 
 def single_machine_warnings(storage_uri: str) -> list[str]:

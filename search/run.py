@@ -265,7 +265,8 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     space = build_preset_space(args, fixed)
     check_switches_held(space, fixed)
     inputs = prepare(name, data=args.data, storage=args.storage, resume=args.resume, s3_endpoint=args.s3_endpoint,
-                     allow_val_test_overlap=args.allow_val_test_overlap)
+                     allow_val_test_overlap=args.allow_val_test_overlap,
+                     ray_address=args.ray_address)
     storage, manifest = inputs.storage, inputs.manifest
     tracking_uri = args.tracking_uri or default_tracking_uri()
     if args.resume:

@@ -92,6 +92,7 @@ def test_ablation_logs_one_parent_and_one_tagged_child_per_cell_and_seed(ablatio
     (["--components", "ral", "--design", "grid"], "invalid choice: 'grid'"),
     (["--components", "ral.k=1,["], "ablation component 'ral.k=1,[': a value of ral.k is not valid YAML"),  # issue 21
     (["--components", "ral", "--set", "margin=[unclosed"], "--set margin: '[unclosed' is not a valid value"),
+    (["--components", "ral", "--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: no Ray cluster answers"),
 ])
 def test_bad_ablation_input_fails_before_ray_with_one_line(tmp_path, run_cli_without_ray, args, fragment):
     from search.ablate import main

@@ -35,3 +35,34 @@ def test_a_local_ray_that_fails_to_start_leaves_no_temp_folder(tmp_path, monkeyp
     with pytest.raises(RuntimeError, match="could not start"), ray_session(num_cpus=1):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_address_that_accepts_nothing_is_refused_within_the_timeout():
+    """A listener whose backlog is full never completes a connection (as an address behind a firewall
+    that drops packets): the check gives up after its timeout, where Ray keeps dialling for minutes."""
+    import socket
+    import time
+
+    from search.ray_session import check_address
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        check_address(f"127.0.0.1:{address[1]}", timeout=2)  # a listener answers: passes
+        fillers = []
+        try:
+            while True:  # fill the backlog: the first connection that times out means it is full
+                try:
+                    fillers.append(socket.create_connection(address, timeout=0.5))
+                except TimeoutError:
+                    break
+                assert len(fillers) < 256, "the backlog never filled"
+            start = time.monotonic()
+            with pytest.raises(ValueError, match=f"--ray-address 127.0.0.1:{address[1]}: no Ray cluster answers "
+                                                 r"there \(timed out; waited up to 1s\)"):
+                check_address(f"127.0.0.1:{address[1]}", timeout=1)
+            assert time.monotonic() - start < 5
+        finally:
+            for filler in fillers:
+                filler.close()

@@ -182,6 +182,10 @@ def test_a_trial_whose_own_config_fails_is_failed_once_with_its_error_not_retrie
     (["--set", "seed=5"], ["--set seed=5: give it as --seed"]),
     (["--space", "ral", "--set", "ral=false"], ["--set ral=False: space ral always switches plugin ral on"]),
     (["--backbones", "mssl", "--set", "backbone=gmmformer"], ["--set backbone=gmmformer contradicts --backbones mssl"]),
+    # issue 21 item 10: Ray would keep dialling an address nothing answers at for minutes
+    (["--ray-address", "127.0.0.1:1"], ["--ray-address 127.0.0.1:1: no Ray cluster answers there", "refused"]),
+    (["--ray-address", "ray://127.0.0.1:1"], ["--ray-address ray://127.0.0.1:1: no Ray cluster answers there"]),
+    (["--ray-address", "headnode"], ["--ray-address 'headnode': expected host:port, ray://host:port or auto"]),
 ])
 def test_bad_input_fails_before_ray_with_one_line(tmp_path, run_cli_without_ray, args, fragments):
     from search.run import main
