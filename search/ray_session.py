@@ -2,18 +2,24 @@
 
 A local Ray binds to the machine's outward address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is
 set before it starts; this module sets it (with token authentication and usage stats off), gives Ray a
-private temp folder, and stops only the Ray it started (never ``ray stop``).
+private temp folder, and stops only the Ray it started (never ``ray stop``). A driver killed with SIGKILL
+cannot clean up: Ray's agents outlive it for minutes and its temp folder stays; the next local session
+stops the processes that still hold files in such a folder (by their PIDs) and removes it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 #: environment of a local, loopback-only Ray (set before ray starts; passed on to its workers)
@@ -69,6 +75,77 @@ def on_cluster(storage_uri: str) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
+#: a local session's private temp folder, and the file in it naming the driver that owns it
+TEMP_PREFIX, OWNER_FILE = "prvr-ray-", "prvr-owner.json"
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot; with the PID, unique), None if it is gone
+    (or a zombie: dead, not yet reaped by its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # fields 3.. of proc(5), after the command name
+    return None if fields[0] == "Z" else int(fields[19])  # state, starttime (field 22)
+
+
+def holders(folder: Path) -> list[int]:
+    """The processes (other than this one) with a file or their working folder in ``folder``."""
+    inside = str(folder)
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(proc / "cwd"), *(os.readlink(fd) for fd in (proc / "fd").iterdir())]
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if any(link == inside or link.startswith(inside + os.sep) for link in links):
+            found.append(int(proc.name))
+    return found
+
+
+def _stop(pids: list[int], grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL for what is still there after ``grace_s`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_start_time(pid) is not None for pid in pids):
+            time.sleep(0.1)
+
+
+def clean_stale_sessions(root: Path | None = None) -> list[str]:
+    """Stops the processes left in, and removes, each private Ray folder in ``root`` (the temp folder)
+    whose owning driver is gone; a folder whose owner lives, or names none, is left alone. Returns what
+    it cleaned, one line each."""
+    cleaned = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        try:
+            owner = json.loads((folder / OWNER_FILE).read_text())
+            pid, start = int(owner["pid"]), int(owner["start"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if _start_time(pid) == start:
+            continue
+        left = holders(folder)
+        _stop(left)
+        shutil.rmtree(folder, ignore_errors=True)
+        cleaned.append(f"{folder} of driver {pid}: {len(left)} processes stopped, folder removed")
+    return cleaned
+
+
+def _private_temp_dir() -> str:
+    """A new private temp folder for a local Ray, naming this process as its owner."""
+    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    (Path(temp_dir) / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid())}))
+    return temp_dir
+
+
 @contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: float | None = None,
                 object_store_memory: int | None = None, warm_workers: int = 0) -> Iterator[dict[str, Any]]:
@@ -87,7 +164,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         os.environ.update(LOCAL_RAY_ENV)
         for key, value in LOCAL_RAY_SYSTEM_ENV.items():
             os.environ.setdefault(key, value)
-        temp_dir = tempfile.mkdtemp(prefix="prvr-ray-")
+        for line in clean_stale_sessions():
+            print(f"cleaned up after a killed local search: {line}", file=sys.stderr)
+        temp_dir = _private_temp_dir()
         try:
             context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                                object_store_memory=object_store_memory, _temp_dir=temp_dir,

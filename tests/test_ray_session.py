@@ -3,8 +3,13 @@ that fails to start leaves no temp folder."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +71,79 @@ def test_an_address_that_accepts_nothing_is_refused_within_the_timeout():
         finally:
             for filler in fillers:
                 filler.close()
+
+
+def _sleeper(**kwargs) -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "300"], **kwargs)
+
+
+def test_stale_session_folders_are_cleaned_only_when_their_driver_is_gone():
+    """A folder whose owner is gone (or whose PID now belongs to another process) loses the processes still
+    holding files in it and is removed; a live owner's folder, and a folder naming no owner, are kept."""
+    from search.ray_session import OWNER_FILE, TEMP_PREFIX, _start_time, clean_stale_sessions, holders
+
+    root = Path(tempfile.mkdtemp(prefix="prvr-clean-", dir="/tmp"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    owners = {"dead": {"pid": gone.pid, "start": 1}, "reused": {"pid": os.getpid(), "start": 1},
+              "live": {"pid": os.getpid(), "start": _start_time(os.getpid())}, "none": None}
+    sleepers = {}
+    try:
+        for name, owner in owners.items():
+            folder = root / f"{TEMP_PREFIX}{name}"
+            folder.mkdir()
+            if owner is not None:
+                (folder / OWNER_FILE).write_text(json.dumps(owner))
+            with open(folder / "agent.log", "w") as log:  # a Ray agent writing its log there
+                sleepers[name] = [_sleeper(stdout=log), _sleeper(cwd=folder)]
+        assert sorted(holders(root / f"{TEMP_PREFIX}dead")) == sorted(p.pid for p in sleepers["dead"])
+        cleaned = clean_stale_sessions(root)
+        assert sorted(line.split(" of driver")[0] for line in cleaned) == \
+            sorted(str(root / f"{TEMP_PREFIX}{name}") for name in ("dead", "reused"))
+        assert all("2 processes stopped" in line for line in cleaned)
+        for name in ("dead", "reused"):
+            assert not (root / f"{TEMP_PREFIX}{name}").exists()
+            assert all(p.wait(timeout=10) is not None for p in sleepers[name])
+        for name in ("live", "none"):
+            assert (root / f"{TEMP_PREFIX}{name}" / "agent.log").exists()
+            assert all(p.poll() is None for p in sleepers[name])
+    finally:
+        for processes in sleepers.values():
+            for p in processes:
+                p.kill()
+                p.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_local_search_cleans_up_after_a_killed_one(tmp_path):
+    """SIGKILL of a search's driver leaves Ray's agents running and its temp folder; the next local search
+    (same temp folder) stops those processes and removes the folder."""
+    from search.ray_session import TEMP_PREFIX, holders
+    from test_search import TINY_MODEL, _command, _env
+
+    temp_root = Path(tempfile.mkdtemp(prefix="prvr-kill-", dir="/tmp"))  # short: Ray's socket paths
+    env = {**_env(tmp_path), "TMPDIR": str(temp_root)}
+    options = ["--backbones", "mssl", "--scheduler", "none", *TINY_MODEL]
+    try:
+        driver = subprocess.Popen(_command(tmp_path, "--name", "k1", "--trials", "1", "--max-epochs", "1000",
+                                           "--patience", "1000", *options), cwd=tmp_path, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while not any((tmp_path / "results").glob("k1/trial_*/checkpoint_000001")):
+            assert driver.poll() is None and time.monotonic() < deadline, "the first search never trained"
+            time.sleep(0.2)
+        driver.kill()  # the driver alone, as the OOM killer or a lost terminal would
+        driver.wait()
+        (stale,) = temp_root.glob(f"{TEMP_PREFIX}*")
+        left = holders(stale)
+        assert left, "nothing of the killed driver's Ray was left (the test would not test the cleanup)"
+        second = subprocess.run(_command(tmp_path, "--name", "k2", "--trials", "1", "--max-epochs", "1", *options),
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert f"cleaned up after a killed local search: {stale} of driver {driver.pid}" in second.stderr
+        assert not stale.exists()
+        assert not list(temp_root.glob(f"{TEMP_PREFIX}*"))  # the second search removed its own folder too
+        assert all(not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+                   for pid in left)
+    finally:
+        shutil.rmtree(temp_root, ignore_errors=True)
