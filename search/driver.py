@@ -1,13 +1,13 @@
 """One driver session, shared by a search (``run.py``) and an ablation (``ablate.py``).
 
-A session has two phases. ``prepare`` checks everything that needs no Ray: the S3 settings, the
-results storage (a new name, or an existing one to resume), the dataset's manifest and its val/test
+A session has two phases. ``prepare`` checks everything that needs no Ray: the cluster's address, the
+S3 settings, the results storage (a new name, or an existing one to resume), the dataset's manifest and its val/test
 overlap; the caller then checks its own inputs against the manifest (a space's configs, an ablation's
 cells). ``driver_session`` starts Ray (a private loopback Ray, or a cluster), loads a local dataset once
 for the object store, opens the MLflow parent run, and yields a ``DriverSession`` whose ``fit`` runs
 Tune trials with the session's data, resources, retries and storage (and a further Tune run, such
 as a search's confirmation stage, in a folder of the search's). ``end_trial_runs`` is the one place a
-search or an ablation ends its trials' child runs.
+search or an ablation ends its trials' child runs (a Ctrl-C stops the Tune run and sets ``interrupted``).
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, 
     search or ablation. The parent run records the command, ``params``, the data, the storage, the
     manifest's hash, the git commit and ``tags``. Ray is shut down on leaving; the parent run is left
     for the caller to finish, since what it records at the end differs, except when an exception leaves
-    the session: then it is ended FAILED with the error as tag ``error`` (KILLED on Ctrl-C)."""
+    the session: then it is ended FAILED with the error as tag ``error`` (KILLED on Ctrl-C). With
+    ``resume`` the Tune state is restored, only if the parent run recorded it or ``trust_storage``."""
     from search.ray_session import on_cluster, ray_session
     from tracking.mlflow_runs import code_version, default_tracking_uri, fail_parent, start_parent
     from tracking.redact import redact_text, use_tracking_uri
