@@ -1,11 +1,13 @@
 """Ctrl-C (SIGINT to the driver, or to its whole process group) ends a search with exit code 130, its
 MLflow parent run and the stopped trials' child runs KILLED and tagged ``interrupted``, and the resume
-command printed; ``--resume`` then finishes it (exit 0, every run FINISHED, the tag gone). An ablation
+command printed; ``--resume`` refuses the state once a pickle is planted in it, and with the recorded
+state finishes the search (exit 0, every run FINISHED, the tag gone). An ablation
 interrupted the same way exits 130 with its parent run KILLED."""
 
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,11 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cli import assert_one_line_error
 from test_search import ROOT, TINY_MODEL, _command, _env, mlflow_runs, run_search, tracking_uri
+from test_trusted_state import Planted
 
 from tracking.mlflow_runs import INTERRUPTED_TAG
 
-EPOCHS = 40
+EPOCHS = 25
 
 
 def _interrupt_when_training(command: list[str], tmp_path: Path, results: Path, group: bool) -> subprocess.CompletedProcess:
@@ -51,6 +55,20 @@ def test_an_interrupted_search_exits_130_says_so_and_resumes(tmp_path, group):
     assert all(c.data.metrics["epoch"] < EPOCHS for c in children)  # really cut short
     if group:
         return
+
+    # a pickle planted in the search's folder is refused by --resume: one line, nothing loaded or written
+    # (search/trusted_state.py; tests/test_trusted_state.py shows the pickle runs code when loaded)
+    folder = tmp_path / "results" / "c1"
+    recorded = (folder / "tuner.pkl").read_bytes()
+    (folder / "tuner.pkl").write_bytes(pickle.dumps(Planted(tmp_path / "code-ran")))
+    before = sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    refused = run_search(tmp_path, "--name", "c1", "--resume")
+    assert_one_line_error(refused, "c1/tuner.pkl changed since the search wrote it", "--trust-storage")
+    assert not (tmp_path / "code-ran").exists()
+    assert sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
+    assert mlflow_runs(tmp_path, "c1")[0].info.status == "KILLED"
+    (folder / "tuner.pkl").write_bytes(recorded)
+
     resumed = run_search(tmp_path, "--name", "c1", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     parent, children = mlflow_runs(tmp_path, "c1")

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -115,35 +116,51 @@ def test_stale_session_folders_are_cleaned_only_when_their_driver_is_gone():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_a_local_search_cleans_up_after_a_killed_one(tmp_path):
-    """SIGKILL of a search's driver leaves Ray's agents running and its temp folder; the next local search
-    (same temp folder) stops those processes and removes the folder."""
+#: a driver's local Ray session (what every search and ablation opens), held until the process is killed
+HOLD_A_SESSION = """
+import sys, time
+from search.ray_session import ray_session
+with ray_session(num_cpus=1, object_store_memory=80 * 2**20):
+    print("up", flush=True)
+    time.sleep(600)
+"""
+#: the next local session: it cleans up before it starts
+OPEN_A_SESSION = """
+from search.ray_session import ray_session
+with ray_session(num_cpus=1, object_store_memory=80 * 2**20):
+    pass
+"""
+
+
+def test_a_local_session_cleans_up_after_a_killed_driver():
+    """SIGKILL of a driver leaves Ray's agents running and its temp folder; the next local session (every
+    search's, with the same temp folder) stops those processes and removes the folder."""
     from search.ray_session import TEMP_PREFIX, holders
-    from test_search import TINY_MODEL, _command, _env
 
     temp_root = Path(tempfile.mkdtemp(prefix="prvr-kill-", dir="/tmp"))  # short: Ray's socket paths
-    env = {**_env(tmp_path), "TMPDIR": str(temp_root)}
-    options = ["--backbones", "mssl", "--scheduler", "none", *TINY_MODEL]
+    env = {**os.environ, "TMPDIR": str(temp_root)}
+    driver = subprocess.Popen([sys.executable, "-c", HOLD_A_SESSION], env=env, stdout=subprocess.PIPE, text=True)
     try:
-        driver = subprocess.Popen(_command(tmp_path, "--name", "k1", "--trials", "1", "--max-epochs", "1000",
-                                           "--patience", "1000", *options), cwd=tmp_path, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 300
-        while not any((tmp_path / "results").glob("k1/trial_*/checkpoint_000001")):
-            assert driver.poll() is None and time.monotonic() < deadline, "the first search never trained"
-            time.sleep(0.2)
+        assert driver.stdout.readline().strip() == "up"
         driver.kill()  # the driver alone, as the OOM killer or a lost terminal would
         driver.wait()
         (stale,) = temp_root.glob(f"{TEMP_PREFIX}*")
         left = holders(stale)
         assert left, "nothing of the killed driver's Ray was left (the test would not test the cleanup)"
-        second = subprocess.run(_command(tmp_path, "--name", "k2", "--trials", "1", "--max-epochs", "1", *options),
-                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+        second = subprocess.run([sys.executable, "-c", OPEN_A_SESSION], env=env, capture_output=True, text=True,
+                                timeout=300)
         assert second.returncode == 0, second.stderr[-3000:]
-        assert f"cleaned up after a killed local search: {stale} of driver {driver.pid}" in second.stderr
+        assert f"cleaned up after a killed local search: {stale} of driver {driver.pid}: " in second.stderr
         assert not stale.exists()
-        assert not list(temp_root.glob(f"{TEMP_PREFIX}*"))  # the second search removed its own folder too
-        assert all(not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
-                   for pid in left)
+        assert not list(temp_root.glob(f"{TEMP_PREFIX}*"))  # the second session removed its own folder too
+        assert all(_gone(pid) for pid in left)
     finally:
+        driver.kill()
         shutil.rmtree(temp_root, ignore_errors=True)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True

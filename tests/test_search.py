@@ -186,6 +186,7 @@ def test_a_trial_whose_own_config_fails_is_failed_once_with_its_error_not_retrie
     (["--ray-address", "127.0.0.1:1"], ["--ray-address 127.0.0.1:1: no Ray cluster answers there", "refused"]),
     (["--ray-address", "ray://127.0.0.1:1"], ["--ray-address ray://127.0.0.1:1: no Ray cluster answers there"]),
     (["--ray-address", "headnode"], ["--ray-address 'headnode': expected host:port, ray://host:port or auto"]),
+    (["--trust-storage", "--name", "t2"], ["--trust-storage applies to --resume only"]),
 ])
 def test_bad_input_fails_before_ray_with_one_line(tmp_path, run_cli_without_ray, args, fragments):
     from search.run import main
