@@ -239,7 +239,7 @@ def search_breakdown(run: dict[str, Any]) -> dict[str, float]:
 def start_delays(run: dict[str, Any]) -> list[dict[str, Any]]:
     """Each trial's delay from launch to its first epoch's (estimated) start; see the module docstring."""
     from tracking.mlflow_runs import children
-    from trainables.trial import METRIC
+    from trainables.trial_report import METRIC
 
     timeline: Timeline = run["timeline"]
     tracking = run["tracking"]

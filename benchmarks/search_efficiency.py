@@ -484,7 +484,7 @@ def plot(results: dict[str, Any], path: str | Path) -> Path:
 def _order_callback() -> Any:
     from ray.tune import Callback
 
-    from trainables.trial import METRIC
+    from trainables.trial_report import METRIC, TIME_ATTR, is_failed, is_finished
 
     class SearchRecord(Callback):
         """The trials' epoch reports and ends, in the order the driver received them (the compute clock)."""
@@ -507,16 +507,16 @@ def _order_callback() -> Any:
 
         def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                             **info: Any) -> None:
-            if "trial_error" in result or METRIC not in result:
+            if is_failed(result) or METRIC not in result:
                 return  # a failure's report: its end comes with on_trial_complete
-            if result.get("finished"):
+            if is_finished(result):
                 self._end(trial.trial_id, FINISHED, float(result[METRIC]))
-            elif "epoch" in result:
+            elif TIME_ATTR in result:
                 self.last_score[trial.trial_id] = float(result[METRIC])
-                self._add([EPOCH, trial.trial_id, int(result["epoch"]), float(result[METRIC])])
+                self._add([EPOCH, trial.trial_id, int(result[TIME_ATTR]), float(result[METRIC])])
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            failed = "trial_error" in (trial.last_result or {})
+            failed = is_failed(trial.last_result)
             self._end(trial.trial_id, FAILED if failed else STOPPED, self.last_score.get(trial.trial_id))
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -539,7 +539,7 @@ def search_space(args: argparse.Namespace, seed: int) -> Any:
 def _checked_record(name: str, stream: list[list[Any]], finished_search: Any) -> None:
     """The driver's record must be what the trials' result.json files hold: every epoch report with its value,
     one end per trial, and exactly the stored finished trials (with their final best val SumR) as finished."""
-    from trainables.trial import METRIC
+    from trainables.trial_report import METRIC
 
     stored = {t.trial_id: {r["epoch"]: float(r[METRIC]) for r in t.epochs()} for t in finished_search.trials}
     epochs = [e for e in stream if e[0] == EPOCH]
@@ -570,7 +570,7 @@ def run_search(strategy: Strategy, seed: int, args: argparse.Namespace, data: An
     from tracking.mlflow_runs import close_children, start_parent
     from tracking.search_results import load_search
     from tracking.storage import search_storage
-    from trainables.trial import METRIC, MODE, TIME_ATTR
+    from trainables.trial_report import METRIC, MODE, TIME_ATTR
 
     name = f"{strategy.name}-seed{seed}"
     space = search_space(args, seed)

@@ -228,14 +228,14 @@ def _collect(results: Any, tracking: Any) -> list[dict[str, Any]]:
     import tempfile
 
     from tracking.mlflow_runs import children
-    from trainables.trial import TEST_RANKS, metric_key
+    from trainables.trial_report import TEST_RANKS, is_finished, metric_key
 
     runs = {r.data.tags.get("prvr.trial_id"): r for r in children(tracking)}
     out = []
     for result in results:
         metrics, config = dict(result.metrics or {}), dict(result.config or {})
         run = runs.get(metrics.get("trial_id"))
-        if result.error is not None or not metrics.get("finished") or "trial_error" in metrics or run is None:
+        if result.error is not None or not is_finished(metrics) or run is None:
             continue
         with tempfile.TemporaryDirectory() as scratch:
             ranks = json.loads(Path(tracking.client().download_artifacts(run.info.run_id, TEST_RANKS, scratch)).read_text())

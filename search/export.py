@@ -32,9 +32,9 @@ from typing import Any
 
 from search.cli import run_main
 from tracking.storage import StorageSettings, check_name, is_s3
+from trainables.trial_report import BEST_EPOCH, BEST_VAL, METRIC, MODE, STOPPED_EARLY, TEST, TIME_ATTR, TRIAL_ERROR, VAL
 
-SELECTION = "best_val_sumr"  # trainables.trial.METRIC: the searcher ranks trials on it (mode max)
-METRIC_PREFIXES = ("best_val_", "val_", "test_")
+METRIC_PREFIXES = (f"{BEST_VAL}_", f"{VAL}_", f"{TEST}_")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,7 +108,7 @@ def pick_trial(search: Any, trial_id: str | None) -> tuple[Any, dict[str, Any]]:
         trial = search.trial(trial_id[len(TRIAL_PREFIX):] if trial_id.startswith(TRIAL_PREFIX) else trial_id)
         if trial.failed:
             raise ValueError(f"trial {trial.trial_id} of search {search.name!r} failed "
-                             f"({str(trial.last['trial_error']).splitlines()[0]}): nothing to export")
+                             f"({str(trial.last[TRIAL_ERROR]).splitlines()[0]}): nothing to export")
         if not trial.finished:
             raise ValueError(f"trial {trial.trial_id} of search {search.name!r} did not finish (stopped after "
                              f"{len(trial.epochs())} epochs): it has no test metrics to export")
@@ -135,7 +135,7 @@ def read_trial_checkpoint(search: Any, trial: Any) -> tuple[dict[str, Any], str]
         except ValueError as exc:
             raise ValueError(str(exc).replace(str(local), source, 1)) from None
     last = trial.last
-    for key in ("epoch", "best_epoch"):
+    for key in (TIME_ATTR, BEST_EPOCH):
         if state.get(key) != last.get(key):
             raise ValueError(f"{source}: checkpoint {key} {state.get(key)} is not the final report's "
                              f"{last.get(key)}: not the state trial {trial.trial_id}'s test metrics came from")
@@ -174,9 +174,9 @@ def trial_manifest(spec: str | None, parent: Any | None, settings: StorageSettin
 def trial_metrics(trial: Any) -> dict[str, Any]:
     """What the trial was selected on and its metrics, from its final report."""
     last = trial.last
-    return {"selection": {"metric": SELECTION, "mode": "max", "value": last.get(SELECTION)},
-            "best_epoch": last.get("best_epoch"), "epochs": last.get("epoch"),
-            "stopped_early": last.get("stopped_early"),
+    return {"selection": {"metric": METRIC, "mode": MODE, "value": last.get(METRIC)},
+            "best_epoch": last.get(BEST_EPOCH), "epochs": last.get(TIME_ATTR),
+            STOPPED_EARLY: last.get(STOPPED_EARLY),
             "metrics": {k: v for k, v in sorted(last.items()) if k.startswith(METRIC_PREFIXES)
                         and isinstance(v, (int, float)) and not isinstance(v, bool)}}
 

@@ -9,9 +9,10 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from tracking.mlflow_runs import INTERRUPTED_TAG, Tracking, end_trial_run, trial_status
+from tracking.mlflow_runs import INTERRUPTED_TAG, Tracking, end_trial_run
 from tracking.search_results import compact_config, rank_key
-from trainables.trial import COLUMNS, METRIC, metric_key
+from trainables.trial_report import (COLUMNS, METRIC, STOPPED_EARLY, TIME_ATTR, TRIAL_ERROR, is_failed, is_finished,
+                                     metric_key, trial_status)
 
 
 
@@ -19,12 +20,12 @@ def status_line(trial_id: str, result: dict[str, Any] | None, error: str | None 
                 interrupted: bool = False) -> str:
     """``trial 1a2b_00003: 4 epochs, best val SumR 231.4, finished`` (or stopped early / interrupted / failed)."""
     result = result or {}
-    if error or "trial_error" in result:
-        return f"trial {trial_id}: failed: {error or result['trial_error']}"
-    epochs = result.get("epoch", 0)
+    if error or is_failed(result):
+        return f"trial {trial_id}: failed: {error or result[TRIAL_ERROR]}"
+    epochs = result.get(TIME_ATTR, 0)
     best = result.get(METRIC)
-    how = "finished" if result.get("finished") else "stopped early by the scheduler"
-    if result.get("stopped_early"):
+    how = "finished" if is_finished(result) else "stopped early by the scheduler"
+    if result.get(STOPPED_EARLY):
         how = "finished (early stopping on patience)"
     if interrupted:
         how = "interrupted (Ctrl-C; --resume continues it)"
@@ -42,7 +43,7 @@ class TrialStatus(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         from search.tuning import interrupt_received
 
-        if interrupt_received() and not (trial.last_result or {}).get("finished"):  # Tune stops it on Ctrl-C
+        if interrupt_received() and not is_finished(trial.last_result):  # Tune stops it on Ctrl-C
             print(status_line(trial.trial_id, trial.last_result, interrupted=True), flush=True)
             if self.tracking is not None:
                 end_trial_run(self.tracking, trial.trial_id, "KILLED", {INTERRUPTED_TAG: "SIGINT"})
@@ -68,7 +69,7 @@ class TrialRow:
 
     @property
     def failed(self) -> bool:
-        return self.error is not None or "trial_error" in self.metrics
+        return self.error is not None or is_failed(self.metrics)
 
     @property
     def score(self) -> float:

@@ -254,7 +254,7 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     from tracking.mlflow_runs import (INTERRUPTED_TAG, default_tracking_uri, end_interrupted_children, finish_parent,
                                       ui_command)
     from tracking.search_results import CONFIRMATION, load_search
-    from trainables.trial import METRIC, MODE, TIME_ATTR
+    from trainables.trial_report import METRIC, MODE, TIME_ATTR
 
     _check_args(args)
     resources = tuning.ray_resources(args.ray_address, min(args.concurrency, args.trials), args.cpus_per_trial,

@@ -29,6 +29,8 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from trainables.trial_report import FINISHED, is_failed
+
 SCHEDULER_NAMES = ("asha", "hyperband", "none")
 
 
@@ -114,7 +116,7 @@ class OptunaPrunerScheduler(FIFOScheduler):
         return bool(self.pruner.prune(study, frozen))
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        if (self.metric not in result or "trial_error" in result or result.get("finished")
+        if (self.metric not in result or is_failed(result) or result.get(FINISHED)
                 or TRAINING_ITERATION not in result or result.get(self.time_attr, 0) >= self.last_epoch):
             return TrialScheduler.CONTINUE
         if not self.should_stop(trial.trial_id, result):

@@ -18,6 +18,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from trainables.trial_report import is_failed, is_finished
+
 SAMPLERS = ("tpe", "random", "cmaes")
 
 
@@ -48,9 +50,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
-        if error or (result and "trial_error" in result):
+        if error or is_failed(result):
             state, value = TrialState.FAIL, None
-        elif result and result.get("finished") or self.stopped_as == "complete":
+        elif is_finished(result) or self.stopped_as == "complete":
             return self._tell_complete(trial_id, result, error)
         else:
             state, value = TrialState.PRUNED, None
@@ -66,7 +68,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Per-epoch values become Optuna intermediate values (a failure report carries none)."""
-        if self.metric in result and "trial_error" not in result:
+        if self.metric in result and not is_failed(result):
             super().on_trial_result(trial_id, result)
 
 

@@ -48,7 +48,7 @@ def interrupt_received() -> bool:
 
 
 def trial_dirname(trial: Any) -> str:
-    from trainables.trial import trial_dirname as dirname
+    from trainables.trial_report import trial_dirname as dirname
 
     return dirname(trial.trial_id)
 

@@ -24,7 +24,7 @@ from trainables.data.manifest import read_manifest
 from trainables.data.remote import upload_dataset
 from trainables.data.synthetic import ensure_synthetic
 from trainables.evaluation.metrics import metrics_from_ranks
-from trainables.trial import COLUMNS, metric_key
+from trainables.trial_report import COLUMNS, metric_key
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "prvr-bucket"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from trainables.data.synthetic import ensure_synthetic
-from trainables.trial import COLUMNS, METRIC, PLACEMENT, epoch_metrics, final_metrics, history_metrics, report_metrics
+from trainables.trial import history_metrics
+from trainables.trial_report import COLUMNS, METRIC, PLACEMENT, epoch_metrics, epoch_report, final_metrics
 from trainables.training.loop import load_data, train
 
 
@@ -23,7 +24,7 @@ def test_a_resumed_trials_earlier_epochs_are_rebuilt_exactly_as_they_were_report
               "hidden_size": 32, "n_heads": 4}
     live: list[dict[str, float]] = []
     train(config, data, on_epoch=lambda r: live.append(
-        report_metrics(r.epoch, r.val, r.train_loss, r.best_epoch, r.best_score)))
+        epoch_report(r.epoch, r.val["fused"], r.train_loss, r.best_epoch, r.best_score)))
 
     def stop_after_second_epoch(report) -> None:
         if report.epoch == 2:

@@ -176,15 +176,6 @@ def end_run(tracking: Tracking, run_id: str, status: str) -> None:
     tracking.client().set_terminated(run_id, status)
 
 
-def trial_status(result: dict[str, Any] | None, error: bool = False) -> str:
-    """The MLflow status of a trial that ended with ``result``: FINISHED when it ran to its end, FAILED
-    on its own error or a crash, KILLED when the scheduler stopped it."""
-    result = result or {}
-    if error or "trial_error" in result:
-        return "FAILED"
-    return "FINISHED" if result.get("finished") else "KILLED"
-
-
 def end_trial_run(tracking: Tracking, trial_id: str, status: str, tags: dict[str, str] | None = None) -> None:
     """End the child run of ``trial_id`` (from the driver: a stopped trial's process cannot), with ``tags``."""
     client = tracking.client()
@@ -252,4 +243,4 @@ def fail_parent(tracking: Tracking, exc: BaseException) -> bool:
 
 
 __all__ = ["INTERRUPTED_TAG", "Tracking", "child_run", "close_children", "code_version", "default_tracking_uri", "end_run", "log_dict",
-           "end_interrupted_children", "end_trial_run", "fail_parent", "finish_parent", "log_metrics", "set_tags", "start_parent", "trial_status", "ui_command"]
+           "end_interrupted_children", "end_trial_run", "fail_parent", "finish_parent", "log_metrics", "set_tags", "start_parent", "ui_command"]

@@ -39,10 +39,8 @@ from optuna.trial import TrialState, create_trial  # noqa: E402
 
 from tracking.champion import RULE, interval_text, selection  # noqa: E402
 from tracking.search_results import FinishedSearch, TrialRecord, compact_config, rank_key  # noqa: E402
-from trainables.evaluation.metrics import RECALL_KS  # noqa: E402  (numpy only)
+from trainables.trial_report import COLUMNS, metric_key  # noqa: E402  (standard library only)
 
-#: the table's metric columns (``trainables.trial.COLUMNS``; not imported: that module needs torch and Ray)
-COLUMNS = [f"R@{k}" for k in RECALL_KS] + ["SumR"]
 TABLE_TOP = 5  # rows of the best-trials table (as search.results.best_trials_table)
 CURVES_TOP = 5  # learning curves drawn
 PARALLEL_TOP = 10  # trials in the parallel-coordinates plot
@@ -52,11 +50,6 @@ HTML = "report.html"
 #: every file the report can write (a re-written report replaces exactly these)
 REPORT_FILES = (IMPORTANCES, HISTORY, PARALLEL, CURVES, HTML)
 ARTIFACT_PATH = "report"
-
-
-def metric_key(prefix: str, column: str) -> str:
-    """``val`` + ``R@1`` -> ``val_r1`` (``trainables.trial.metric_key``)."""
-    return f"{prefix}_{column.lower().replace('@', '')}"
 
 
 def _number(value: Any) -> bool:

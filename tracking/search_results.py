@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracking.storage import SearchStorage, StorageSettings, search_storage
+from trainables.trial_report import FINISHED, METRIC, TIME_ATTR, TRIAL_DIR_PREFIX, is_failed, is_finished
 
-METRIC = "best_val_sumr"  # the searcher's metric (trainables.trial.METRIC; not imported: no torch here)
-TRIAL_PREFIX = "trial_"
+TRIAL_PREFIX = TRIAL_DIR_PREFIX
 #: the confirmation stage's Tune run: a folder of the search's folder
 CONFIRMATION = "confirmation"
 #: the config key of a confirmation trial naming the search trial whose config it retrains with another
-#: seed (a ``tag.`` key: a tag of its MLflow run, not a setting; trainables.trial.TAG_PREFIX)
+#: seed (a ``tag.`` key: a tag of its MLflow run, not a setting; trainables.trial_report.TAG_PREFIX)
 CONFIRMATION_OF = "tag.confirmation_of"
 
 
@@ -61,12 +61,12 @@ class TrialRecord:
 
     @property
     def failed(self) -> bool:
-        return "trial_error" in self.last
+        return is_failed(self.last)
 
     @property
     def finished(self) -> bool:
         """Ran to its own end (max epochs or patience), so it has test metrics."""
-        return bool(self.last.get("finished")) and not self.failed
+        return is_finished(self.last)
 
     @property
     def score(self) -> float:
@@ -81,7 +81,7 @@ class TrialRecord:
     def epochs(self) -> list[dict[str, Any]]:
         """The per-epoch reports (the final report left out), one per epoch: a resumed trial may have
         reported an epoch twice, the later report counts."""
-        by_epoch = {r["epoch"]: r for r in self.results if "epoch" in r and not r.get("finished")}
+        by_epoch = {r[TIME_ATTR]: r for r in self.results if TIME_ATTR in r and not r.get(FINISHED)}
         return [by_epoch[e] for e in sorted(by_epoch)]
 
 

@@ -13,7 +13,7 @@ receives every result anyway (as Ray's own ``MLflowLoggerCallback`` works). Per 
 * a resumed trial's first report: its earlier epochs' metrics, rebuilt from its checkpoint; those the
   run lacks are logged (a killed driver never logged the last results it received);
 * the final report: the best epoch's val and test metrics and the per-query test ranks (the trial writes
-  them to its folder in the search's storage, ``trainables.trial.TEST_RANKS``), or the trial's own error;
+  them to its folder in the search's storage, ``trainables.trial_report.TEST_RANKS``), or the trial's own error;
   ``search.results.TrialStatus`` ends the run with the trial's status.
 """
 
@@ -28,8 +28,8 @@ from ray.tune.experiment import Trial
 
 from tracking.mlflow_runs import Tracking, child_run, end_run, log_dict, log_metrics, set_tags
 from trainables.plugins import list_plugins
-from trainables.trial import (EARLIER_EPOCHS, PLACEMENT, TEST_RANKS, TIME_ATTR, epoch_metrics, final_metrics,
-                              split_tags, trial_dirname)
+from trainables.trial_report import (EARLIER_EPOCHS, PLACEMENT, TEST_RANKS, TIME_ATTR, TRIAL_ERROR, epoch_metrics,
+                                     final_metrics, is_failed, is_finished, split_tags, trial_dirname)
 
 
 class TrialRuns(Callback):
@@ -63,10 +63,10 @@ class TrialRuns(Callback):
         now_ms = int(time.time() * 1000)
         if result.get(EARLIER_EPOCHS):
             self._log_missing(run_id, result[EARLIER_EPOCHS], now_ms)
-        if "trial_error" in result:
-            set_tags(self.tracking, run_id, {"error": result["trial_error"]})
+        if is_failed(result):
+            set_tags(self.tracking, run_id, {"error": result[TRIAL_ERROR]})
             end_run(self.tracking, run_id, "FAILED")
-        elif result.get("finished"):
+        elif is_finished(result):
             log_metrics(self.tracking, run_id, final_metrics(result), int(result.get("epoch", 0)), now_ms)
             ranks = _read_ranks(trial)
             if ranks is not None:

@@ -1,14 +1,14 @@
 """What one Ray Tune trial runs: train its config on the node's copy of the data, reporting and
 checkpointing every epoch, resuming from Tune's checkpoint after a restart.
 
-Each epoch reports the validation metrics of that epoch (``val_*``), the best validation SumR so far
-(``best_val_sumr``, the metric the searcher and ASHA use) and the mean loss terms, with a checkpoint of
-the full training state (``trainables.training.checkpoint``, loaded weights-only). A trial that ends on
-its own (max epochs or early stopping on patience) makes one more report with ``finished: True`` and the
-test metrics of its best weights; a trial stopped by the scheduler never does, which is how the searcher
-tells the two apart. A trial whose own config or training fails (bad config, NaN loss, any exception
-that is not I/O) ends with one report carrying ``trial_error`` instead of raising, so Ray does not retry
-it; infrastructure errors are raised and retried (``trainables/failures.py``).
+Its reports follow the protocol of ``trainables/trial_report.py``: each epoch's validation metrics, best
+val SumR so far and mean loss terms, with a checkpoint of the full training state
+(``trainables.training.checkpoint``, loaded weights-only); a trial that ends on its own (max epochs or
+early stopping on patience) makes one more, final report with the test metrics of its best weights; a
+trial stopped by the scheduler never does, which is how the searcher tells the two apart. A trial whose
+own config or training fails (bad config, NaN loss, any exception that is not I/O) ends with an error
+report instead of raising, so Ray does not retry it; infrastructure errors are raised and retried
+(``trainables/failures.py``).
 
 The trial does not talk to MLflow: the search's driver writes its child run from these reports
 (``tracking/trial_runs.py``), so a trial's process never imports MLflow.
@@ -29,34 +29,13 @@ from ray import tune
 
 from trainables import warm_up
 from trainables.data.source import RemoteDataset, materialize
-from trainables.evaluation.metrics import RECALL_KS
 from trainables.failures import describe, is_infrastructure_error
 from trainables.training.loop import SELECTION_BRANCH, SELECTION_METRIC, DataSplits, EpochReport, train
 from trainables.training.stored_checkpoints import loads, newest_checkpoint
+from trainables.trial_report import (EARLIER_EPOCHS, PLACEMENT, TEST_RANKS, epoch_report, error_report, final_report,
+                                     split_tags)
 
-METRIC = "best_val_sumr"
-MODE = "max"
-TIME_ATTR = "epoch"
 logger = logging.getLogger(__name__)
-COLUMNS = [f"R@{k}" for k in RECALL_KS] + ["SumR"]
-#: config keys ``tag.<name>`` are not settings: they become tags of the trial's child run (an ablation's cell)
-TAG_PREFIX = "tag."
-#: the child run's artifact of per-query test ranks (fused score; ablation statistics are paired on them)
-TEST_RANKS = "test_ranks.json"
-#: the key of a report that says where the trial runs (tags of its MLflow run): node, process, resources
-PLACEMENT = "placement"
-#: the key of a resumed trial's first report that holds its earlier epochs' metrics, rebuilt from its
-#: checkpoint: the driver logs those MLflow lacks (a killed driver never logged the last ones it got)
-EARLIER_EPOCHS = "earlier_epochs"
-
-
-def metric_key(prefix: str, column: str) -> str:
-    """``val`` + ``R@1`` -> ``val_r1``; ``test`` + ``SumR`` -> ``test_sumr``."""
-    return f"{prefix}_{column.lower().replace('@', '')}"
-
-
-def flat_metrics(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
-    return {metric_key(prefix, c): float(metrics[c]) for c in COLUMNS}
 
 
 def device_for(requested: str, gpus: float, cuda_available: bool) -> str:
@@ -135,32 +114,6 @@ def _resume_folder(folder: Path) -> Path | None:
     return folder
 
 
-def trial_dirname(trial_id: str) -> str:
-    """The folder of a trial's results and checkpoints under the search's storage."""
-    return f"trial_{trial_id}"
-
-
-def split_tags(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A trial's config without its ``tag.<name>`` keys, and those keys as tags (``<name>``)."""
-    return ({k: v for k, v in config.items() if not k.startswith(TAG_PREFIX)},
-            {k[len(TAG_PREFIX):]: v for k, v in config.items() if k.startswith(TAG_PREFIX)})
-
-
-def _numeric(result: dict[str, Any], keep: Any) -> dict[str, float]:
-    return {k: v for k, v in result.items() if keep(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of an epoch's report: the epoch, best val SumR so far and its epoch, the epoch's
-    val metrics and mean loss terms (not Tune's own fields)."""
-    return _numeric(result, lambda k: k in (TIME_ATTR, METRIC, "best_epoch") or k.startswith(("val_", "loss_")))
-
-
-def final_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of a trial's final report: its best epoch's val metrics and its test metrics."""
-    return _numeric(result, lambda k: k.startswith(("best_val_", "test_")))
-
-
 def _write_ranks(ranks: dict[str, Any]) -> None:
     """The per-query test ranks, next to the trial's checkpoints in the search's storage, for the driver."""
     storage = tune.get_context().get_storage()
@@ -170,20 +123,13 @@ def _write_ranks(ranks: dict[str, Any]) -> None:
         stream.write(json.dumps(ranks).encode())
 
 
-def report_metrics(epoch: int, val: dict[str, dict[str, float]], loss: dict[str, float], best_epoch: int,
-                   best_score: float) -> dict[str, float]:
-    """An epoch's report: the epoch, best val SumR so far and its epoch, val metrics, mean loss terms."""
-    return {TIME_ATTR: epoch, METRIC: best_score, "best_epoch": best_epoch, **flat_metrics("val", val["fused"]),
-            **{f"loss_{name}": value for name, value in loss.items()}}
-
-
 def history_metrics(history: list[dict[str, Any]]) -> list[dict[str, float]]:
     """The reports of a run's epochs rebuilt from its history, the best so far by the loop's rule."""
     out, best_score, best_epoch = [], float("-inf"), 0
     for entry in history:
         if entry["val"][SELECTION_BRANCH][SELECTION_METRIC] > best_score:
             best_score, best_epoch = entry["val"][SELECTION_BRANCH][SELECTION_METRIC], entry["epoch"]
-        out.append(report_metrics(entry["epoch"], entry["val"], entry["loss"], best_epoch, best_score))
+        out.append(epoch_report(entry["epoch"], entry["val"]["fused"], entry["loss"], best_epoch, best_score))
     return out
 
 
@@ -206,7 +152,8 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, allow_va
         resume_from = _resume_folder(scratch / "resume")
 
         def on_epoch(epoch: EpochReport) -> None:
-            metrics = report_metrics(epoch.epoch, epoch.val, epoch.train_loss, epoch.best_epoch, epoch.best_score)
+            metrics = epoch_report(epoch.epoch, epoch.val["fused"], epoch.train_loss, epoch.best_epoch,
+                                   epoch.best_score)
             if resume_from is not None and first:
                 first[EARLIER_EPOCHS] = history_metrics(epoch.history[:-1])
             folder = scratch / f"epoch-{epoch.epoch}"
@@ -222,13 +169,11 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, allow_va
                 raise  # Ray retries the trial from its last checkpoint (FailureConfig.max_failures)
             # the trial's own: its config, a NaN loss, a corrupt shard, a bug. The metric is there for the
             # scheduler's strict check; the searcher tells this trial as failed
-            report({"trial_error": describe(exc), "finished": True, METRIC: float("-inf")})
+            report(error_report(describe(exc)))
             return
         last = result.history[-1]
-        final = {TIME_ATTR: last["epoch"], METRIC: result.val.get("fused", {}).get("SumR", float("nan")),
-                 "best_epoch": result.best_epoch, **flat_metrics("val", last["val"]["fused"]),
-                 **flat_metrics("best_val", result.val["fused"]), **flat_metrics("test", result.test["fused"])}
         _write_ranks({"query_ids": materialize(data).test.query_ids, "ranks": result.test_ranks["fused"].tolist()})
-        report({**final, "finished": True, "stopped_early": result.stopped_early})
+        report(final_report(last["epoch"], last["val"]["fused"], result.val["fused"], result.test["fused"],
+                            result.best_epoch, result.stopped_early))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

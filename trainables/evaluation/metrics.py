@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-RECALL_KS: tuple[int, ...] = (1, 5, 10, 100)
+from trainables.trial_report import RECALL_KS  # the cutoffs every report carries
+
 ScoreFn = Callable[[slice], np.ndarray]
 
 

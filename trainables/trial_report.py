@@ -1,0 +1,127 @@
+"""The trial <-> driver report protocol: every key a trial reports to Ray Tune and the driver, the searcher,
+the scheduler, the MLflow child runs, the export and the report read. Standard library only (as Ray Tune's
+``tune/result.py``), so a reader that must not import torch or Ray uses the same names as the trial.
+
+A trial reports (``trainables/trial.py``):
+
+* each epoch, ``epoch_report``: the epoch (``TIME_ATTR``), the best val SumR so far (``METRIC``, what the
+  searcher and ASHA rank on) and its epoch (``BEST_EPOCH``), the epoch's ``val_*`` metrics and mean
+  ``loss_*`` terms; the first report of each start of the trial also holds ``PLACEMENT`` (where it runs)
+  and, after a resume, ``EARLIER_EPOCHS`` (the earlier epochs' reports, rebuilt from the checkpoint);
+* when it ends on its own (max epochs, or early stopping on patience), ``final_report``: ``FINISHED``,
+  ``STOPPED_EARLY``, the last epoch's ``val_*``, the best epoch's ``best_val_*`` and its ``test_*``, and the
+  per-query test ranks in the file ``TEST_RANKS`` of its folder; a trial the scheduler stops never does;
+* when its own config or training fails, ``error_report``: ``TRIAL_ERROR`` (the error's first line).
+
+``trial_status`` reads any of them into the MLflow status of the trial's child run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: the recall cutoffs of every metric family (R@1, R@5, R@10, R@100), and their sum ``SumR``
+RECALL_KS = (1, 5, 10, 100)
+COLUMNS = [f"R@{k}" for k in RECALL_KS] + ["SumR"]
+
+METRIC = "best_val_sumr"  # the best val SumR so far: what the searcher, the scheduler and the champion rank on
+MODE = "max"
+TIME_ATTR = "epoch"  # the scheduler's clock and the MLflow step
+BEST_EPOCH = "best_epoch"
+FINISHED = "finished"  # True in the report of a trial that ended on its own (or on its own error)
+STOPPED_EARLY = "stopped_early"  # True when it ended by early stopping on patience
+TRIAL_ERROR = "trial_error"  # the trial's own error, as "Type: first line"
+#: where the trial runs (node, process, resources): tags of its MLflow run
+PLACEMENT = "placement"
+#: a resumed trial's earlier epochs' reports: the driver logs those MLflow lacks (a killed driver never did)
+EARLIER_EPOCHS = "earlier_epochs"
+#: the file of per-query test ranks in the trial's folder (fused score; ablation statistics pair on them)
+TEST_RANKS = "test_ranks.json"
+#: metric families: an epoch's val, the best epoch's val and test, and the loss terms
+VAL, BEST_VAL, TEST, LOSS = "val", "best_val", "test", "loss"
+#: config keys ``tag.<name>`` are not settings: they become tags of the trial's child run (an ablation's cell)
+TAG_PREFIX = "tag."
+TRIAL_DIR_PREFIX = "trial_"
+
+
+def metric_key(prefix: str, column: str) -> str:
+    """``val`` + ``R@1`` -> ``val_r1``; ``test`` + ``SumR`` -> ``test_sumr``."""
+    return f"{prefix}_{column.lower().replace('@', '')}"
+
+
+def flat_metrics(prefix: str, metrics: Mapping[str, float]) -> dict[str, float]:
+    """``{"R@1": .., "SumR": ..}`` -> ``{"<prefix>_r1": .., "<prefix>_sumr": ..}``."""
+    return {metric_key(prefix, c): float(metrics[c]) for c in COLUMNS}
+
+
+def epoch_report(epoch: int, val: Mapping[str, float], loss: Mapping[str, float], best_epoch: int,
+                 best_score: float) -> dict[str, float]:
+    """An epoch's report; ``val``: the epoch's fused-score metrics by column, ``loss``: mean loss terms."""
+    return {TIME_ATTR: epoch, METRIC: best_score, BEST_EPOCH: best_epoch, **flat_metrics(VAL, val),
+            **{f"{LOSS}_{name}": value for name, value in loss.items()}}
+
+
+def final_report(epoch: int, last_val: Mapping[str, float], best_val: Mapping[str, float],
+                 test: Mapping[str, float], best_epoch: int, stopped_early: bool) -> dict[str, Any]:
+    """The report of a trial that ended on its own after ``epoch`` epochs: its best epoch's val and test
+    metrics (fused score, by column) and the last epoch's val metrics."""
+    return {TIME_ATTR: epoch, METRIC: float(best_val.get("SumR", float("nan"))), BEST_EPOCH: best_epoch,
+            **flat_metrics(VAL, last_val), **flat_metrics(BEST_VAL, best_val), **flat_metrics(TEST, test),
+            FINISHED: True, STOPPED_EARLY: stopped_early}
+
+
+def error_report(description: str) -> dict[str, Any]:
+    """The report of a trial whose own config or training failed (the metric for the scheduler's strict
+    check; the searcher tells the trial as failed)."""
+    return {TRIAL_ERROR: description, FINISHED: True, METRIC: float("-inf")}
+
+
+def is_failed(result: Mapping[str, Any] | None) -> bool:
+    """Whether a trial's last report is its own error."""
+    return result is not None and TRIAL_ERROR in result
+
+
+def is_finished(result: Mapping[str, Any] | None) -> bool:
+    """Whether a trial's last report is its final report (it ended on its own, not on an error)."""
+    return bool(result and result.get(FINISHED)) and not is_failed(result)
+
+
+def trial_status(result: Mapping[str, Any] | None, error: bool = False) -> str:
+    """The MLflow status of a trial that ended with ``result``: FINISHED when it ran to its end, FAILED
+    on its own error (or, ``error``, a crash), KILLED when the scheduler stopped it."""
+    if error or is_failed(result):
+        return "FAILED"
+    return "FINISHED" if is_finished(result) else "KILLED"
+
+
+def _numeric(result: Mapping[str, Any], keep: Any) -> dict[str, float]:
+    return {k: v for k, v in result.items() if keep(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of an epoch's report: the epoch, best val SumR so far and its epoch, the epoch's
+    val metrics and mean loss terms (not Tune's own fields)."""
+    return _numeric(result, lambda k: k in (TIME_ATTR, METRIC, BEST_EPOCH) or k.startswith((f"{VAL}_", f"{LOSS}_")))
+
+
+def final_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of a trial's final report: its best epoch's val metrics and its test metrics."""
+    return _numeric(result, lambda k: k.startswith((f"{BEST_VAL}_", f"{TEST}_")))
+
+
+def trial_dirname(trial_id: str) -> str:
+    """The folder of a trial's results and checkpoints under the search's storage."""
+    return f"{TRIAL_DIR_PREFIX}{trial_id}"
+
+
+def split_tags(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial's config without its ``tag.<name>`` keys, and those keys as tags (``<name>``)."""
+    return ({k: v for k, v in config.items() if not k.startswith(TAG_PREFIX)},
+            {k[len(TAG_PREFIX):]: v for k, v in config.items() if k.startswith(TAG_PREFIX)})
+
+
+__all__ = ["BEST_EPOCH", "BEST_VAL", "COLUMNS", "EARLIER_EPOCHS", "FINISHED", "LOSS", "METRIC", "MODE", "PLACEMENT",
+           "RECALL_KS", "STOPPED_EARLY", "TAG_PREFIX", "TEST", "TEST_RANKS", "TIME_ATTR", "TRIAL_DIR_PREFIX",
+           "TRIAL_ERROR", "VAL", "epoch_metrics", "epoch_report", "error_report", "final_metrics", "final_report",
+           "flat_metrics", "is_failed", "is_finished", "metric_key", "split_tags", "trial_dirname", "trial_status"]
