@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Any
 
+from search import ray_version
 from search.cli import EXIT_INTERRUPTED, run_main
 from search.ray_session import LOCAL_RAY_ENV
 from search.trusted_state import TRUST_FLAG
@@ -111,6 +112,9 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag, ok in checks:
         if not ok:
             raise ValueError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
+    if args.scheduler == "hyperband" and not ray_version.is_verified_ray():
+        raise ValueError(f"--scheduler hyperband needs Ray {ray_version.VERIFIED_RAY} (this is Ray "
+                         f"{ray_version.installed_ray()}); use asha")
     if args.scheduler == "hyperband" and args.reduction_factor != int(args.reduction_factor):
         raise ValueError(f"--reduction-factor must be an integer with --scheduler hyperband, got {args.reduction_factor:g}")
     if args.resume and args.name is None:

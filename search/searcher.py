@@ -10,6 +10,7 @@ a trial that ended with ``trial_error`` (its own config or a NaN loss) is told a
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from search import ray_version
 from trainables.trial_report import is_failed, is_finished
 
 SAMPLERS = ("tpe", "random", "cmaes")
@@ -36,17 +38,24 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 
 class PruneAwareOptunaSearch(OptunaSearch):
     """``OptunaSearch`` telling scheduler-stopped trials as PRUNED and self-failed ones as FAIL
-    (``stopped_as="complete"`` keeps Ray's behaviour, for comparison)."""
+    (``stopped_as="complete"`` keeps Ray's behaviour, for comparison). It reads ``OptunaSearch``'s private
+    state, verified on Ray ``VERIFIED_RAY``: on any other Ray it keeps Ray's behaviour, with a warning."""
 
     def __init__(self, *args: Any, stopped_as: str = "pruned", **kwargs: Any) -> None:
         if stopped_as not in ("pruned", "complete"):
             raise ValueError(f"stopped_as must be pruned or complete, got {stopped_as!r}")
         super().__init__(*args, **kwargs)
+        if stopped_as == "pruned" and not ray_version.is_verified_ray():
+            warnings.warn(f"Ray {ray_version.installed_ray()} is not {ray_version.VERIFIED_RAY}: early-stopped and "
+                          "failed trials are told to Optuna as Ray tells them (COMPLETE)", stacklevel=2)
+            stopped_as = "ray"
         self.stopped_as = stopped_as
         #: Ray trial id -> the state told to Optuna (what tests and reports read)
         self.told: dict[str, str] = {}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if self.stopped_as == "ray":
+            return super().on_trial_complete(trial_id, result, error)
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]

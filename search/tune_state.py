@@ -26,12 +26,12 @@ from ray.tune.execution.tune_controller import TuneController
 from ray.tune.utils.serialization import TuneFunctionEncoder
 
 from search import trusted_state
+from search import ray_version
+from search.ray_version import VERIFIED_RAY  # on any other Ray, nothing is replaced
 from tracking.storage import SearchStorage
 
 #: Ray's own ``save_to_dir``, as imported (for tests to compare with)
 RAYS_SAVE_TO_DIR = TuneController.save_to_dir
-#: the Ray release whose ``save_to_dir`` this replaces line for line; on any other, nothing is replaced
-VERIFIED_RAY = "2.60.0"
 
 
 def save_to_dir(self: Any) -> None:
@@ -84,7 +84,7 @@ def record_state(staging: Path) -> None:
 def write_experiment_state_atomically() -> bool:
     """Makes this process's Tune drivers save their experiment state with ``save_to_dir`` above; False, and
     nothing changed, on a Ray other than ``VERIFIED_RAY`` (whose ``save_to_dir`` may differ)."""
-    if ray.__version__ != VERIFIED_RAY:
+    if not ray_version.is_verified_ray():
         return False
     TuneController.save_to_dir = save_to_dir
     return True

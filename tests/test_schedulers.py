@@ -150,3 +150,24 @@ def test_hyperband_passes_final_and_failed_reports_and_finds_its_searcher_throug
         _hyperband().on_trial_add(SimpleNamespace(search_alg=None), trial)
     with pytest.raises(ValueError, match="reduction factor must be an integer >= 2, got 2.5"):
         _hyperband(searcher, reduction_factor=2.5)
+
+
+def _stopped_trial_state(searcher: PruneAwareOptunaSearch) -> str:
+    """The Optuna state of a trial the scheduler stopped after one epoch (no final report)."""
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"epoch": 1, "training_iteration": 1, "score": 0.5})
+    searcher.on_trial_complete("t0", {"epoch": 1, "training_iteration": 1, "score": 0.5})
+    (trial,) = searcher._ot_study.get_trials(deepcopy=False)
+    return trial.state.name
+
+
+def test_on_an_unverified_ray_the_searcher_keeps_rays_behaviour_and_hyperband_is_refused(monkeypatch):
+    """The searcher and the hyperband scheduler read OptunaSearch's private state, verified on one Ray:
+    on another, a stopped trial is told as Ray tells it (COMPLETE), with a warning, and hyperband refused."""
+    assert _stopped_trial_state(_searcher()) == "PRUNED"
+    monkeypatch.setattr("search.ray_version.installed_ray", lambda: "9.9.9")
+    with pytest.warns(UserWarning, match="Ray 9.9.9 is not 2.60.0: early-stopped and failed trials are told"):
+        searcher = _searcher()
+    assert _stopped_trial_state(searcher) == "COMPLETE"
+    with pytest.raises(ValueError, match=r"--scheduler hyperband needs Ray 2.60.0 \(this is Ray 9.9.9\)"):
+        _hyperband(_searcher())

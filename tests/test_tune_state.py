@@ -109,6 +109,6 @@ def test_installed_once_and_only_on_the_pinned_ray(monkeypatch):
     assert TuneController.save_to_dir is tune_state.save_to_dir
     assert tune_state.RAYS_SAVE_TO_DIR is rays is not tune_state.save_to_dir  # installing twice keeps Ray's own
     monkeypatch.setattr(TuneController, "save_to_dir", rays)
-    monkeypatch.setattr("ray.__version__", "9.9.9")
+    monkeypatch.setattr("search.ray_version.installed_ray", lambda: "9.9.9")
     assert not tune_state.write_experiment_state_atomically()
     assert TuneController.save_to_dir is rays

@@ -1,0 +1,23 @@
+"""The Ray release whose private internals the project relies on, verified line by line against it:
+``TuneController.save_to_dir`` (search/tune_state.py) and ``OptunaSearch``'s ``_ot_trials``, ``_ot_study``
+and ``_completed_trials`` (search/searcher.py, search/schedulers.py). On any other release those parts fall
+back to Ray's public behaviour, or are refused, and say so. Reads the installed version without importing
+ray (a local Ray reads its loopback setting when ray is imported)."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+VERIFIED_RAY = "2.60.0"
+
+
+def installed_ray() -> str:
+    return version("ray")
+
+
+def is_verified_ray() -> bool:
+    """Whether the installed Ray is the one whose internals were verified."""
+    return installed_ray() == VERIFIED_RAY
+
+
+__all__ = ["VERIFIED_RAY", "installed_ray", "is_verified_ray"]
