@@ -20,4 +20,10 @@ def is_verified_ray() -> bool:
     return installed_ray() == VERIFIED_RAY
 
 
-__all__ = ["VERIFIED_RAY", "installed_ray", "is_verified_ray"]
+def require_verified_ray(feature: str, instead: str) -> None:
+    """Refuses (one-line ValueError) ``feature`` on a Ray other than ``VERIFIED_RAY``, naming ``instead``."""
+    if not is_verified_ray():
+        raise ValueError(f"{feature} needs Ray {VERIFIED_RAY} (this is Ray {installed_ray()}); {instead}")
+
+
+__all__ = ["VERIFIED_RAY", "installed_ray", "is_verified_ray", "require_verified_ray"]

@@ -112,9 +112,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag, ok in checks:
         if not ok:
             raise ValueError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
-    if args.scheduler == "hyperband" and not ray_version.is_verified_ray():
-        raise ValueError(f"--scheduler hyperband needs Ray {ray_version.VERIFIED_RAY} (this is Ray "
-                         f"{ray_version.installed_ray()}); use asha")
+    if args.scheduler == "hyperband":
+        ray_version.require_verified_ray("--scheduler hyperband", "use asha")
     if args.scheduler == "hyperband" and args.reduction_factor != int(args.reduction_factor):
         raise ValueError(f"--reduction-factor must be an integer with --scheduler hyperband, got {args.reduction_factor:g}")
     if args.resume and args.name is None:

@@ -136,9 +136,8 @@ def make_scheduler(name: str, *, metric: str, mode: str, time_attr: str, max_epo
     if name == "none":
         return FIFOScheduler()
     if name == "hyperband":
-        if not ray_version.is_verified_ray():  # the scheduler reads and writes OptunaSearch's private trials and study
-            raise ValueError(f"--scheduler hyperband needs Ray {ray_version.VERIFIED_RAY} "
-                             f"(this is Ray {ray_version.installed_ray()}); use asha")
+        # the scheduler reads and writes OptunaSearch's private trials and study
+        ray_version.require_verified_ray("--scheduler hyperband", "use asha")
         if reduction_factor != int(reduction_factor) or reduction_factor < 2:
             raise ValueError(f"hyperband: the reduction factor must be an integer >= 2, got {reduction_factor:g}")
         pruner = HyperbandPruner(min_resource=min(grace_epochs, max_epochs), max_resource=max_epochs,
