@@ -30,7 +30,7 @@ from search import ray_version
 from search.cli import EXIT_INTERRUPTED, run_main
 from search.ray_session import LOCAL_RAY_ENV
 from search.trusted_state import TRUST_FLAG
-from spaces import SPACES, build_space
+from spaces import build_space, space_names
 from tracking.storage import check_name
 from trainables.data.split_overlap import ALLOW_FLAG
 from trainables.models.base import Dims
@@ -49,7 +49,8 @@ CONFIRM_TOP, CONFIRM_SEEDS = 2, 1
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="search/run.py", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--space", default="base", help=f"search space: {', '.join(SPACES)}")
+    p.add_argument("--space", default="base", help=f"search space: {', '.join(space_names())} (base, one per plugin "
+                   "with ranges, full)")
     p.add_argument("--backbones", nargs="+", default=None,
                    help="backbones to search over (default: the ranges' choices that can run the space's plugin)")
     p.add_argument("--overrides", default=None, help="YAML file of range overrides (layout of spaces/ranges.yaml)")

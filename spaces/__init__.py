@@ -1,5 +1,5 @@
 """Optuna search spaces by name (``space.py``) over ranges that are data (``ranges.yaml`` + overrides)."""
 
-from spaces.space import SPACES, Space, build_space
+from spaces.space import BASE, FULL, Space, build_space, space_names
 
-__all__ = ["SPACES", "Space", "build_space"]
+__all__ = ["BASE", "FULL", "Space", "build_space", "space_names"]

@@ -117,14 +117,21 @@ def _at_least_one(group: str, raw: Any, names: set[str]) -> tuple[str, ...]:
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """``base`` with ``overrides``' entries; a group for a registered plugin the defaults have no ranges
+    for is a new group (that plugin's space)."""
+    from trainables.plugins import list_plugins
+
     merged = copy.deepcopy(base)
     if not isinstance(overrides, dict):
         raise ValueError(f"{source}: expected a mapping of groups, got {type(overrides).__name__}")
     for group, entries in overrides.items():
-        if group not in merged:
-            raise ValueError(f"{source}: unknown group {group!r} (known: {', '.join(merged)})")
+        if group not in merged and group not in list_plugins():
+            raise ValueError(f"{source}: unknown group {group!r} (known: {', '.join(merged)}; or a plugin's name)")
         if not isinstance(entries, dict):
             raise ValueError(f"{source}: group {group} must be a mapping, got {entries!r}")
+        if group not in merged:
+            merged[group] = dict(entries)
+            continue
         for name, raw in entries.items():
             if name not in merged[group]:
                 raise ValueError(f"{source}: unknown setting {group}.{name} "

@@ -28,7 +28,9 @@ from trainables.models.base import Dims, list_backbones
 from trainables.plugins import list_plugins
 from trainables.training.config import TrainConfig
 
-SPACES = ("base", "ral", "msc", "moment", "full")
+#: the space without plugins, and the one that toggles every searched plugin; between them, one space per
+#: registered plugin that has ranges (``space_names``)
+BASE, FULL = "base", "full"
 #: training settings: they never change the model's structure (nor do float settings: weights, rates)
 TRAINING_KEYS = frozenset({"batch_size", "hard_negative_start_epoch", "seed", "epochs", "patience"})
 
@@ -135,20 +137,25 @@ class Space:
         return len(built)
 
 
+def space_names(overrides: str | None = None) -> tuple[str, ...]:
+    """``base``, each registered plugin with a ranges group (default ranges plus ``overrides``), ``full``:
+    a plugin without ranges is simply not searched."""
+    groups = load_ranges(overrides)
+    return (BASE, *(p for p in list_plugins() if p in groups), FULL)
+
+
 def build_space(name: str, *, backbones: Sequence[str] | None = None, overrides: str | None = None,
                 fixed: dict[str, Any] | None = None) -> Space:
     """The space ``name`` over ``backbones`` (default: the ranges' backbone choices) with the ranges of
     ``spaces/ranges.yaml`` and a user's ``overrides`` file applied."""
-    if name not in SPACES:
-        raise ValueError(f"unknown space {name!r} (available: {', '.join(SPACES)})")
     groups = load_ranges(overrides)
+    names = space_names(overrides)
+    if name not in names:
+        raise ValueError(f"unknown space {name!r} (available: {', '.join(names)})")
     choices = _backbone_choices(groups, backbones)
-    plugins = list_plugins()
-    missing = [p for p in plugins if p not in groups]
-    if missing:
-        raise ValueError(f"the ranges have no group for plugin {missing[0]}")
-    always_on = (name,) if name in plugins else ()
-    toggled = tuple(plugins) if name == "full" else ()
+    searched = tuple(p for p in list_plugins() if p in groups)  # a plugin without ranges is not searched
+    always_on = (name,) if name in searched else ()
+    toggled = searched if name == FULL else ()
     space = Space(name, groups, choices, always_on, toggled, dict(fixed or {}))
     if always_on:
         plugin = always_on[0]

@@ -161,7 +161,7 @@ def test_a_trial_whose_own_config_fails_is_failed_once_with_its_error_not_retrie
 
 
 @pytest.mark.parametrize(("args", "fragments"), [
-    (["--space", "nosuch"], ["unknown space 'nosuch'", "base, ral, msc, moment, full"]),
+    (["--space", "nosuch"], ["unknown space 'nosuch'", "base, moment, msc, ral, full"]),
     (["--backbones", "nosuch"], ["unknown backbone 'nosuch'", "mssl"]),
     (["--space", "ral", "--backbones", "amdnet"], ["space ral: none of the backbones amdnet can run plugin ral"]),
     (["--overrides", "RANGES"], ["unknown setting ral.nosuch"]),

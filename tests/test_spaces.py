@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from spaces import SPACES, build_space
+from spaces import build_space, space_names
 from spaces.ranges import load_ranges
 from trainables.models.base import Dims
 from trainables.training.config import TrainConfig
@@ -13,7 +13,7 @@ from trainables.training.config import TrainConfig
 DIMS = Dims(video_dim=24, query_dim=16)
 
 
-@pytest.mark.parametrize("name", SPACES)
+@pytest.mark.parametrize("name", space_names())
 def test_every_space_validates_and_its_configs_are_trial_configs(name):
     space = build_space(name, fixed={"hidden_size": 16, "n_heads": 4})
     assert space.validate(DIMS, count=60) >= 1
@@ -78,3 +78,53 @@ def test_overrides_replace_single_entries(tmp_path):
     configs = space.sample(20)
     assert {c["ral.k"] for c in configs} == {3} and {c["backbone"] for c in configs} == {"mssl"}
     assert len({c["lr"] for c in configs}) == 20  # the rest is still sampled
+
+
+def test_a_plugin_registered_in_a_test_alone_is_searched_once_it_has_ranges(tmp_path, monkeypatch):
+    """A new plugin is one registered class: without ranges it is simply not searched (every space still
+    builds); with a ranges group (here in an overrides file) it is its own space and one of ``full``'s
+    toggles, and a config sampled from ``--space toy`` trains with the plugin's loss."""
+    from dataclasses import dataclass
+
+    from trainables.data.datasets import resolve_dataset
+    from trainables.plugins.base import PLUGINS, Plugin, PluginConfig, check_range
+    from trainables.training.loop import load_data, train
+
+    @dataclass(frozen=True)
+    class ToyConfig(PluginConfig):
+        weight: float = 1.0
+
+        def validate(self) -> None:
+            check_range(self, "weight", 0.0)
+
+    class Toy(Plugin):
+        """An extra loss on the pooled query vectors."""
+
+        Config = ToyConfig
+        requires = frozenset({"query"})
+
+        def losses(self, features, batch, context):
+            return {"toy": self.config.weight * features["query"].pow(2).mean()}
+
+    PLUGINS.register("toy")(Toy)
+    try:
+        assert "toy" not in space_names()
+        assert "toy" not in build_space("full", backbones=["mssl"]).toggled
+        with pytest.raises(ValueError, match="unknown space 'toy'"):
+            build_space("toy")
+        overrides = tmp_path / "toy.yaml"
+        overrides.write_text("toy:\n  weight: {type: float, low: 0.1, high: 2.0}\n")
+        assert "toy" in space_names(str(overrides))
+        assert "toy" in build_space("full", backbones=["mssl"], overrides=str(overrides)).toggled
+        space = build_space("toy", backbones=["mssl"], overrides=str(overrides),
+                            fixed={"hidden_size": 16, "n_heads": 2, "epochs": 1})
+        assert space.validate(DIMS, count=10) >= 1
+        configs = space.sample(10, seed=3)
+        assert all(c["toy"] is True and 0.1 <= c["toy.weight"] <= 2.0 for c in configs)
+
+        monkeypatch.setenv("PRVR_DATA_DIR", str(tmp_path / "data"))
+        reports = []
+        train(configs[0], load_data(resolve_dataset("tiny")), on_epoch=reports.append)
+        assert reports[0].train_loss["toy.toy"] > 0  # the plugin's loss term, named <plugin>.<term>
+    finally:
+        PLUGINS._classes.pop("toy", None)

@@ -14,7 +14,8 @@ the model's, so they train, checkpoint and export with it. It can use four hooks
 
 Plugins read backbone tensors by the standard names below (``Backbone.features`` says which a backbone
 provides); ``requires`` names what a plugin needs, and ``check`` rejects a backbone before training
-with the reason. A new plugin is one file here (registered with ``@register_plugin``) plus its space.
+with the reason. A new plugin is one file here (registered with ``@register_plugin``); it is searched
+once ``spaces/ranges.yaml`` (or an overrides file) has a group of ranges for it (``spaces.space_names``).
 
 A plugin may also declare the release's values of a backbone's own options for when it runs on that
 backbone (``backbone_defaults``, e.g. RAL's 0.5/0.5 fusion on GMMFormer v2): ``TrainConfig`` applies them
