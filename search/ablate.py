@@ -34,6 +34,7 @@ from search.ray_session import LOCAL_RAY_ENV
 from spaces.ablation import DESIGNS, Cell, design, parse_component
 from tracking.storage import StorageSettings, check_name
 from trainables.data.split_overlap import ALLOW_FLAG
+from trainables.errors import InputError
 
 COLUMNS = ("R@1", "R@5", "R@10", "R@100", "SumR")
 
@@ -83,11 +84,11 @@ def base_config(args: argparse.Namespace, settings: StorageSettings | None) -> d
         try:
             raw = yaml.safe_load(args.base.read_text())
         except OSError as exc:
-            raise ValueError(f"--base {args.base}: {exc.strerror}") from None
+            raise InputError(f"--base {args.base}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise ValueError(f"--base {args.base}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"--base {args.base}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict) or ("backbone" not in raw and "preset" not in raw):
-            raise ValueError(f"--base {args.base}: a mapping of config keys with a 'backbone' (or 'preset') is expected")
+            raise InputError(f"--base {args.base}: a mapping of config keys with a 'backbone' (or 'preset') is expected")
     else:
         from tracking.champion import selection
         from tracking.search_results import load_search
@@ -132,7 +133,7 @@ def plan(base: dict[str, Any], cells: list[Cell], backbones: list[str], seeds: i
             try:
                 TrainConfig.from_dict({**config, "seed": 0}).build_model(dims)
             except (ValueError, TypeError, KeyError) as exc:
-                raise ValueError(f"cell {cell.name} on {backbone}: {str(exc).splitlines()[0]}") from None
+                raise InputError(f"cell {cell.name} on {backbone}: {str(exc).splitlines()[0]}") from None
             configs += [{**config, "seed": seed, "tag.ablation": name, "tag.cell": cell.name}
                         for seed in range(seeds)]
     return configs
@@ -249,7 +250,7 @@ def ablate(args: argparse.Namespace) -> int:
         os.environ.update(LOCAL_RAY_ENV)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.seeds < 1 or args.concurrency < 1 or args.bootstrap < 100:
-        raise ValueError("--seeds and --concurrency must be >= 1 and --bootstrap >= 100")
+        raise InputError("--seeds and --concurrency must be >= 1 and --bootstrap >= 100")
     from search import tuning
     from search.driver import driver_session, prepare, s3_settings
 
@@ -257,7 +258,7 @@ def ablate(args: argparse.Namespace) -> int:
     name = check_name(f"ablation-{time.strftime('%Y%m%d-%H%M%S')}" if args.name is None else args.name)
     out = (args.out or Path(name)).resolve()
     if out.exists():
-        raise ValueError(f"--out {out} already exists; choose another folder")
+        raise InputError(f"--out {out} already exists; choose another folder")
     base = base_config(args, s3_settings(args.storage, args.data, args.s3_endpoint))
     components = [parse_component(spec) for spec in args.components]
     cells = design(components, args.design)

@@ -23,6 +23,7 @@ from scipy import stats
 # a cell's mean, std and n over seeds: the statistics a search's confirmation stage reports, too
 from tracking.champion import SeedStats as Summary
 from tracking.champion import seed_stats as summarize
+from trainables.errors import InputError
 
 KS = (1, 5, 10, 100)
 
@@ -56,7 +57,7 @@ def seed_difference(cell: list[float], base: list[float]) -> Difference:
     """Paired over seeds (same seeds in both): mean difference, t interval, Wilcoxon signed-rank p."""
     cell_values, base_values = np.asarray(cell, dtype=np.float64), np.asarray(base, dtype=np.float64)
     if cell_values.shape != base_values.shape or cell_values.size == 0:
-        raise ValueError(f"paired seeds differ: {cell_values.size} values against {base_values.size}")
+        raise InputError(f"paired seeds differ: {cell_values.size} values against {base_values.size}")
     diff = cell_values - base_values
     n = diff.size
     mean = float(diff.mean())
@@ -71,7 +72,7 @@ def bootstrap_difference(cell: np.ndarray, base: np.ndarray, resamples: int = 20
     """Paired bootstrap over queries of mean(cell) - mean(base) (per-query values, same query order)."""
     cell, base = np.asarray(cell, dtype=np.float64), np.asarray(base, dtype=np.float64)
     if cell.shape != base.shape or cell.ndim != 1 or cell.size == 0:
-        raise ValueError(f"paired queries differ: {cell.shape} against {base.shape}")
+        raise InputError(f"paired queries differ: {cell.shape} against {base.shape}")
     diff = cell - base
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from trainables.data.errors import DatasetError
+from trainables.errors import InputError
+
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -32,7 +33,8 @@ def without_credentials(argv: list[str]) -> list[str]:
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main``; a bad input becomes one ``error: ...`` line on stderr and exit code 2. No URI
+    """Run ``main``; a bad input (``InputError``) becomes one ``error: ...`` line on stderr and exit code 2,
+    any other exception shows its traceback. No URI
     credentials reach ``main`` (``without_credentials``) or an error line. Whatever ends ``main`` with an
     exception first ends the MLflow parent runs it left RUNNING (``search.driver.end_open_parents``)."""
     from tracking.redact import redact_text
@@ -44,7 +46,7 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
             if "search.driver" in sys.modules:  # only a process that opened a driver session has any
                 sys.modules["search.driver"].end_open_parents(exc)
             raise
-    except (DatasetError, ValueError, FileNotFoundError) as exc:
+    except (InputError, FileNotFoundError) as exc:  # a bad input (a DatasetError too); anything else is a bug
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from search.cli import run_main
+from trainables.errors import InputError
 
 PLACEHOLDER = "CHANGE-ME"
 KEY_NAMES = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
@@ -62,20 +63,20 @@ def load(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
+        raise InputError(f"{path}: no such file") from None
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
         config = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise InputError(f"{path}: not valid YAML{where}: {problem}") from None
     if config is None:
-        raise ValueError(f"{path}: the file is empty")
+        raise InputError(f"{path}: the file is empty")
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping of settings (cluster_name, provider, ...), "
+        raise InputError(f"{path}: expected a mapping of settings (cluster_name, provider, ...), "
                          f"got {type(config).__name__}")
     return config
 
@@ -84,10 +85,10 @@ def check_no_keys(config: dict[str, Any], name: str) -> None:
     """AWS credentials in a launcher file end up on every node and in version control: refuse them."""
     for path, key, value in walk(config):
         if isinstance(key, str) and key.lower() in KEY_NAMES:
-            raise ValueError(f"{name}: {dotted(path)}: {NO_KEYS}")
+            raise InputError(f"{name}: {dotted(path)}: {NO_KEYS}")
         for text in (key, value):
             if isinstance(text, str) and ACCESS_KEY_ID.search(text):
-                raise ValueError(f"{name}: {dotted(path)}: looks like an AWS access key id; {NO_KEYS}")
+                raise InputError(f"{name}: {dotted(path)}: looks like an AWS access key id; {NO_KEYS}")
 
 
 def ray_validate(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -113,11 +114,11 @@ def ray_validate(config: dict[str, Any], name: str) -> dict[str, Any]:
         validate_config(prepared)
     except jsonschema.ValidationError as exc:
         message = " ".join(exc.message.splitlines())  # the message only, never jsonschema's schema dump
-        raise ValueError(f"{name}: {dotted(tuple(exc.absolute_path))}: {message}") from None
+        raise InputError(f"{name}: {dotted(tuple(exc.absolute_path))}: {message}") from None
     except Exception as exc:  # ValueError, NotImplementedError, AssertionError, KeyError ... from Ray
         lines = str(exc).strip().splitlines()
         detail = lines[0] if lines and not isinstance(exc, KeyError) else f"{type(exc).__name__} {exc}"
-        raise ValueError(f"{name}: Ray rejects the file: {detail}") from None
+        raise InputError(f"{name}: Ray rejects the file: {detail}") from None
     finally:
         ray_logger.setLevel(level)
     return prepared
@@ -136,24 +137,24 @@ def project_checks(config: dict[str, Any], prepared: dict[str, Any], name: str) 
     nodes: dict[str, Any] = config.get("available_node_types") or {}
     if config["provider"].get("type") == "aws":
         if not nodes:
-            raise ValueError(f"{name}: available_node_types: define the node types, each with "
+            raise InputError(f"{name}: available_node_types: define the node types, each with "
                              "node_config.IamInstanceProfile (S3 access)")
         for node_type, node in nodes.items():
             if "IamInstanceProfile" not in node["node_config"]:
-                raise ValueError(f"{name}: available_node_types.{node_type}.node_config: add IamInstanceProfile "
+                raise InputError(f"{name}: available_node_types.{node_type}.node_config: add IamInstanceProfile "
                                  "(the nodes read and write S3 through it)")
     for node_type, node in prepared["available_node_types"].items():
         if node_type == prepared["head_node_type"]:
             continue
         low, high = node.get("min_workers", 0), node["max_workers"]
         if low > high:
-            raise ValueError(f"{name}: available_node_types.{node_type}: min_workers {low} > max_workers {high}")
+            raise InputError(f"{name}: available_node_types.{node_type}: min_workers {low} > max_workers {high}")
     found = [(path, text) for path, key, value in walk(config)
              for text in (key, value) if isinstance(text, str) and PLACEHOLDER in text]
     if found:
         (path, text), more = found[0], len(found) - 1
         also = f" (and {more} more place{'s' if more > 1 else ''})" if more else ""
-        raise ValueError(f"{name}: {dotted(path)}: replace {PLACEHOLDER}{placeholder_hint(text)} "
+        raise InputError(f"{name}: {dotted(path)}: replace {PLACEHOLDER}{placeholder_hint(text)} "
                          f"before `ray up`{also}")
 
 

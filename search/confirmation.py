@@ -18,6 +18,7 @@ from typing import Any
 
 from tracking.champion import Selection, selection_table
 from tracking.search_results import CONFIRMATION, CONFIRMATION_OF, FinishedSearch, TrialRecord
+from trainables.errors import InputError
 
 #: config key of the stage a trial belongs to (a tag of its MLflow run)
 STAGE = "tag.stage"
@@ -43,7 +44,7 @@ def plan(search: FinishedSearch, top: int, seeds: int) -> list[dict[str, Any]]:
     """The confirmation trials' configs: each of the ``top`` configs with ``seeds`` further seeds, in rank
     order then seed order."""
     if top < 0 or seeds < 1:
-        raise ValueError(f"confirmation: top must be >= 0 and seeds >= 1, got top={top}, seeds={seeds}")
+        raise InputError(f"confirmation: top must be >= 0 and seeds >= 1, got top={top}, seeds={seeds}")
     configs = []
     for source in top_configs(search, top):
         own = {k: v for k, v in source.config.items() if not k.startswith("tag.")}

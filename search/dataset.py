@@ -25,6 +25,7 @@ from trainables.data.manifest import Manifest, read_manifest
 from trainables.data.split_overlap import manifest_overlap
 from trainables.data.store import FeatureStore
 from trainables.data.synthetic import PRESETS, ensure_synthetic, generate
+from trainables.errors import InputError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,7 +96,7 @@ def _convert(args: argparse.Namespace) -> Path:
                    val_from_train=args.val_from_train, val_seed=args.val_seed)
     if args.layout == "msrl":
         if not args.visual_feature:
-            raise ValueError("--visual-feature is required for --layout msrl (e.g. i3d_resnet)")
+            raise InputError("--visual-feature is required for --layout msrl (e.g. i3d_resnet)")
         options["visual_feature"] = args.visual_feature
     return LAYOUTS[args.layout](args.root, args.collection, args.out, **options)
 
@@ -104,7 +105,7 @@ def _synth(args: argparse.Namespace) -> Path:
     if args.out is None and args.seed is None:
         return ensure_synthetic(args.preset)
     if args.out is None:
-        raise ValueError("--seed needs --out (the cache holds the presets as they are)")
+        raise InputError("--seed needs --out (the cache holds the presets as they are)")
     config = PRESETS[args.preset]
     if args.seed is not None:
         config = dataclasses.replace(config, seed=args.seed)

@@ -23,6 +23,7 @@ from tracking.storage import SearchStorage, StorageSettings, is_s3, search_stora
 from trainables.data.datasets import resolve_dataset
 from trainables.data.manifest import Manifest, read_manifest
 from trainables.data.split_overlap import ALLOW_FLAG, SplitOverlap, check_val_test, manifest_overlap, overlap_tags
+from trainables.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,7 @@ def s3_settings(storage: str, data: str, s3_endpoint: str | None) -> StorageSett
 def prepare(name: str, *, data: str, storage: str, resume: bool = False, s3_endpoint: str | None = None,
             allow_val_test_overlap: bool = False, ray_address: str | None = None) -> DriverInputs:
     """Check the Ray cluster's address, the storage and the dataset of run ``name`` (no Ray yet); raises
-    one-line ValueErrors."""
+    one-line InputErrors."""
     from search.ray_session import check_address
 
     check_address(ray_address)
@@ -174,7 +175,7 @@ def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, 
                       "data_manifest_sha256": inputs.manifest.sha256(), **overlap_tags(inputs.overlap), **tags,
                       **code_version(ROOT)})
         except Exception as exc:  # an unreachable or broken tracking store
-            raise ValueError(f"MLflow tracking URI {uri}: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"MLflow tracking URI {uri}: {str(exc).splitlines()[0]}") from None
         OPEN_PARENTS.append(tracking)
         try:
             yield DriverSession(inputs, tracking, data, cpus_per_trial, gpus_per_trial, max_failures, trust_storage)

@@ -32,6 +32,7 @@ from typing import Any
 
 from search.cli import run_main
 from tracking.storage import StorageSettings, check_name, is_s3
+from trainables.errors import InputError
 from trainables.trial_report import BEST_EPOCH, BEST_VAL, METRIC, MODE, STOPPED_EARLY, TEST, TIME_ATTR, TRIAL_ERROR, VAL
 
 METRIC_PREFIXES = (f"{BEST_VAL}_", f"{VAL}_", f"{TEST}_")
@@ -72,7 +73,7 @@ def find_parent_run(tracking_uri: str, experiment: str, search: str, required: b
     store = local_store(tracking_uri)
     if store is not None and not store.is_file():
         if required:
-            raise ValueError(f"no MLflow store at {store} (--tracking-uri {tracking_uri}); pass the search's "
+            raise InputError(f"no MLflow store at {store} (--tracking-uri {tracking_uri}); pass the search's "
                              f"--tracking-uri, or --no-register")
         return None
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -83,7 +84,7 @@ def find_parent_run(tracking_uri: str, experiment: str, search: str, required: b
         runs = parent_runs(client, found.experiment_id, search)
     except Exception as exc:  # an unreachable or broken tracking store
         if required:
-            raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
         return None
     return runs[0] if runs else None
 
@@ -107,13 +108,13 @@ def pick_trial(search: Any, trial_id: str | None) -> tuple[Any, dict[str, Any]]:
     else:
         trial = search.trial(trial_id[len(TRIAL_PREFIX):] if trial_id.startswith(TRIAL_PREFIX) else trial_id)
         if trial.failed:
-            raise ValueError(f"trial {trial.trial_id} of search {search.name!r} failed "
+            raise InputError(f"trial {trial.trial_id} of search {search.name!r} failed "
                              f"({str(trial.last[TRIAL_ERROR]).splitlines()[0]}): nothing to export")
         if not trial.finished:
-            raise ValueError(f"trial {trial.trial_id} of search {search.name!r} did not finish (stopped after "
+            raise InputError(f"trial {trial.trial_id} of search {search.name!r} did not finish (stopped after "
                              f"{len(trial.epochs())} epochs): it has no test metrics to export")
     if trial.checkpoint is None:
-        raise ValueError(f"trial {trial.trial_id} of search {search.name!r} has no checkpoint in {search.storage.uri}")
+        raise InputError(f"trial {trial.trial_id} of search {search.name!r} has no checkpoint in {search.storage.uri}")
     return trial, how
 
 
@@ -133,11 +134,11 @@ def read_trial_checkpoint(search: Any, trial: Any) -> tuple[dict[str, Any], str]
         try:
             state = load_checkpoint(local)
         except ValueError as exc:
-            raise ValueError(str(exc).replace(str(local), source, 1)) from None
+            raise InputError(str(exc).replace(str(local), source, 1)) from None
     last = trial.last
     for key in (TIME_ATTR, BEST_EPOCH):
         if state.get(key) != last.get(key):
-            raise ValueError(f"{source}: checkpoint {key} {state.get(key)} is not the final report's "
+            raise InputError(f"{source}: checkpoint {key} {state.get(key)} is not the final report's "
                              f"{last.get(key)}: not the state trial {trial.trial_id}'s test metrics came from")
     return state, source
 
@@ -152,7 +153,7 @@ def trial_manifest(spec: str | None, parent: Any | None, settings: StorageSettin
     where = "--data" if spec is not None else "the search's MLflow parent run (tag data)"
     location = spec if spec is not None else (parent.data.tags.get("data") if parent is not None else None)
     if location is None:
-        raise ValueError("the trial's dataset is unknown (no MLflow parent run of the search names it): pass "
+        raise InputError("the trial's dataset is unknown (no MLflow parent run of the search names it): pass "
                          "--data with its folder or s3:// URI, or the search's --tracking-uri and --experiment")
     try:
         if is_s3(location):
@@ -164,9 +165,9 @@ def trial_manifest(spec: str | None, parent: Any | None, settings: StorageSettin
                 location = str(default_cache_dir() / f"synthetic-{location}")
             manifest = read_manifest(location)
     except ValueError as exc:  # DatasetError
-        raise ValueError(f"dataset from {where}: {exc}") from None
+        raise InputError(f"dataset from {where}: {exc}") from None
     if manifest.sha256() != expected_sha256:
-        raise ValueError(f"dataset {location} (from {where}) has manifest sha256 {manifest.sha256()[:12]}..., "
+        raise InputError(f"dataset {location} (from {where}) has manifest sha256 {manifest.sha256()[:12]}..., "
                          f"the trial was trained on {expected_sha256[:12]}...; pass --data with the trial's dataset")
     return manifest, location
 
@@ -250,7 +251,7 @@ def export(args: argparse.Namespace) -> int:
             tags={"test_sumr": test_sumr, "data_manifest_sha256": state["manifest_sha256"],
                   "git_commit": provenance["code"]["git_commit"], "git_dirty": provenance["code"]["git_dirty"]})
     except MlflowException as exc:
-        raise ValueError(f"exported to {folder}, but registering {registered_name} at {tracking_uri} failed: "
+        raise InputError(f"exported to {folder}, but registering {registered_name} at {tracking_uri} failed: "
                          f"{str(exc.message).splitlines()[0]}") from None
     print(f"registered {registered.name} version {registered.version} (alias champion) at {tracking_uri}")
     print(f"load it: {champion_uri(registered.name)}")

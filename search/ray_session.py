@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from trainables.errors import InputError
+
 #: environment of a local, loopback-only Ray (set before ray starts; passed on to its workers)
 LOCAL_RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -50,12 +52,12 @@ def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> No
     target = address.split("://", 1)[1] if "://" in address else address
     host, colon, port = target.rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--ray-address {address!r}: expected host:port, ray://host:port or auto")
+        raise InputError(f"--ray-address {address!r}: expected host:port, ray://host:port or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
-        raise ValueError(f"--ray-address {address}: no Ray cluster answers there ({reason}; waited up to "
+        raise InputError(f"--ray-address {address}: no Ray cluster answers there ({reason}; waited up to "
                          f"{timeout:g}s)") from None
 
 

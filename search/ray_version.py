@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
+from trainables.errors import InputError
+
 VERIFIED_RAY = "2.60.0"
 
 
@@ -23,7 +25,7 @@ def is_verified_ray() -> bool:
 def require_verified_ray(feature: str, instead: str) -> None:
     """Refuses (one-line ValueError) ``feature`` on a Ray other than ``VERIFIED_RAY``, naming ``instead``."""
     if not is_verified_ray():
-        raise ValueError(f"{feature} needs Ray {VERIFIED_RAY} (this is Ray {installed_ray()}); {instead}")
+        raise InputError(f"{feature} needs Ray {VERIFIED_RAY} (this is Ray {installed_ray()}); {instead}")
 
 
 __all__ = ["VERIFIED_RAY", "installed_ray", "is_verified_ray", "require_verified_ray"]

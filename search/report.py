@@ -18,6 +18,7 @@ from pathlib import Path
 
 from search.cli import run_main
 from tracking.storage import StorageSettings, check_name, is_s3
+from trainables.errors import InputError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,25 +45,25 @@ def parent_run_id(tracking_uri: str, experiment: str, search: str) -> str:
 
     store = local_store(tracking_uri)
     if store is not None and not store.is_file():
-        raise ValueError(f"no MLflow store at {store} (--tracking-uri {tracking_uri})")
+        raise InputError(f"no MLflow store at {store} (--tracking-uri {tracking_uri})")
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         found = client.get_experiment_by_name(experiment)
     except Exception as exc:  # an unreachable or broken tracking store
-        raise ValueError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
     if found is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+        raise InputError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
     runs = parent_runs(client, found.experiment_id, search)
     if not runs:
-        raise ValueError(f"search {search!r} has no parent run in MLflow experiment {experiment!r} at {tracking_uri}")
+        raise InputError(f"search {search!r} has no parent run in MLflow experiment {experiment!r} at {tracking_uri}")
     return runs[0].info.run_id
 
 
 def _out_dir(out: Path, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+        raise InputError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} is not empty; pass --overwrite to write the report into it")
+        raise InputError(f"--out {out} is not empty; pass --overwrite to write the report into it")
     return out
 
 

@@ -33,6 +33,7 @@ from search.trusted_state import TRUST_FLAG
 from spaces import build_space, space_names
 from tracking.storage import check_name
 from trainables.data.split_overlap import ALLOW_FLAG
+from trainables.errors import InputError
 from trainables.models.base import Dims
 from trainables.training.config import parse_assignments
 
@@ -112,21 +113,21 @@ def _check_args(args: argparse.Namespace) -> None:
               ("--time-budget", args.time_budget is None or args.time_budget > 0)]
     for flag, ok in checks:
         if not ok:
-            raise ValueError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
+            raise InputError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
     if args.scheduler == "hyperband":
         ray_version.require_verified_ray("--scheduler hyperband", "use asha")
     if args.scheduler == "hyperband" and args.reduction_factor != int(args.reduction_factor):
-        raise ValueError(f"--reduction-factor must be an integer with --scheduler hyperband, got {args.reduction_factor:g}")
+        raise InputError(f"--reduction-factor must be an integer with --scheduler hyperband, got {args.reduction_factor:g}")
     if args.resume and args.name is None:
-        raise ValueError("--resume needs the --name of the search to continue")
+        raise InputError("--resume needs the --name of the search to continue")
     if args.trust_storage and not args.resume:
-        raise ValueError(f"{TRUST_FLAG} applies to --resume only")
+        raise InputError(f"{TRUST_FLAG} applies to --resume only")
     if args.name is not None:
         check_name(args.name)
     if args.sampler not in SAMPLERS:
-        raise ValueError(f"unknown --sampler {args.sampler!r} (available: {', '.join(SAMPLERS)})")
+        raise InputError(f"unknown --sampler {args.sampler!r} (available: {', '.join(SAMPLERS)})")
     if not 0 <= args.seed <= MAX_SEED - args.confirm_seeds:
-        raise ValueError(f"--seed is out of range: {args.seed} (0 to {MAX_SEED - args.confirm_seeds})")
+        raise InputError(f"--seed is out of range: {args.seed} (0 to {MAX_SEED - args.confirm_seeds})")
 
 
 #: options a resumed search takes from its stored state (``Tuner.restore`` restores the Tune config, the
@@ -168,7 +169,7 @@ def check_resume_options(args: argparse.Namespace, given: set[str], parent: Any)
         if key in given and (None if value is None else str(value)) != recorded.get(key):
             flag = "--" + key.replace("_", "-")
             shown = " ".join(value) if isinstance(value, list) else value
-            raise ValueError(f"{flag} {shown} differs from search {args.name}'s {recorded.get(key, 'default')}: a "
+            raise InputError(f"{flag} {shown} differs from search {args.name}'s {recorded.get(key, 'default')}: a "
                              f"resumed search keeps the {flag} it started with; leave it out, or start a new --name")
 
 
@@ -197,12 +198,12 @@ def held_fixed(args: argparse.Namespace) -> dict[str, Any]:
     values = parse_assignments(args.set)
     for key, flag in OWNED_BY_OPTIONS.items():
         if key in values:
-            raise ValueError(f"--set {key}={values[key]}: give it as {flag} (which the scheduler and the "
+            raise InputError(f"--set {key}={values[key]}: give it as {flag} (which the scheduler and the "
                              "confirmation stage read too)")
     if "backbone" in values:
         backbone = values["backbone"]
         if args.backbones is not None and args.backbones != [backbone]:
-            raise ValueError(f"--set backbone={backbone} contradicts --backbones {' '.join(args.backbones)}: "
+            raise InputError(f"--set backbone={backbone} contradicts --backbones {' '.join(args.backbones)}: "
                              "give one of them")
         args.backbones = [str(backbone)]
     return values
@@ -212,7 +213,7 @@ def check_switches_held(space: Any, fixed: dict[str, Any]) -> None:
     """Refuses ``--set P=false`` for a plugin the space always switches on (it would be switched on anyway)."""
     for plugin in space.always_on:
         if plugin in fixed and fixed[plugin] is not True:
-            raise ValueError(f"--set {plugin}={fixed[plugin]}: space {space.name} always switches plugin {plugin} "
+            raise InputError(f"--set {plugin}={fixed[plugin]}: space {space.name} always switches plugin {plugin} "
                              f"on; use --space base for {plugin} off, or --space full to search it on and off")
 
 
@@ -255,8 +256,13 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     from search.schedulers import make_scheduler
     from search.searcher import PruneAwareOptunaSearch, make_sampler
     from tracking.champion import RULE, selection, selection_table
-    from tracking.mlflow_runs import (INTERRUPTED_TAG, default_tracking_uri, end_interrupted_children, finish_parent,
-                                      ui_command)
+    from tracking.mlflow_runs import (
+        INTERRUPTED_TAG,
+        default_tracking_uri,
+        end_interrupted_children,
+        finish_parent,
+        ui_command,
+    )
     from tracking.search_results import CONFIRMATION, load_search
     from trainables.trial_report import METRIC, MODE, TIME_ATTR
 
@@ -332,7 +338,7 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
         from tracking.report import report_to_run
 
         if stored is None:
-            raise ValueError("its results could not be read")
+            raise InputError("its results could not be read")
         report_to_run(stored, tracking.uri, tracking.parent_run_id)
         print("report (figures and report.html): artifacts report/ of the search's MLflow parent run")
     except Exception as exc:

@@ -30,6 +30,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search import ray_version
+from trainables.errors import InputError
 from trainables.trial_report import FINISHED, is_failed
 
 SCHEDULER_NAMES = ("asha", "hyperband", "none")
@@ -76,7 +77,7 @@ class OptunaPrunerScheduler(FIFOScheduler):
                  searcher: OptunaSearch | None = None) -> None:
         super().__init__()
         if searcher is not None and _optuna_searcher(searcher) is None:
-            raise ValueError(f"the hyperband scheduler needs an OptunaSearch searcher, got {type(searcher).__name__}")
+            raise InputError(f"the hyperband scheduler needs an OptunaSearch searcher, got {type(searcher).__name__}")
         self.pruner = pruner
         self.last_epoch = last_epoch
         self.time_attr = time_attr
@@ -95,7 +96,7 @@ class OptunaPrunerScheduler(FIFOScheduler):
         if self.searcher is None and tune_controller is not None:
             self.searcher = _optuna_searcher(getattr(tune_controller, "search_alg", None))
             if self.searcher is None:
-                raise ValueError("the hyperband scheduler needs the search's OptunaSearch searcher "
+                raise InputError("the hyperband scheduler needs the search's OptunaSearch searcher "
                                  "(make_scheduler(..., searcher=...))")
         self._study()
         super().on_trial_add(tune_controller, trial)
@@ -139,13 +140,13 @@ def make_scheduler(name: str, *, metric: str, mode: str, time_attr: str, max_epo
         # the scheduler reads and writes OptunaSearch's private trials and study
         ray_version.require_verified_ray("--scheduler hyperband", "use asha")
         if reduction_factor != int(reduction_factor) or reduction_factor < 2:
-            raise ValueError(f"hyperband: the reduction factor must be an integer >= 2, got {reduction_factor:g}")
+            raise InputError(f"hyperband: the reduction factor must be an integer >= 2, got {reduction_factor:g}")
         pruner = HyperbandPruner(min_resource=min(grace_epochs, max_epochs), max_resource=max_epochs,
                                  reduction_factor=int(reduction_factor))
         return OptunaPrunerScheduler(pruner, last_epoch=max_epochs, time_attr=time_attr, metric=metric,
                                      searcher=searcher)
     if name != "asha":
-        raise ValueError(f"unknown scheduler {name!r}: choose from {', '.join(SCHEDULER_NAMES)}")
+        raise InputError(f"unknown scheduler {name!r}: choose from {', '.join(SCHEDULER_NAMES)}")
     return LastEpochASHA(last_epoch=max_epochs, time_attr=time_attr, metric=metric, mode=mode,
                          grace_period=min(grace_epochs, max_epochs), reduction_factor=reduction_factor)
 

@@ -20,6 +20,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search import ray_version
+from trainables.errors import InputError
 from trainables.trial_report import is_failed, is_finished
 
 SAMPLERS = ("tpe", "random", "cmaes")
@@ -33,7 +34,7 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    raise ValueError(f"unknown sampler {name!r} (available: {', '.join(SAMPLERS)})")
+    raise InputError(f"unknown sampler {name!r} (available: {', '.join(SAMPLERS)})")
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -43,7 +44,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
     def __init__(self, *args: Any, stopped_as: str = "pruned", **kwargs: Any) -> None:
         if stopped_as not in ("pruned", "complete"):
-            raise ValueError(f"stopped_as must be pruned or complete, got {stopped_as!r}")
+            raise InputError(f"stopped_as must be pruned or complete, got {stopped_as!r}")
         super().__init__(*args, **kwargs)
         if stopped_as == "pruned" and not ray_version.is_verified_ray():
             warnings.warn(f"Ray {ray_version.installed_ray()} is not {ray_version.VERIFIED_RAY}: early-stopped and "

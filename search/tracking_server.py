@@ -20,6 +20,7 @@ from pathlib import Path
 
 from search.cli import run_main
 from tracking.storage import S3Uri, StorageSettings, is_s3
+from trainables.errors import InputError
 
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
@@ -38,14 +39,14 @@ def _parser() -> argparse.ArgumentParser:
 def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The ``mlflow server`` command line and its environment (checked: a bad option raises one line)."""
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port {args.port} is out of range")
+        raise InputError(f"--port {args.port} is out of range")
     env = dict(LEAN_ENV)
     if is_s3(args.artifacts):
         S3Uri.parse(args.artifacts)
         env.update(StorageSettings.from_env(endpoint=args.s3_endpoint).mlflow_server_env())
         artifacts = args.artifacts
     elif "://" in args.artifacts:
-        raise ValueError(f"--artifacts {args.artifacts!r}: use a local folder or s3://bucket/prefix")
+        raise InputError(f"--artifacts {args.artifacts!r}: use a local folder or s3://bucket/prefix")
     else:
         artifacts = str(Path(args.artifacts).expanduser().resolve())
     backend = args.backend_store_uri or f"sqlite:///{Path('mlflow-server.db').resolve()}"

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tracking.storage import SearchStorage
+from trainables.errors import InputError
 
 #: parent-run tags ``<TAG_PREFIX>/<stage>/<file>``: the space-separated digests of the file, newest last
 TAG_PREFIX = "prvr.tune_state"
@@ -94,13 +95,13 @@ def check_state(storage: SearchStorage, tags: dict[str, str] | None, stage: str 
         return
     hint = f"nothing was loaded; pass {TRUST_FLAG} only if you trust everyone who can write to {where}"
     if tags is None:
-        raise ValueError(f"--resume: no MLflow parent run of search {search} records the Tune state in {where} "
+        raise InputError(f"--resume: no MLflow parent run of search {search} records the Tune state in {where} "
                          f"(another tracking store?); {hint}")
     recorded = recorded_digests(tags, stage)
     for name, digest in sorted(stored.items()):
         if digest not in recorded.get(name, ()):
             what = "changed since the search wrote it" if name in recorded else "was not written by the search"
-            raise ValueError(f"--resume: {where}/{name} {what} (its sha256 is not in search {search}'s MLflow "
+            raise InputError(f"--resume: {where}/{name} {what} (its sha256 is not in search {search}'s MLflow "
                              f"parent run); {hint}")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from tracking.mlflow_runs import Tracking
 from tracking.storage import SearchStorage
-
+from trainables.errors import InputError
 
 #: a finished trial's worker process runs the next trial that asks for the same resources: no new process
 #: importing torch and the trainable (a trial after the first on a node starts its first epoch in about
@@ -65,7 +65,7 @@ def ray_resources(address: str | None, concurrency: int, cpus_per_trial: float, 
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"--gpus-per-trial {gpus_per_trial:g}: this machine has no GPU (CUDA is not available); "
+            raise InputError(f"--gpus-per-trial {gpus_per_trial:g}: this machine has no GPU (CUDA is not available); "
                              "run on a cluster with GPUs (--ray-address) or leave it at 0")
     return {"num_cpus": max(1, int(round(concurrency * cpus_per_trial))), "num_gpus": None,
             "warm_workers": concurrency}

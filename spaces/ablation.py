@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from trainables.errors import InputError
+
 DESIGNS = ("one-at-a-time", "factorial")
 
 
@@ -49,7 +51,7 @@ def parse_component(spec: str) -> Component:
     """``ral`` / ``ral.csa`` (off False, on True) or ``key=off,on``; a bad spec is a one-line ValueError."""
     if "=" not in spec:
         if not spec or not all(part.isidentifier() for part in spec.split(".")):
-            raise ValueError(f"ablation component {spec!r} is not a setting name (e.g. ral, ral.csa, loss=a,b)")
+            raise InputError(f"ablation component {spec!r} is not a setting name (e.g. ral, ral.csa, loss=a,b)")
         return Component(spec, False, True)
     key, _, values = spec.partition("=")
     try:
@@ -57,10 +59,10 @@ def parse_component(spec: str) -> Component:
     except yaml.YAMLError as exc:  # e.g. ral.k=1,[
         from trainables.training.config import yaml_problem
 
-        raise ValueError(f"ablation component {spec!r}: a value of {key} is not valid YAML "
+        raise InputError(f"ablation component {spec!r}: a value of {key} is not valid YAML "
                          f"({yaml_problem(exc)})") from None
     if not key or len(choices) != 2 or choices[0] == choices[1]:
-        raise ValueError(f"ablation component {spec!r}: write key=off,on with two different values")
+        raise InputError(f"ablation component {spec!r}: write key=off,on with two different values")
     return Component(key, choices[0], choices[1])
 
 
@@ -71,12 +73,12 @@ def _cell(name: str, components: list[Component], on: set[str]) -> Cell:
 def design(components: list[Component], kind: str = "one-at-a-time") -> list[Cell]:
     """The cells of ``kind`` over ``components`` (base first)."""
     if kind not in DESIGNS:
-        raise ValueError(f"unknown ablation design {kind!r} (designs: {', '.join(DESIGNS)})")
+        raise InputError(f"unknown ablation design {kind!r} (designs: {', '.join(DESIGNS)})")
     if not components:
-        raise ValueError("an ablation needs at least one component")
+        raise InputError("an ablation needs at least one component")
     keys = [c.key for c in components]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"ablation components repeat a setting: {keys}")
+        raise InputError(f"ablation components repeat a setting: {keys}")
     everything = set(keys)
     if kind == "factorial":
         cells = []

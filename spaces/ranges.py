@@ -19,6 +19,8 @@ from typing import Any
 import optuna
 import yaml
 
+from trainables.errors import InputError
+
 DEFAULT_RANGES = Path(__file__).with_name("ranges.yaml")
 KINDS = ("float", "int", "categorical", "fixed")
 AT_LEAST_ONE = "_at_least_one"
@@ -67,35 +69,35 @@ class Group:
 def _entry(group: str, name: str, raw: Any) -> Entry:
     where = f"{group}.{name}"
     if not isinstance(raw, dict) or raw.get("type") not in KINDS:
-        raise ValueError(f"range {where}: needs a mapping with type one of {', '.join(KINDS)}, got {raw!r}")
+        raise InputError(f"range {where}: needs a mapping with type one of {', '.join(KINDS)}, got {raw!r}")
     kind = raw["type"]
     allowed = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
                "categorical": {"choices"}, "fixed": {"value"}}[kind] | {"type", "when"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ValueError(f"range {where}: unknown key {unknown[0]!r} for type {kind} (allowed: {', '.join(sorted(allowed))})")
+        raise InputError(f"range {where}: unknown key {unknown[0]!r} for type {kind} (allowed: {', '.join(sorted(allowed))})")
     when = raw.get("when")
     if when is not None and not isinstance(when, str):
-        raise ValueError(f"range {where}: when must name one switch of group {group}, got {when!r}")
+        raise InputError(f"range {where}: when must name one switch of group {group}, got {when!r}")
     if kind in ("float", "int"):
         low, high = raw.get("low"), raw.get("high")
         if not all(_finite(v) for v in (low, high)):
-            raise ValueError(f"range {where}: low and high must be finite numbers, got {low!r} and {high!r}")
+            raise InputError(f"range {where}: low and high must be finite numbers, got {low!r} and {high!r}")
         step = raw.get("step")
         if step is not None and not (_finite(step) and step > 0):
-            raise ValueError(f"range {where}: step must be a finite number > 0, got {step!r}")
+            raise InputError(f"range {where}: step must be a finite number > 0, got {step!r}")
         if low > high:
-            raise ValueError(f"range {where}: low {low} is above high {high}")
+            raise InputError(f"range {where}: low {low} is above high {high}")
         if raw.get("log") and low <= 0:
-            raise ValueError(f"range {where}: a log range needs low > 0, got {low}")
+            raise InputError(f"range {where}: a log range needs low > 0, got {low}")
         return Entry(name, kind, low=low, high=high, log=bool(raw.get("log", False)), step=raw.get("step"), when=when)
     if kind == "categorical":
         choices = raw.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise ValueError(f"range {where}: choices must be a non-empty list, got {choices!r}")
+            raise InputError(f"range {where}: choices must be a non-empty list, got {choices!r}")
         return Entry(name, kind, choices=tuple(choices), when=when)
     if "value" not in raw:
-        raise ValueError(f"range {where}: a fixed entry needs a value")
+        raise InputError(f"range {where}: a fixed entry needs a value")
     return Entry(name, kind, value=raw["value"], when=when)
 
 
@@ -109,10 +111,10 @@ def _at_least_one(group: str, raw: Any, names: set[str]) -> tuple[str, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
-        raise ValueError(f"range {group}.{AT_LEAST_ONE}: must be a list of switches of {group}, got {raw!r}")
+        raise InputError(f"range {group}.{AT_LEAST_ONE}: must be a list of switches of {group}, got {raw!r}")
     unknown = [n for n in raw if n not in names]
     if unknown:
-        raise ValueError(f"range {group}.{AT_LEAST_ONE}: {unknown[0]!r} is not a setting of {group}")
+        raise InputError(f"range {group}.{AT_LEAST_ONE}: {unknown[0]!r} is not a setting of {group}")
     return tuple(raw)
 
 
@@ -123,18 +125,18 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any], source: str) -> dict
 
     merged = copy.deepcopy(base)
     if not isinstance(overrides, dict):
-        raise ValueError(f"{source}: expected a mapping of groups, got {type(overrides).__name__}")
+        raise InputError(f"{source}: expected a mapping of groups, got {type(overrides).__name__}")
     for group, entries in overrides.items():
         if group not in merged and group not in list_plugins():
-            raise ValueError(f"{source}: unknown group {group!r} (known: {', '.join(merged)}; or a plugin's name)")
+            raise InputError(f"{source}: unknown group {group!r} (known: {', '.join(merged)}; or a plugin's name)")
         if not isinstance(entries, dict):
-            raise ValueError(f"{source}: group {group} must be a mapping, got {entries!r}")
+            raise InputError(f"{source}: group {group} must be a mapping, got {entries!r}")
         if group not in merged:
             merged[group] = dict(entries)
             continue
         for name, raw in entries.items():
             if name not in merged[group]:
-                raise ValueError(f"{source}: unknown setting {group}.{name} "
+                raise InputError(f"{source}: unknown setting {group}.{name} "
                                  f"(known: {', '.join(k for k in merged[group] if k != AT_LEAST_ONE)})")
             merged[group][name] = raw
     return merged
@@ -150,7 +152,7 @@ def load_ranges(overrides: str | Path | None = None) -> dict[str, Group]:
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         raw = _merge(raw, loaded, str(path))
     groups = {}
     for group, entries in raw.items():
@@ -159,6 +161,6 @@ def load_ranges(overrides: str | Path | None = None) -> dict[str, Group]:
         at_least_one = _at_least_one(group, entries.get(AT_LEAST_ONE), names)
         for entry in parsed:
             if entry.when is not None and entry.when not in names:
-                raise ValueError(f"range {group}.{entry.name}: when {entry.when!r} is not a setting of {group}")
+                raise InputError(f"range {group}.{entry.name}: when {entry.when!r} is not a setting of {group}")
         groups[group] = Group(group, parsed, at_least_one)
     return groups

@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 
 from spaces.ranges import Group, load_ranges
+from trainables.errors import InputError
 from trainables.models.base import Dims, list_backbones
 from trainables.plugins import list_plugins
 from trainables.training.config import TrainConfig
@@ -133,7 +134,7 @@ class Space:
                     train_config.build_model(dims)
                     built.add(key)
             except (ValueError, RuntimeError, TypeError) as exc:
-                raise ValueError(f"space {self.name} can produce an invalid config: {exc} (config: {config})") from None
+                raise InputError(f"space {self.name} can produce an invalid config: {exc} (config: {config})") from None
         return len(built)
 
 
@@ -151,7 +152,7 @@ def build_space(name: str, *, backbones: Sequence[str] | None = None, overrides:
     groups = load_ranges(overrides)
     names = space_names(overrides)
     if name not in names:
-        raise ValueError(f"unknown space {name!r} (available: {', '.join(names)})")
+        raise InputError(f"unknown space {name!r} (available: {', '.join(names)})")
     choices = _backbone_choices(groups, backbones)
     searched = tuple(p for p in list_plugins() if p in groups)  # a plugin without ranges is not searched
     always_on = (name,) if name in searched else ()
@@ -163,7 +164,7 @@ def build_space(name: str, *, backbones: Sequence[str] | None = None, overrides:
         if not usable:
             reasons = "; ".join(runs_on(plugin, b, tuple(sorted(full_switches(groups[plugin]).items()))) or ""
                                 for b in choices)
-            raise ValueError(f"space {name}: none of the backbones {', '.join(choices)} can run plugin {plugin} "
+            raise InputError(f"space {name}: none of the backbones {', '.join(choices)} can run plugin {plugin} "
                              f"({reasons})")
         space.backbones = usable
     return space
@@ -178,5 +179,5 @@ def _backbone_choices(groups: dict[str, Group], backbones: Iterable[str] | None)
         chosen = tuple(entry.choices) if entry.kind == "categorical" else (entry.value,)
     for backbone in chosen:
         if backbone not in known:
-            raise ValueError(f"unknown backbone {backbone!r} (available: {', '.join(known)})")
+            raise InputError(f"unknown backbone {backbone!r} (available: {', '.join(known)})")
     return chosen

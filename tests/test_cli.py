@@ -81,3 +81,24 @@ def test_run_on_a_preset_prints_reference_table(tmp_path):
 def test_run_with_an_unknown_dataset(tmp_path):
     assert_one_line_error(run("search/reference.py", "--data", str(tmp_path / "nowhere"), data_dir=tmp_path),
                           "nowhere", "neither a synthetic preset")
+
+
+def test_only_an_input_error_is_one_line_and_a_bug_shows_its_traceback(capsys):
+    """run_main: an InputError (a DatasetError is one) is one ``error:`` line, exit 2; a ValueError that is
+    not one (a bug, e.g. numpy's shape error) propagates with its traceback instead of posing as bad input."""
+    import pytest
+
+    from search.cli import run_main
+    from trainables.data.errors import DatasetError
+    from trainables.errors import InputError
+
+    def failing(error):
+        def main(argv):
+            raise error
+        return main
+
+    for error in (InputError("--trials is out of range: 0"), DatasetError("/data/x: missing manifest.json")):
+        assert run_main(failing(error), []) == 2
+        assert capsys.readouterr().err == f"error: {error}\n"
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        run_main(failing(ValueError("operands could not be broadcast together")), [])

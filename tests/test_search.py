@@ -150,7 +150,7 @@ def test_a_trial_whose_own_config_fails_is_failed_once_with_its_error_not_retrie
     result = run_search(tmp_path, "--space", "base", "--backbones", "mssl", "--trials", "2", "--max-epochs", "2",
                         "--max-failures", "3", "--name", "own", *TINY_MODEL, "device=cuda")
     assert result.returncode == 1, result.stdout[-2000:]
-    message = "ValueError: device 'cuda' requested but CUDA is not available"
+    message = "InputError: device 'cuda' requested but CUDA is not available"
     assert len(re.findall(rf"^trial \w+: failed: {message}", result.stdout, re.M)) == 2, result.stdout[-3000:]
     experiment = tmp_path / "results" / "own"
     assert failures(experiment) == {t.name.removeprefix("trial_"): 0 for t in trial_dirs(experiment)}  # no retry

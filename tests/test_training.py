@@ -88,6 +88,26 @@ def test_nan_loss_stops_with_the_epoch_and_term(tiny, monkeypatch):
     assert [r.epoch for r in reported] == [1] and np.isfinite(reported[0].score)
 
 
+def test_nan_scores_at_validation_are_a_nonfinite_loss_and_any_other_error_is_itself(tiny, monkeypatch):
+    """A diverged model (NaN scores) ends the trial as NonFiniteLoss; a bug in evaluation (here a shape
+    error) is not relabelled: it surfaces as raised."""
+    import trainables.training.loop as loop
+    from trainables.evaluation.metrics import NonFiniteScores
+
+    def raising(error):
+        def evaluate(*args, **kwargs):
+            raise error
+        return evaluate
+
+    monkeypatch.setattr(loop, "evaluate", raising(NonFiniteScores("scores of query 3 contain NaN")))
+    with pytest.raises(NonFiniteLoss, match="epoch 1: validation failed: scores of query 3 contain NaN"):
+        train(_config("meanpool"), tiny)
+    monkeypatch.setattr(loop, "evaluate", raising(ValueError("operands could not be broadcast together")))
+    with pytest.raises(ValueError, match="broadcast") as raised:
+        train(_config("meanpool"), tiny)
+    assert not isinstance(raised.value, NonFiniteLoss)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"backbone": "nope"}, r"unknown backbone 'nope' \(available: .*mssl"),
     ({"lr": -1.0}, r"lr must be > 0, got -1\.0"),

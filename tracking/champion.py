@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracking.search_results import FinishedSearch, TrialRecord, compact_config, rank_key
+from trainables.errors import InputError
 
 TEST_METRIC = "test_sumr"
 RULE = "highest mean best-val SumR over training seeds (the search's own run included)"
@@ -46,7 +47,7 @@ def seed_stats(values: list[float] | tuple[float, ...]) -> SeedStats:
 
     array = np.asarray(values, dtype=np.float64)
     if array.size == 0:
-        raise ValueError("no values to summarize")
+        raise InputError("no values to summarize")
     mean = float(array.mean())
     if array.size == 1:
         return SeedStats(tuple(array.tolist()), mean, 0.0, 1, math.nan, math.nan)

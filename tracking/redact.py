@@ -14,6 +14,8 @@ import re
 import sys
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from trainables.errors import InputError
+
 MASK = "***"
 #: query parameters whose values are credentials (AWS presigned URLs, tokens, keys, signatures)
 CREDENTIAL_PARAM = re.compile(r"(pass|pwd|secret|token|key|sig|credential|auth|session)", re.I)
@@ -61,14 +63,14 @@ def use_tracking_uri(uri: str | None) -> str | None:
         return None
     parts = urlsplit(uri)
     if parts.query and _query(parts.query) != parts.query:
-        raise ValueError(f"--tracking-uri {redact_uri(uri)}: credentials in the query string are not accepted "
+        raise InputError(f"--tracking-uri {redact_uri(uri)}: credentials in the query string are not accepted "
                          f"(they would be logged); set MLFLOW_TRACKING_TOKEN instead")
     if "@" not in parts.netloc:
         return uri
     userinfo, _, host = parts.netloc.rpartition("@")
     user, colon, password = userinfo.partition(":")
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"--tracking-uri {redact_uri(uri)}: credentials are only understood in an http(s) URI")
+        raise InputError(f"--tracking-uri {redact_uri(uri)}: credentials are only understood in an http(s) URI")
     os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
     if colon:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)

@@ -34,6 +34,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tracking.mlflow_runs import TAG_KIND, TAG_SEARCH, TAG_TRIAL, scrub
+from trainables.errors import InputError
 
 CHAMPION = "champion"
 ARTIFACT_KEY = "export"  # the export folder's key in the pyfunc's artifacts
@@ -53,7 +54,7 @@ REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 def check_registered_name(name: str) -> str:
     if not REGISTERED_NAME.match(name):
-        raise ValueError(f"registered model name {name!r} must be letters, digits, '.', '_' or '-' "
+        raise InputError(f"registered model name {name!r} must be letters, digits, '.', '_' or '-' "
                          f"(starting with a letter or digit); pass --registered-name")
     return name
 
@@ -91,14 +92,14 @@ def _request(model_input: Any) -> dict[str, Any]:
     if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):  # pandas, without importing it
         rows = model_input.to_dict(orient="records")
         if len(rows) != 1:
-            raise ValueError(f"a DataFrame request must have one row (got {len(rows)}): pass a dict instead")
+            raise InputError(f"a DataFrame request must have one row (got {len(rows)}): pass a dict instead")
         model_input = rows[0]
     if not isinstance(model_input, dict):
-        raise ValueError(f"the request must be a dict with query_tokens, video_frames and video_ids, "
+        raise InputError(f"the request must be a dict with query_tokens, video_frames and video_ids, "
                          f"got {type(model_input).__name__}")
     missing = [k for k in ("query_tokens", "video_frames", "video_ids") if k not in model_input]
     if missing:
-        raise ValueError(f"the request has no {', '.join(missing)} (keys: query_tokens, video_frames, "
+        raise InputError(f"the request has no {', '.join(missing)} (keys: query_tokens, video_frames, "
                          f"video_ids, optional top_k)")
     return model_input
 
@@ -188,12 +189,12 @@ def downloaded_export(uri: str, tracking_uri: str | None = None) -> Iterator[Pat
             with _tracking(tracking_uri or mlflow.get_tracking_uri()):
                 local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
         except MlflowException as exc:
-            raise ValueError(f"{uri}: {str(exc.message).splitlines()[0]}") from None
+            raise InputError(f"{uri}: {str(exc.message).splitlines()[0]}") from None
         try:
             artifacts = Model.load(local).flavors["python_function"]["artifacts"]
             folder = Path(local) / artifacts[ARTIFACT_KEY]["path"]
         except (KeyError, TypeError, MlflowException) as exc:
-            raise ValueError(f"{uri}: not an exported PRVR model (no {ARTIFACT_KEY!r} artifact: {exc})") from None
+            raise InputError(f"{uri}: not an exported PRVR model (no {ARTIFACT_KEY!r} artifact: {exc})") from None
         yield folder
 
 

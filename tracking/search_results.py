@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracking.storage import SearchStorage, StorageSettings, search_storage
+from trainables.errors import InputError
 from trainables.trial_report import FINISHED, METRIC, TIME_ATTR, TRIAL_DIR_PREFIX, is_failed, is_finished
 
 TRIAL_PREFIX = TRIAL_DIR_PREFIX
@@ -101,7 +102,7 @@ class FinishedSearch:
     def best(self) -> TrialRecord:
         ranked = self.ranked()
         if not ranked:
-            raise ValueError(f"search {self.name!r} has no finished trial")
+            raise InputError(f"search {self.name!r} has no finished trial")
         return ranked[0]
 
     def trial(self, trial_id: str) -> TrialRecord:
@@ -109,7 +110,7 @@ class FinishedSearch:
         for trial in self.trials + self.confirmation:
             if trial.trial_id == trial_id:
                 return trial
-        raise ValueError(f"search {self.name!r} has no trial {trial_id!r} "
+        raise InputError(f"search {self.name!r} has no trial {trial_id!r} "
                          f"(trials: {', '.join(t.trial_id for t in self.trials + self.confirmation) or 'none'})")
 
 
@@ -138,7 +139,7 @@ def load_search(storage: str, name: str, settings: StorageSettings | None = None
     try:
         location = search_storage(storage, name, resume=True, settings=settings)
     except ValueError as exc:  # search_storage's wording is for --resume
-        raise ValueError(str(exc).removeprefix("nothing to resume: ")) from None
+        raise InputError(str(exc).removeprefix("nothing to resume: ")) from None
     filesystem = location.filesystem or fs.LocalFileSystem()
     return FinishedSearch(name, location, filesystem, _trials(filesystem, location.path),
                           _trials(filesystem, f"{location.path}/{CONFIRMATION}"))

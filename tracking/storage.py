@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tracking.redact import redact_uri
+from trainables.errors import InputError
 
 MAX_ATTEMPTS = 8
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -39,9 +40,9 @@ class S3Uri:
     def parse(cls, uri: str) -> S3Uri:
         parsed = urlparse(uri)
         if parsed.scheme != "s3" or not parsed.netloc:
-            raise ValueError(f"{uri!r} is not an s3://bucket/prefix URI")
+            raise InputError(f"{uri!r} is not an s3://bucket/prefix URI")
         if len(parsed.netloc) < 3:
-            raise ValueError(f"{uri!r}: bucket names have at least 3 characters")
+            raise InputError(f"{uri!r}: bucket names have at least 3 characters")
         return cls(parsed.netloc, parsed.path.strip("/"))
 
     def join(self, *parts: str) -> S3Uri:
@@ -76,15 +77,15 @@ class StorageSettings:
         if endpoint is not None:
             parsed = urlparse(endpoint)
             if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/"):
-                raise ValueError(f"--s3-endpoint {redact_uri(endpoint)!r} must look like http://host:port or https://host")
+                raise InputError(f"--s3-endpoint {redact_uri(endpoint)!r} must look like http://host:port or https://host")
             if "@" in parsed.netloc:  # it would be logged, printed and pickled with every S3 setting
-                raise ValueError(f"--s3-endpoint {redact_uri(endpoint)}: credentials in the endpoint are not "
+                raise InputError(f"--s3-endpoint {redact_uri(endpoint)}: credentials in the endpoint are not "
                                  f"accepted (they would be logged); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
             endpoint = f"{parsed.scheme}://{parsed.netloc}"
         region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         access, secret = (os.environ.get(name) or None for name in CREDENTIAL_VARIABLES[:2])
         if (access is None) != (secret is None):
-            raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (instance role)")
+            raise InputError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (instance role)")
         return cls(endpoint, region or ("us-east-1" if endpoint else None))
 
     def boto3_client(self) -> Any:
@@ -148,7 +149,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 def check_name(name: str) -> str:
     """``name`` if it is a safe single folder name (no ``/``, ``..``, absolute path or odd characters)."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"--name {name!r} is not allowed: use {NAME_CHARS}")
+        raise InputError(f"--name {name!r} is not allowed: use {NAME_CHARS}")
     return name
 
 
@@ -159,13 +160,13 @@ def search_storage(storage: str, name: str, resume: bool, settings: StorageSetti
     check_name(name)
     if not is_s3(storage):
         if "://" in storage:
-            raise ValueError(f"storage {storage!r}: use a local folder or s3://bucket/prefix")
+            raise InputError(f"storage {storage!r}: use a local folder or s3://bucket/prefix")
         root = Path(storage).expanduser().resolve()
         try:
             if not resume:  # reading a search (resume, report, export) creates nothing
                 root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ValueError(f"storage {root} cannot be created: {exc.strerror}") from None
+            raise InputError(f"storage {root} cannot be created: {exc.strerror}") from None
         if not resume:  # a folder Tune cannot write to fails here, not after Ray and the parent run started
             _check_writable(root)
         _check_exists(str(root / name), (root / name).exists(), name, str(root), resume)
@@ -176,7 +177,7 @@ def search_storage(storage: str, name: str, resume: bool, settings: StorageSetti
     try:
         quick.boto3_client().head_bucket(Bucket=root.bucket)
     except Exception as exc:  # botocore's ClientError / EndpointConnectionError / NoCredentialsError
-        raise ValueError(f"storage {storage}: bucket {root.bucket!r} is not reachable on "
+        raise InputError(f"storage {storage}: bucket {root.bucket!r} is not reachable on "
                          f"{settings.describe()}: {str(exc).splitlines()[0]}") from None
     filesystem = settings.pyarrow_filesystem()
     from pyarrow import fs
@@ -195,14 +196,14 @@ def _check_writable(root: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=root, prefix=".prvr-write-check-"):
             pass
     except OSError as exc:
-        raise ValueError(f"storage {root} is not writable: {exc.strerror or exc}") from None
+        raise InputError(f"storage {root} is not writable: {exc.strerror or exc}") from None
 
 
 def _check_exists(folder: str, exists: bool, name: str, root: str, resume: bool) -> None:
     if resume and not exists:
-        raise ValueError(f"nothing to resume: no search {name!r} in {root}")
+        raise InputError(f"nothing to resume: no search {name!r} in {root}")
     if not resume and exists:
-        raise ValueError(f"a search named {name!r} already exists in {root}; pass --resume to continue it "
+        raise InputError(f"a search named {name!r} already exists in {root}; pass --resume to continue it "
                          f"or choose another --name")
 
 

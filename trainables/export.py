@@ -39,6 +39,7 @@ import yaml
 from trainables.data.loader import PreparedSplit, prepare_split
 from trainables.data.protocol import Protocol
 from trainables.data.store import RawSplit
+from trainables.errors import InputError
 from trainables.evaluation.evaluate import encode_videos, score_chunks
 from trainables.models.base import Backbone, Dims
 from trainables.training.config import TrainConfig
@@ -68,15 +69,15 @@ class Export:
 def config_from_dict(flat: dict[str, Any], where: str) -> TrainConfig:
     """The validated TrainConfig of an export's flat config, which must pin both dims."""
     if not isinstance(flat, dict):
-        raise ValueError(f"{where}: expected a mapping of config keys, got {type(flat).__name__}")
+        raise InputError(f"{where}: expected a mapping of config keys, got {type(flat).__name__}")
     try:
         config = TrainConfig.from_dict(flat)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: not a valid config ({exc})") from None
+        raise InputError(f"{where}: not a valid config ({exc})") from None
     for key in ("video_dim", "query_dim"):
         value = getattr(config, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{where}: {key} must be pinned to the dataset's dimension, got {value!r}")
+            raise InputError(f"{where}: {key} must be pinned to the dataset's dimension, got {value!r}")
     return config
 
 
@@ -84,7 +85,7 @@ def pin_dims(config: dict[str, Any], dims: Dims) -> dict[str, Any]:
     """A trial's flat config with the dataset's dims pinned; dims already pinned must agree."""
     for key, value in (("video_dim", dims.video_dim), ("query_dim", dims.query_dim)):
         if config.get(key) is not None and config[key] != value:
-            raise ValueError(f"config pins {key}={config[key]} but the trial's dataset has {value}")
+            raise InputError(f"config pins {key}={config[key]} but the trial's dataset has {value}")
     return {**config, "video_dim": dims.video_dim, "query_dim": dims.query_dim}
 
 
@@ -96,7 +97,7 @@ def build_model(config: TrainConfig, weights: dict[str, torch.Tensor], where: st
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise ValueError(f"{where}: weights do not fit the config's model ({' '.join(first[:2])[:300]})") from None
+        raise InputError(f"{where}: weights do not fit the config's model ({' '.join(first[:2])[:300]})") from None
     return model.to(device).eval()
 
 
@@ -107,10 +108,10 @@ def check_target(target: str | Path) -> Path:
     """The absolute target folder; refused when anything is already there or its parent is a file."""
     target = Path(target).expanduser().absolute()
     if target.exists() or target.is_symlink():
-        raise ValueError(f"export target {target} already exists; choose another --out or remove it")
+        raise InputError(f"export target {target} already exists; choose another --out or remove it")
     parent = next((p for p in target.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise ValueError(f"export target {target}: {parent} is a file, not a folder")
+        raise InputError(f"export target {target}: {parent} is a file, not a folder")
     return target
 
 
@@ -133,7 +134,7 @@ def write_export(export: Export, target: str | Path) -> Path:
         (staging / METRICS).write_text(_json(export.metrics))
         (staging / PROVENANCE).write_text(_json(export.provenance))
         if target.exists():  # appeared while writing: never replace it
-            raise ValueError(f"export target {target} already exists; choose another --out or remove it")
+            raise InputError(f"export target {target} already exists; choose another --out or remove it")
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -158,20 +159,20 @@ def read_export(folder: str | Path) -> Export:
         raise FileNotFoundError(f"{folder}: no exported model there (not a folder)")
     missing = [name for name in EXPORT_FILES if not (folder / name).is_file()]
     if missing:
-        raise ValueError(f"{folder}: not a complete exported model (missing {', '.join(missing)})")
+        raise InputError(f"{folder}: not a complete exported model (missing {', '.join(missing)})")
     try:
         config = yaml.safe_load((folder / CONFIG).read_text())
     except yaml.YAMLError as exc:
-        raise ValueError(f"{folder / CONFIG}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{folder / CONFIG}: not valid YAML ({str(exc).splitlines()[0]})") from None
     try:
         weights = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{folder / WEIGHTS}: not a safetensors file ({exc})") from None
+        raise InputError(f"{folder / WEIGHTS}: not a safetensors file ({exc})") from None
     texts = {name: _read_json(folder / name) for name in (PROTOCOL, METRICS, PROVENANCE)}
     try:
         protocol = Protocol(**texts[PROTOCOL])
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{folder / PROTOCOL}: not an input protocol ({exc})") from None
+        raise InputError(f"{folder / PROTOCOL}: not an input protocol ({exc})") from None
     export = Export(config, weights, protocol, texts[METRICS], texts[PROVENANCE])
     config_from_dict(config, str(folder / CONFIG))
     return export
@@ -181,7 +182,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
 
 
 @dataclass
@@ -223,13 +224,13 @@ def request_split(query_tokens: Sequence[Any], video_frames: Sequence[Any], vide
     """A request's raw features as a prepared split, by the data loader's own code (so a video and a
     query become exactly the model inputs they were in evaluation)."""
     if len(video_frames) != len(video_ids):
-        raise ValueError(f"video_frames has {len(video_frames)} videos but video_ids has {len(video_ids)} ids")
+        raise InputError(f"video_frames has {len(video_frames)} videos but video_ids has {len(video_ids)} ids")
     if not video_ids or not len(query_tokens):
-        raise ValueError("a request needs at least one query and one video")
+        raise InputError("a request needs at least one query and one video")
     ids = [str(v) for v in video_ids]
     if len(set(ids)) != len(ids):
         duplicate = next(v for v in ids if ids.count(v) > 1)
-        raise ValueError(f"video_ids must be unique, {duplicate!r} appears twice")
+        raise InputError(f"video_ids must be unique, {duplicate!r} appears twice")
     frames = [_matrix(f, dims.video_dim, f"video_frames[{i}]") for i, f in enumerate(video_frames)]
     tokens = [_matrix(t, dims.query_dim, f"query_tokens[{i}]") for i, t in enumerate(query_tokens)]
     raw = RawSplit(
@@ -245,11 +246,11 @@ def _matrix(value: Any, dim: int, where: str) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where} is not a numeric matrix ({exc})") from None
+        raise InputError(f"{where} is not a numeric matrix ({exc})") from None
     if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] != dim:
-        raise ValueError(f"{where} must be (rows >= 1) x {dim}, got shape {array.shape}")
+        raise InputError(f"{where} must be (rows >= 1) x {dim}, got shape {array.shape}")
     if not np.isfinite(array).all():
-        raise ValueError(f"{where} holds NaN or infinite values")
+        raise InputError(f"{where} holds NaN or infinite values")
     return array
 
 
@@ -268,7 +269,7 @@ def rank_videos(model: Backbone, config: TrainConfig, protocol: Protocol, query_
     encoded ``eval_video_batch`` at a time and queries scored ``eval_query_chunk`` at a time, as the
     trial's evaluation did. Equal scores keep the request's video order."""
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}")
+        raise InputError(f"top_k must be a whole number >= 1, got {top_k!r}")
     split = request_split(query_tokens, video_frames, video_ids, Dims(config.video_dim, config.query_dim), protocol)
     keep = split.num_videos if top_k is None else min(int(top_k), split.num_videos)
     ranked: list[list[str]] = []

@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainables.errors import InputError
+
 #: the key of a flat config dict that names a preset (``train({"preset": ...})``)
 PRESET_KEY = "preset"
 
@@ -245,7 +247,7 @@ def list_presets() -> list[str]:
 def get_preset(name: str) -> Preset:
     """The preset ``name``; an unknown name is a one-line ValueError listing the available ones."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
+        raise InputError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
     return PRESETS[name]
 
 
@@ -261,7 +263,7 @@ def apply_preset(config: dict[str, Any], name: str | None = None) -> dict[str, A
     if name is None:
         return config
     if not isinstance(name, str):
-        raise ValueError(f"{PRESET_KEY} must be a preset name, got {name!r} (available: {', '.join(PRESETS)})")
+        raise InputError(f"{PRESET_KEY} must be a preset name, got {name!r} (available: {', '.join(PRESETS)})")
     base = dict(get_preset(name).values)
     for key, value in config.items():
         if value is False and base.get(key) is True:  # a preset's plugin switched off

@@ -6,6 +6,8 @@ import importlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from trainables.errors import InputError
+
 T = TypeVar("T", bound=type)
 
 
@@ -22,7 +24,7 @@ class Registry(Generic[T]):
 
         def add(cls: T) -> T:
             if name in self._classes:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                raise InputError(f"{self.kind} {name!r} is registered twice")
             self._classes[name] = cls
             cls.name = name
             return cls
@@ -33,7 +35,7 @@ class Registry(Generic[T]):
         """The class registered as ``name``, or a ValueError listing the available names."""
         names = self.names()
         if name not in self._classes:
-            raise ValueError(f"unknown {self.kind} {name!r} (available: {', '.join(names)})")
+            raise InputError(f"unknown {self.kind} {name!r} (available: {', '.join(names)})")
         return self._classes[name]
 
     def names(self) -> list[str]:

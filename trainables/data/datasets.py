@@ -6,6 +6,7 @@ from pathlib import Path
 
 from trainables.data.manifest import manifest_path
 from trainables.data.synthetic import PRESETS, ensure_synthetic
+from trainables.errors import InputError
 
 
 def resolve_dataset(spec: str | Path) -> Path:
@@ -14,6 +15,6 @@ def resolve_dataset(spec: str | Path) -> Path:
         return manifest_path(ensure_synthetic(str(spec)))
     path = manifest_path(spec)
     if not path.is_file():
-        raise ValueError(f"dataset {str(spec)!r} is neither a synthetic preset ({', '.join(PRESETS)}) "
+        raise InputError(f"dataset {str(spec)!r} is neither a synthetic preset ({', '.join(PRESETS)}) "
                          f"nor a folder or manifest.json of a dataset")
     return path

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trainables.errors import InputError
+
 MAP_SIZE = 32
 MAX_FRAMES = 128
 MAX_TOKENS = 30
@@ -39,13 +41,13 @@ class Protocol:
     def __post_init__(self) -> None:
         for name in ("map_size", "max_frames", "max_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"Protocol.{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"Protocol.{name} must be >= 1, got {getattr(self, name)}")
 
 
 def bin_boundaries(num_frames: int, num_bins: int, exclude_last_frame: bool = True) -> np.ndarray:
     """The ``num_bins + 1`` boundaries of the release's pooling rule (see the module docstring)."""
     if num_frames < 1:
-        raise ValueError("a video needs at least one frame")
+        raise InputError("a video needs at least one frame")
     bounds = np.round(np.arange(num_bins + 1, dtype=np.float64) / num_bins * num_frames).astype(np.int64)
     return np.minimum(bounds, num_frames - 1 if exclude_last_frame else num_frames)
 

@@ -34,6 +34,7 @@ from filelock import FileLock
 from tracking.storage import S3Uri, StorageSettings
 from trainables.data.errors import DatasetError
 from trainables.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, read_manifest, sha256_file
+from trainables.errors import InputError
 
 #: download attempts of a shard whose bytes do not match the manifest before giving up
 DOWNLOAD_ATTEMPTS = 3
@@ -71,7 +72,7 @@ def _prefix_folder(uri: str, cache_root: Path | None) -> Path:
     parts = [p for p in root.key.split("/") if p]
     bad = [p for p in parts if p in (".", "..")]
     if bad:
-        raise ValueError(f"{uri}: a prefix with a {bad[0]!r} component cannot be cached locally")
+        raise InputError(f"{uri}: a prefix with a {bad[0]!r} component cannot be cached locally")
     base = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
     return base.joinpath(root.bucket, *parts)
 
@@ -119,11 +120,11 @@ def _check_bucket(client: Any, root: S3Uri, uri: str, settings: StorageSettings)
         client.head_bucket(Bucket=root.bucket)
     except ClientError as exc:
         if _error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
-            raise ValueError(f"{uri}: bucket {root.bucket!r} does not exist on {settings.describe()}") from None
-        raise ValueError(f"{uri}: bucket {root.bucket!r} is not reachable on {settings.describe()}: "
+            raise InputError(f"{uri}: bucket {root.bucket!r} does not exist on {settings.describe()}") from None
+        raise InputError(f"{uri}: bucket {root.bucket!r} is not reachable on {settings.describe()}: "
                          f"{_first_line(exc)}") from None
     except BotoCoreError as exc:
-        raise ValueError(f"{uri}: bucket {root.bucket!r} is not reachable on {settings.describe()}: "
+        raise InputError(f"{uri}: bucket {root.bucket!r} is not reachable on {settings.describe()}: "
                          f"{_first_line(exc)}") from None
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from trainables.data.errors import DatasetError
+from trainables.errors import InputError
 
 #: the command-line flag that accepts an overlapping val/test (named in the refusal)
 ALLOW_FLAG = "--allow-val-test-overlap"
@@ -118,7 +119,7 @@ def carve_val(
     video goes to val and at least one stays in train.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"--val-from-train must be in (0, 1), got {fraction}")
+        raise InputError(f"--val-from-train must be in (0, 1), got {fraction}")
     if "train" not in splits:
         raise DatasetError(f"--val-from-train needs a train split (splits: {', '.join(splits) or 'none'})")
     train = list(splits["train"])

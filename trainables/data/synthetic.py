@@ -93,6 +93,7 @@ from trainables.data.errors import DatasetError
 from trainables.data.manifest import read_manifest
 from trainables.data.store import RawSplit, checked_sha256
 from trainables.data.writer import DatasetWriter
+from trainables.errors import InputError
 
 GENERATOR_VERSION = 1  # bump when the same config would produce different data
 LAYOUT = "synthetic"
@@ -206,7 +207,7 @@ class SyntheticConfig:
 
 
 def _bad(name: str, what: str, value: Any) -> None:
-    raise ValueError(f"SyntheticConfig.{name} {what}, got {value!r}")
+    raise InputError(f"SyntheticConfig.{name} {what}, got {value!r}")
 
 
 def _at_least(config: SyntheticConfig, name: str, low: int) -> None:
@@ -627,7 +628,7 @@ def ensure_synthetic(preset: str, cache_dir: str | Path | None = None) -> Path:
     the winner's.
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown synthetic preset {preset!r} (available: {', '.join(PRESETS)})")
+        raise InputError(f"unknown synthetic preset {preset!r} (available: {', '.join(PRESETS)})")
     config = PRESETS[preset]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -696,7 +697,7 @@ def reference_scores(split: RawSplit, latents: Latents, kind: str, *, clips: int
     to ``max_span`` of ``clips`` equal clips (no annotations, like MS-SL's proposals).
     """
     if kind not in REFERENCE_SCORERS:
-        raise ValueError(f"unknown reference scorer {kind!r} (available: {', '.join(REFERENCE_SCORERS)})")
+        raise InputError(f"unknown reference scorer {kind!r} (available: {', '.join(REFERENCE_SCORERS)})")
     vindex = {v: i for i, v in enumerate(latents.video_ids)}
     qindex = {q: i for i, q in enumerate(latents.query_ids)}
     videos = np.asarray([vindex[v] for v in split.video_ids])

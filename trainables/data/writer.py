@@ -17,7 +17,6 @@ import h5py
 import numpy as np
 
 from trainables.data.errors import DatasetError
-from trainables.data.split_overlap import overlap_of_splits
 from trainables.data.manifest import (
     DTYPES,
     MANIFEST_NAME,
@@ -27,6 +26,8 @@ from trainables.data.manifest import (
     SplitInfo,
     sha256_file,
 )
+from trainables.data.split_overlap import overlap_of_splits
+from trainables.errors import InputError
 
 STR = h5py.string_dtype(encoding="utf-8")
 
@@ -84,11 +85,11 @@ class DatasetWriter:
         overwrite: bool = False,
     ) -> None:
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+            raise InputError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if videos_per_shard < 1 or queries_per_shard < 1:
-            raise ValueError("videos_per_shard and queries_per_shard must be >= 1")
+            raise InputError("videos_per_shard and queries_per_shard must be >= 1")
         if video_dim < 1 or query_dim < 1:
-            raise ValueError(f"video_dim and query_dim must be >= 1, got {video_dim}, {query_dim}")
+            raise InputError(f"video_dim and query_dim must be >= 1, got {video_dim}, {query_dim}")
         self.out_dir = Path(out_dir).expanduser().resolve()
         if self.out_dir.exists() and any(self.out_dir.iterdir()) and not overwrite:
             raise DatasetError(f"{self.out_dir}: already exists and is not empty (pass overwrite to replace it)")

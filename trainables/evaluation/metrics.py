@@ -21,6 +21,10 @@ from trainables.trial_report import RECALL_KS  # the cutoffs every report carrie
 ScoreFn = Callable[[slice], np.ndarray]
 
 
+class NonFiniteScores(ValueError):
+    """A model's scores hold NaN: what a diverged model evaluates to (a shape or index error is a bug)."""
+
+
 def ground_truth_ranks(scores: np.ndarray, gt: np.ndarray, first_query: int = 0) -> np.ndarray:
     """1-based pessimistic rank of each query's relevant video.
 
@@ -35,7 +39,7 @@ def ground_truth_ranks(scores: np.ndarray, gt: np.ndarray, first_query: int = 0)
         raise ValueError(f"a ground-truth video index is outside [0, {scores.shape[1]})")
     nan_rows = np.flatnonzero(np.isnan(scores).any(axis=1))
     if nan_rows.size:
-        raise ValueError(f"scores of query {first_query + int(nan_rows[0])} contain NaN")
+        raise NonFiniteScores(f"scores of query {first_query + int(nan_rows[0])} contain NaN")
     positive = scores[np.arange(scores.shape[0]), gt][:, None]
     return (scores >= positive).sum(axis=1).astype(np.int64)
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainables.errors import InputError
+
 DA_VARIANTS = ("as_released", "clean")
 
 
@@ -104,7 +106,7 @@ def distribution_alignment_loss(
     """L_DA = mean_b KL_prior(video b) + mean_g KL_prior(text g) + mean_g KL(text g || video text_video[g])
     (either part switchable); ``variant`` as in the module docstring."""
     if variant not in DA_VARIANTS:
-        raise ValueError(f"da_variant must be one of {', '.join(DA_VARIANTS)}, got {variant!r}")
+        raise InputError(f"da_variant must be one of {', '.join(DA_VARIANTS)}, got {variant!r}")
     if variant == "as_released":
         video_mean, text_mean, prior_term = video_proxies.mean(dim=1), text_proxies.mean(dim=1), prior_kl_as_released
     else:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.errors import InputError
 from trainables.losses.moment import moment_diversity, moment_relevance
 from trainables.losses.ranking import clip_nce
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
@@ -141,19 +142,19 @@ class AMDNet(Backbone):
 
         def validate(self) -> None:
             if self.event_size < 1:
-                raise ValueError(f"event_size must be >= 1, got {self.event_size}")
+                raise InputError(f"event_size must be >= 1, got {self.event_size}")
             if self.n_heads != self.event_size:
-                raise ValueError(f"n_heads ({self.n_heads}) must equal event_size ({self.event_size}): "
+                raise InputError(f"n_heads ({self.n_heads}) must equal event_size ({self.event_size}): "
                                  f"head k of the masked attention uses moment mask k")
             super().validate()
             for key in ("nce_weight", "div_weight", "div_target", "rel_weight", "rel_margin"):
                 if getattr(self, key) < 0:
-                    raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+                    raise InputError(f"{key} must be >= 0, got {getattr(self, key)}")
             if self.query_pooling not in QUERY_POOLINGS:
-                raise ValueError(f"query_pooling must be one of {', '.join(QUERY_POOLINGS)}, "
+                raise InputError(f"query_pooling must be one of {', '.join(QUERY_POOLINGS)}, "
                                  f"got {self.query_pooling!r}")
             if self.map_size > self.max_ctx_l:
-                raise ValueError(f"map_size {self.map_size} exceeds max_ctx_l {self.max_ctx_l} (positional table)")
+                raise InputError(f"map_size {self.map_size} exceeds max_ctx_l {self.max_ctx_l} (positional table)")
 
     config: Config
     training_defaults: ClassVar[dict[str, Any]] = {

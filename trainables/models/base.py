@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from trainables.errors import InputError
 from trainables.registry import Registry
 
 Tensors = dict[str, torch.Tensor]
@@ -107,16 +108,16 @@ class BackboneConfig:
         positive = ("hidden_size", "n_heads", "max_desc_l", "max_ctx_l", "map_size")
         for key in positive:
             if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+                raise InputError(f"{key} must be >= 1, got {getattr(self, key)}")
         for key in ("input_drop", "drop"):
             if not 0.0 <= getattr(self, key) < 1.0:
-                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+                raise InputError(f"{key} must be in [0, 1), got {getattr(self, key)}")
         if self.hidden_size % self.n_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of n_heads {self.n_heads}")
+            raise InputError(f"hidden_size {self.hidden_size} must be a multiple of n_heads {self.n_heads}")
         if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
+            raise InputError(f"margin must be >= 0, got {self.margin}")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+            raise InputError(f"alpha must be in [0, 1], got {self.alpha}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], backbone: str) -> BackboneConfig:
@@ -124,11 +125,11 @@ class BackboneConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(f"{backbone}: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+            raise InputError(f"{backbone}: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
         try:
             return cls(**dict(options))
         except ValueError as exc:
-            raise ValueError(f"{backbone}: {exc}") from None
+            raise InputError(f"{backbone}: {exc}") from None
 
 
 class Backbone(nn.Module):
@@ -151,7 +152,7 @@ class Backbone(nn.Module):
     def attach(self, plugin: nn.Module) -> None:
         """Add a plugin; its parameters become the model's (trained, checkpointed, exported)."""
         if getattr(plugin, "replaces_frame_score", False) and self._frame_scorer() is not None:
-            raise ValueError(f"plugins {self._frame_scorer().name} and {plugin.name} both replace the frame score")
+            raise InputError(f"plugins {self._frame_scorer().name} and {plugin.name} both replace the frame score")
         self.plugins[plugin.name] = plugin
 
     def _frame_scorer(self) -> Any:
@@ -171,7 +172,7 @@ class Backbone(nn.Module):
         for plugin in self.plugins.values():
             inputs = plugin.transform_videos(inputs)
         if inputs.clip_key_bias is not None and "clip_key_bias" not in self.features:
-            raise ValueError(f"backbone {self.name} does not take a clip attention key bias")
+            raise InputError(f"backbone {self.name} does not take a clip attention key bias")
         return inputs
 
     # the public contract --------------------------------------------------------------------------

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.errors import InputError
+
 MASK_VALUE = -1e4  # additive mask of padded keys in attention, as released
 POOL_MASK_VALUE = -1e10  # mask of padded tokens in attention pooling, as released
 
@@ -64,7 +66,7 @@ class SelfAttention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, dropout: float):
         super().__init__()
         if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {num_heads}")
+            raise InputError(f"hidden_size {hidden_size} is not a multiple of n_heads {num_heads}")
         self.num_heads, self.head_size = num_heads, hidden_size // num_heads
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from trainables.errors import InputError
 from trainables.losses.diversity import query_diverse_loss
 from trainables.losses.ranking import clip_nce, clip_triplet
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
@@ -127,18 +128,18 @@ def as_float_tuple(config: Any, key: str, length: int | None = None) -> None:
     """Coerce a list option (e.g. from YAML) of a frozen config to a tuple of floats, checking its length."""
     value = tuple(float(v) for v in getattr(config, key))
     if length is not None and len(value) != length:
-        raise ValueError(f"{key} must have {length} values, got {len(value)}")
+        raise InputError(f"{key} must have {length} values, got {len(value)}")
     object.__setattr__(config, key, value)
 
 
 def check_gaussian_branches(config: Any, block: str) -> None:
     """The checks GMMFormer v1 and v2 share: loss weights, widths, and at least one branch per block."""
     if any(w < 0 for w in config.loss_factor):
-        raise ValueError(f"loss_factor must be >= 0, got {config.loss_factor}")
+        raise InputError(f"loss_factor must be >= 0, got {config.loss_factor}")
     if any(w <= 0 for w in config.widths):
-        raise ValueError(f"widths must be > 0, got {config.widths}")
+        raise InputError(f"widths must be > 0, got {config.widths}")
     if not config.widths and not config.global_branch:
-        raise ValueError(f"a {block} needs at least one branch (widths or global_branch)")
+        raise InputError(f"a {block} needs at least one branch (widths or global_branch)")
 
 
 class GMMBlock(nn.Module):
@@ -214,9 +215,9 @@ class GMMFormer(Backbone):
             super().validate()
             check_gaussian_branches(self, "GMMBlock")
             if self.n_blocks < 1:
-                raise ValueError(f"n_blocks must be >= 1, got {self.n_blocks}")
+                raise InputError(f"n_blocks must be >= 1, got {self.n_blocks}")
             if self.qdl_alpha <= 0:
-                raise ValueError(f"qdl_alpha must be > 0, got {self.qdl_alpha}")
+                raise InputError(f"qdl_alpha must be > 0, got {self.qdl_alpha}")
 
     training_defaults: ClassVar[dict[str, Any]] = {
         "lr": 3e-4, "epochs": 100, "patience": 10, "hard_negative_start_epoch": 30, "seed": 9527, "batch_size": 128,

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.errors import InputError
 from trainables.losses.diversity import optimal_matching_loss, revamped_query_diverse_loss
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import (
@@ -123,9 +124,9 @@ class GMMFormerV2(Backbone):
             check_gaussian_branches(self, "DyGMMBlock")
             for key in ("sft_factor", "qdl_alpha"):
                 if getattr(self, key) <= 0:
-                    raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+                    raise InputError(f"{key} must be > 0, got {getattr(self, key)}")
             if self.qdl_gamma < 0:
-                raise ValueError(f"qdl_gamma must be >= 0, got {self.qdl_gamma}")
+                raise InputError(f"qdl_gamma must be >= 0, got {self.qdl_gamma}")
 
     training_defaults: ClassVar[dict[str, Any]] = {
         "lr": 3e-4, "epochs": 100, "patience": 10, "hard_negative_start_epoch": 20, "seed": 9527, "batch_size": 128,
@@ -156,7 +157,7 @@ class GMMFormerV2(Backbone):
         """Zero-pad frames and mask to exactly ``max_ctx_l`` positions (the frame block's fixed length)."""
         extra = self.config.max_ctx_l - frames.shape[1]
         if extra < 0:
-            raise ValueError(f"{frames.shape[1]} frames exceed max_ctx_l={self.config.max_ctx_l}")
+            raise InputError(f"{frames.shape[1]} frames exceed max_ctx_l={self.config.max_ctx_l}")
         return F.pad(frames, (0, 0, 0, extra)), F.pad(mask, (0, extra))
 
     features = frozenset({"query", "clip_tokens", "frame_tokens", "clip_key_bias", "frame_score"})

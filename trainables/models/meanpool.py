@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
@@ -46,9 +47,9 @@ class MeanPool(Backbone):
         def validate(self) -> None:
             super().validate()
             if self.nce_weight < 0:
-                raise ValueError(f"nce_weight must be >= 0, got {self.nce_weight}")
+                raise InputError(f"nce_weight must be >= 0, got {self.nce_weight}")
             if self.pooling not in POOLINGS:
-                raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+                raise InputError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
     training_defaults = {"lr": 2.5e-4, "epochs": 100, "patience": 10, "hard_negative_start_epoch": 20,
                          "seed": 2018, "batch_size": 128}

@@ -63,6 +63,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet, diagonal_triplet, frame_nce
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
@@ -197,19 +198,19 @@ class MSSL(Backbone):
             super().validate()
             total = num_proposals(self.map_size)
             if self.cluster_num is not None and not 1 <= self.cluster_num <= total:
-                raise ValueError(f"cluster_num must be in 1..{total}, got {self.cluster_num}")
+                raise InputError(f"cluster_num must be in 1..{total}, got {self.cluster_num}")
             for key in ("clip_nce_weight", "frame_nce_weight"):
                 value = getattr(self, key)
                 if value is not None and value < 0:
-                    raise ValueError(f"{key} must be >= 0, got {value}")
+                    raise InputError(f"{key} must be >= 0, got {value}")
             if self.frame_nce is not None and self.frame_nce not in FRAME_NCE_FORMS:
-                raise ValueError(f"frame_nce must be one of {FRAME_NCE_FORMS} or None, got {self.frame_nce!r}")
+                raise InputError(f"frame_nce must be one of {FRAME_NCE_FORMS} or None, got {self.frame_nce!r}")
             if self.clip_positions is not None and self.clip_positions < self.map_size:
-                raise ValueError(f"clip_positions must be >= map_size {self.map_size}, got {self.clip_positions}")
+                raise InputError(f"clip_positions must be >= map_size {self.map_size}, got {self.clip_positions}")
             if self.length_dim < 2 or self.length_dim % 2:
-                raise ValueError(f"length_dim must be a positive even number, got {self.length_dim}")
+                raise InputError(f"length_dim must be a positive even number, got {self.length_dim}")
             if self.kmedoids_iters < 1:
-                raise ValueError(f"kmedoids_iters must be >= 1, got {self.kmedoids_iters}")
+                raise InputError(f"kmedoids_iters must be >= 1, got {self.kmedoids_iters}")
 
         @property
         def clustered(self) -> bool:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from trainables.errors import InputError
 from trainables.models.base import BackboneConfig, Dims, LossContext, Tensors, VideoInputs
 from trainables.registry import Registry
 
@@ -63,12 +64,12 @@ class PluginConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(f"plugin {plugin}: unknown setting {plugin}.{unknown[0]} "
+            raise InputError(f"plugin {plugin}: unknown setting {plugin}.{unknown[0]} "
                              f"(known: {', '.join(sorted(known)) or 'none'})")
         try:
             return cls(**dict(options))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"plugin {plugin}: {exc}") from None
+            raise InputError(f"plugin {plugin}: {exc}") from None
 
 
 def check_range(config: Any, key: str, low: float | None = None, high: float | None = None, *,
@@ -80,14 +81,14 @@ def check_range(config: Any, key: str, low: float | None = None, high: float | N
     if bad:
         left = "(" if low_open else "["
         right = ")" if high_open else "]"
-        raise ValueError(f"{key} must be in {left}{low if low is not None else '-inf'}, "
+        raise InputError(f"{key} must be in {left}{low if low is not None else '-inf'}, "
                          f"{high if high is not None else 'inf'}{right}, got {value!r}")
 
 
 def check_choice(config: Any, key: str, choices: tuple[Any, ...]) -> None:
     value = getattr(config, key)
     if value not in choices:
-        raise ValueError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise InputError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 class Plugin(nn.Module):
@@ -123,7 +124,7 @@ class Plugin(nn.Module):
         """ValueError saying why this plugin cannot run on ``backbone`` with these settings."""
         missing = sorted(cls.needs(config) - backbone.features)
         if missing:
-            raise ValueError(f"plugin {cls.name} cannot run on backbone {backbone.name}: it needs "
+            raise InputError(f"plugin {cls.name} cannot run on backbone {backbone.name}: it needs "
                              f"{', '.join(missing)}, which {backbone.name} does not have "
                              f"({backbone.name} provides: {', '.join(sorted(backbone.features)) or 'nothing'})")
 
@@ -168,7 +169,7 @@ def plugin_backbone_defaults(plugins: Iterable[str], backbone: str, given: Colle
             if key in given:
                 continue
             if key in merged and merged[key] != value:
-                raise ValueError(f"plugins {owner[key]} and {name} set different defaults of {key} on {backbone} "
+                raise InputError(f"plugins {owner[key]} and {name} set different defaults of {key} on {backbone} "
                                  f"({merged[key]!r} and {value!r}): set {key} explicitly")
             merged[key], owner[key] = value, name
     return merged

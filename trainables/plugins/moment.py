@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from trainables.errors import InputError
 from trainables.losses.moment import moment_diversity, moment_relevance
 from trainables.models.amdnet import SpanAnchors, gaussian_moment_masks
 from trainables.models.base import BackboneConfig, Dims, LossContext, Tensors
@@ -75,12 +76,12 @@ class MomentConfig(PluginConfig):
 
     def validate(self) -> None:
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
-            raise ValueError(f"k must be an integer >= 1 (or unset), got {self.k!r}")
+            raise InputError(f"k must be an integer >= 1 (or unset), got {self.k!r}")
         for key in ("div", "rel"):
             if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+                raise InputError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not (self.div or self.rel):
-            raise ValueError("div and rel are both false: switch at least one moment loss on")
+            raise InputError("div and rel are both false: switch at least one moment loss on")
         check_range(self, "div_weight", 0.0)
         # entries of G G^T lie in [0, 1] for sum-1 non-negative masks, so a target above 1 is unreachable
         check_range(self, "div_target", 0.0, 1.0)
@@ -105,11 +106,11 @@ class MomentPlugin(Plugin):
     @classmethod
     def check(cls, config: PluginConfig, backbone: type[Backbone]) -> None:
         if "clip_tokens" not in backbone.features:
-            raise ValueError(f"plugin {cls.name} cannot run on backbone {backbone.name}: it needs clip_tokens (the "
+            raise InputError(f"plugin {cls.name} cannot run on backbone {backbone.name}: it needs clip_tokens (the "
                              f"moments are soft spans over the clip tokens), which {backbone.name} does not have "
                              f"({backbone.name} provides: {', '.join(sorted(backbone.features))})")
         if _trains_own_moment_losses(backbone):
-            raise ValueError(f"plugin {cls.name} cannot run on backbone {backbone.name}: {backbone.name} already "
+            raise InputError(f"plugin {cls.name} cannot run on backbone {backbone.name}: {backbone.name} already "
                              f"trains with its moment losses; set div_weight/rel_weight on the backbone")
         super().check(config, backbone)
 
@@ -119,7 +120,7 @@ class MomentPlugin(Plugin):
         #: True: the backbone supplies ``moment_masks`` (K = its event_size); False: the anchor head does
         self.uses_backbone_masks = backbone_k is not None
         if self.uses_backbone_masks and config.k is not None and config.k != backbone_k:
-            raise ValueError(f"plugin {self.name}: k ({config.k}) must equal the backbone's event_size "
+            raise InputError(f"plugin {self.name}: k ({config.k}) must equal the backbone's event_size "
                              f"({backbone_k}) or be unset: the plugin uses the backbone's own moment masks")
         self.k = backbone_k if self.uses_backbone_masks else (config.k or DEFAULT_K)
         needs_head = not self.uses_backbone_masks and (config.div or (config.rel and config.rel_moments == "anchors"))

@@ -74,6 +74,7 @@ import torch
 from torch import nn
 
 from trainables.data.protocol import L2_EPS
+from trainables.errors import InputError
 from trainables.losses.cbva import NO_MERGE, cbva_terms, segment_counts
 from trainables.losses.rkd import ANGLE_BLOCK, rkd_angle, rkd_distance
 from trainables.models.base import BackboneConfig, Dims, LossContext, Tensors, VideoInputs
@@ -134,7 +135,7 @@ class MSCConfig(PluginConfig):
     def validate(self) -> None:
         for key in ("tcpl", "cbva", "adaptive", "tome", "tome_proportional", "tome_normalize"):
             if not isinstance(getattr(self, key), bool) and not (key == "adaptive" and self.adaptive is None):
-                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+                raise InputError(f"{key} must be true or false, got {getattr(self, key)!r}")
         check_range(self, "alpha_d", 0.0)
         check_range(self, "alpha_a", 0.0)
         check_choice(self, "teacher", TEACHERS)
@@ -145,9 +146,9 @@ class MSCConfig(PluginConfig):
         check_range(self, "cbva_temperature", 0.0, low_open=True)
         check_range(self, "sim_thr", -1.0, 1.0)
         if not any(getattr(self, part) for part in PARTS):
-            raise ValueError("at least one of msc.tcpl, msc.cbva, msc.tome must be on")
+            raise InputError("at least one of msc.tcpl, msc.cbva, msc.tome must be on")
         if self.adaptive and not self.cbva:
-            raise ValueError("adaptive (the adaptive segment count of CBVA) needs cbva on")
+            raise InputError("adaptive (the adaptive segment count of CBVA) needs cbva on")
 
     @property
     def adaptive_on(self) -> bool:
@@ -201,7 +202,7 @@ class MSC(Plugin):
             lacks.append(f"msc.{part} needs {what}")
             fixes.append("msc.tome_proportional: false" if missing == ["clip_key_bias"] else f"msc.{part}: false")
         if lacks:
-            raise ValueError(f"plugin msc cannot run on backbone {backbone.name}: {'; '.join(lacks)}, "
+            raise InputError(f"plugin msc cannot run on backbone {backbone.name}: {'; '.join(lacks)}, "
                              f"which {backbone.name} does not have ({backbone.name} provides: "
                              f"{', '.join(sorted(backbone.features))}); set {' and '.join(fixes)}")
 
@@ -217,7 +218,7 @@ class MSC(Plugin):
         scales = inputs.frame_scales
         if c.tome:
             if clips.shape[1] != TOME_SCHEDULE[-1]:
-                raise ValueError(f"msc.tome merges frames into {TOME_SCHEDULE[-1]} clip tokens, but the backbone's "
+                raise InputError(f"msc.tome merges frames into {TOME_SCHEDULE[-1]} clip tokens, but the backbone's "
                                  f"clip input has {clips.shape[1]} (map_size must be {TOME_SCHEDULE[-1]})")
             merged = self._merge(frames, mask, scales)
             tokens = merged.tokens
@@ -262,7 +263,7 @@ class MSC(Plugin):
         if c.tcpl:
             student, teacher = features["query"], self.teacher(batch)
             if teacher.shape[0] != student.shape[0]:
-                raise ValueError(f"msc: {teacher.shape[0]} teacher sentence features for {student.shape[0]} queries")
+                raise InputError(f"msc: {teacher.shape[0]} teacher sentence features for {student.shape[0]} queries")
             terms["rkd_distance"] = c.alpha_d * rkd_distance(student, teacher)
             terms["rkd_angle"] = c.alpha_a * rkd_angle(student, teacher, c.angle_block)
         if c.cbva:
@@ -275,7 +276,7 @@ class MSC(Plugin):
         choice = self.config.teacher
         if choice == "external":
             if "sentence_feat" not in batch:
-                raise ValueError("msc.teacher=external needs the dataset's sentence features (batch['sentence_feat']), "
+                raise InputError("msc.teacher=external needs the dataset's sentence features (batch['sentence_feat']), "
                                  "but this dataset has none (no sentence_dim in its manifest); use msc.teacher: "
                                  "last_valid, mean or first")
             return batch["sentence_feat"].float()
@@ -306,7 +307,7 @@ class MSC(Plugin):
         segment_mask = torch.ones(clips.shape[:2], dtype=torch.bool, device=clips.device)
         if self.config.adaptive_on:
             if num_clips != NO_MERGE:
-                raise ValueError(f"msc.adaptive merges {SEGMENT_LEVELS} clip tokens, but the backbone has "
+                raise InputError(f"msc.adaptive merges {SEGMENT_LEVELS} clip tokens, but the backbone has "
                                  f"{num_clips} (map_size must be {NO_MERGE})")
             raw = batch["clip_video_features"]
             counts = segment_counts(raw, self.config.sim_thr)

@@ -86,6 +86,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.errors import InputError
 from trainables.losses.probabilistic import (
     DA_VARIANTS,
     distribution_alignment_loss,
@@ -148,14 +149,14 @@ class RALConfig(PluginConfig):
         for key in ("k", "dim", "pool_hidden", "gate_hidden", "support_slots"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{key} must be an integer, got {value!r}")
+                raise InputError(f"{key} must be an integer, got {value!r}")
         for key in ("pm_weight", "da_weight", "pm_temperature", "gate_temperature"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{key} must be a finite number, got {value!r}")
+                raise InputError(f"{key} must be a finite number, got {value!r}")
         for key in ("pm_cosine", "da_prior", "da_cross", "csa", "frame_padding_floor"):
             if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+                raise InputError(f"{key} must be true or false, got {getattr(self, key)!r}")
         check_range(self, "k", 1)
         check_range(self, "support_slots", 1)
         for key in ("dim", "pool_hidden", "gate_hidden"):
@@ -170,7 +171,7 @@ class RALConfig(PluginConfig):
         check_choice(self, "gate_input", GATE_INPUTS)
         check_choice(self, "msra_pooling", POOLINGS)
         if self.da_weight > 0 and not (self.da_prior or self.da_cross):
-            raise ValueError("da_prior and da_cross are both false but da_weight > 0 (set da_weight 0 to drop L_DA)")
+            raise InputError("da_prior and da_cross are both false but da_weight > 0 (set da_weight 0 to drop L_DA)")
 
 
 # ---------------------------------------------------------------------------------------- MSRA parts
@@ -360,11 +361,11 @@ class RAL(Plugin):
         name, has = backbone.name, backbone.features
         provides = ", ".join(sorted(has)) or "nothing"
         if "frame_tokens" not in has:
-            raise ValueError(f"plugin ral cannot run on backbone {name}: MSRA builds its video Gaussians from "
+            raise InputError(f"plugin ral cannot run on backbone {name}: MSRA builds its video Gaussians from "
                              f"encoded frame tokens (frame_tokens), which {name} does not have ({name} provides: "
                              f"{provides})")
         if config.csa and "frame_score" not in has:
-            raise ValueError(f"plugin ral cannot run on backbone {name} with ral.csa true: CSA replaces the "
+            raise InputError(f"plugin ral cannot run on backbone {name} with ral.csa true: CSA replaces the "
                              f"frame-scale score (frame_score), which {name} does not have; set ral.csa false "
                              f"to train with MSRA only")
         super().check(config, backbone)

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from trainables.errors import InputError
+
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -40,7 +42,7 @@ def load_checkpoint(location: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
-        raise ValueError(f"{path}: not a loadable weights-only checkpoint ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: not a loadable weights-only checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {state.get('format') if isinstance(state, dict) else None!r}")
+        raise InputError(f"{path}: unknown checkpoint format {state.get('format') if isinstance(state, dict) else None!r}")
     return state

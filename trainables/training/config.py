@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import yaml
 
+from trainables.errors import InputError
 from trainables.models.base import Backbone, BackboneConfig, Dims, backbone_class
 from trainables.plugins.base import (
     PluginConfig,
@@ -71,7 +72,7 @@ class TrainConfig:
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
         """Split a flat trial dict into training settings and backbone options, then validate."""
         if "backbone" not in raw:
-            raise ValueError("config has no 'backbone' key")
+            raise InputError("config has no 'backbone' key")
         own = {f.name for f in dataclasses.fields(cls)} - {"options", "plugins"}
         settings = {k: v for k, v in raw.items() if k in own}
         plugins = split_plugins(raw)
@@ -101,7 +102,7 @@ class TrainConfig:
         for key in numbers:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{key} must be a number, got {value!r}")
+                raise InputError(f"{key} must be a number, got {value!r}")
         checks = [
             ("lr", self.lr is not None and self.lr > 0, "must be > 0"),
             ("batch_size", self.batch_size is not None and self.batch_size >= 2, "must be >= 2"),
@@ -120,7 +121,7 @@ class TrainConfig:
         ]
         for key, ok, rule in checks:
             if not ok:
-                raise ValueError(f"{key} {rule}, got {getattr(self, key)!r}")
+                raise InputError(f"{key} {rule}, got {getattr(self, key)!r}")
         self.backbone_config()
         self.plugin_configs()
 
@@ -151,7 +152,7 @@ class TrainConfig:
         """Dims pinned in the config must equal the dataset's."""
         for key, value, actual in (("video_dim", self.video_dim, video_dim), ("query_dim", self.query_dim, query_dim)):
             if value is not None and value != actual:
-                raise ValueError(f"{key} {value} disagrees with the dataset's {actual} ({where})")
+                raise InputError(f"{key} {value} disagrees with the dataset's {actual} ({where})")
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form (inverse of ``from_dict``)."""
@@ -181,7 +182,7 @@ def split_plugins(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for key, value in raw.items():
         if key in names:
             if not isinstance(value, bool):
-                raise ValueError(f"plugin switch {key} must be true or false, got {value!r}")
+                raise InputError(f"plugin switch {key} must be true or false, got {value!r}")
             if value:
                 plugins.setdefault(key, {})
     for key, value in raw.items():
@@ -189,9 +190,9 @@ def split_plugins(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             continue
         name, _, setting = key.partition(".")
         if name not in names:
-            raise ValueError(f"unknown plugin {name!r} in key {key!r} (available: {', '.join(names)})")
+            raise InputError(f"unknown plugin {name!r} in key {key!r} (available: {', '.join(names)})")
         if name not in plugins:
-            raise ValueError(f"{key} is set but plugin {name} is off (set {name}: true to use it)")
+            raise InputError(f"{key} is set but plugin {name} is off (set {name}: true to use it)")
         plugins[name][setting] = value
     return plugins
 
@@ -203,7 +204,7 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+            raise InputError(f"--set expects KEY=VALUE, got {pair!r}")
         for cast in (int, float, yaml.safe_load):
             try:
                 values[key] = cast(text)
@@ -211,7 +212,7 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
             except ValueError:
                 continue
             except yaml.YAMLError as exc:  # e.g. margin=[unclosed
-                raise ValueError(f"--set {key}: {text!r} is not a valid value ({yaml_problem(exc)})") from None
+                raise InputError(f"--set {key}: {text!r} is not a valid value ({yaml_problem(exc)})") from None
     return values
 
 

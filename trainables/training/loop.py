@@ -28,8 +28,9 @@ import torch
 from trainables.data.loader import PreparedSplit, load_split, train_loader
 from trainables.data.manifest import read_manifest
 from trainables.data.split_overlap import check_val_test, data_overlap
+from trainables.errors import InputError
 from trainables.evaluation.evaluate import evaluate, evaluate_ranks
-from trainables.evaluation.metrics import metrics_from_ranks
+from trainables.evaluation.metrics import NonFiniteScores, metrics_from_ranks
 from trainables.models.base import Backbone, Dims, LossContext
 from trainables.training.checkpoint import load_checkpoint, save_checkpoint
 from trainables.training.config import TrainConfig
@@ -107,7 +108,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+        raise InputError(f"device {name!r} requested but CUDA is not available")
     return torch.device(name)
 
 
@@ -169,10 +170,10 @@ class Trainer:
         mine = self.config.to_dict()
         differing = sorted(k for k in set(mine) | set(saved["config"]) if mine.get(k) != saved["config"].get(k))
         if differing:
-            raise ValueError(f"{location}: checkpoint was made with another config "
+            raise InputError(f"{location}: checkpoint was made with another config "
                              f"({differing[0]}={saved['config'].get(differing[0])!r}, now {mine.get(differing[0])!r})")
         if saved["manifest_sha256"] != self.data.manifest_sha256:
-            raise ValueError(f"{location}: checkpoint was made on another dataset (manifest hash differs)")
+            raise InputError(f"{location}: checkpoint was made on another dataset (manifest hash differs)")
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
@@ -216,7 +217,8 @@ class Trainer:
             self.schedule.step()
         return {name: value / max(step + 1, 1) for name, value in sums.items()}
 
-    def validate(self, split: PreparedSplit) -> dict[str, dict[str, float]]:
+    def evaluate_split(self, split: PreparedSplit) -> dict[str, dict[str, float]]:
+        """R@k, SumR and ranks of each branch on ``split`` (the val split each epoch, test at the end)."""
         with self._autocast():
             return evaluate(self.model, split, self.device, video_batch=self.config.eval_video_batch,
                             query_chunk=self.config.eval_query_chunk)
@@ -227,8 +229,8 @@ class Trainer:
         while not s.stopped and s.epoch < c.epochs:
             losses = self.train_epoch(s.epoch)
             try:
-                val = self.validate(self.data.val)
-            except ValueError as exc:
+                val = self.evaluate_split(self.data.val)
+            except NonFiniteScores as exc:  # a diverged model; any other error is a bug and shows as one
                 raise NonFiniteLoss(f"epoch {s.epoch + 1}: validation failed: {exc}") from None
             s.epoch += 1
             score = val[SELECTION_BRANCH][SELECTION_METRIC]

@@ -17,6 +17,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from trainables.errors import InputError
+
 
 class BertAdam(Optimizer):
     """Adam without bias correction, decoupled weight decay, per-tensor gradient clipping."""
@@ -31,9 +33,9 @@ class BertAdam(Optimizer):
         max_grad_norm: float = 1.0,
     ) -> None:
         if lr < 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
+            raise InputError(f"lr must be >= 0, got {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
+            raise InputError(f"betas must be in [0, 1), got {betas}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults)
 
@@ -89,7 +91,7 @@ def build_optimizer(
 ) -> tuple[BertAdam, LambdaLR]:
     """BertAdam over ``model`` and its warm-up/linear-decay schedule over ``total_steps`` steps."""
     if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        raise InputError(f"total_steps must be >= 1, got {total_steps}")
     optimizer = BertAdam(parameter_groups(model, weight_decay), lr=lr, max_grad_norm=max_grad_norm)
     schedule = LambdaLR(optimizer, lambda step: warmup_linear(step / total_steps, warmup_proportion))
     return optimizer, schedule

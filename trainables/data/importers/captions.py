@@ -15,6 +15,7 @@ from pathlib import Path
 
 from trainables.data.errors import DatasetError
 from trainables.data.importers._io import read_text
+from trainables.errors import InputError
 
 CAPTION_SUFFIX = ".caption.txt"
 
@@ -148,7 +149,7 @@ def _existing_splits(text_dir: Path, collection: str) -> list[str]:
 def read_caption_splits(text_dir: Path, collection: str, splits: Sequence[str]) -> CaptionSplits:
     """Read ``<collection><split>.caption.txt`` for every split; all files must exist."""
     if not splits or len(set(splits)) != len(splits):
-        raise ValueError(f"splits must be distinct and non-empty, got {tuple(splits)!r}")
+        raise InputError(f"splits must be distinct and non-empty, got {tuple(splits)!r}")
     paths = {split: caption_file(text_dir, collection, split) for split in splits}
     missing = [split for split, path in paths.items() if not path.is_file()]
     if missing:
