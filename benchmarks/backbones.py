@@ -7,7 +7,8 @@ For each backbone, in its own process (so peak memory is its own): the parameter
 throughput on batches of 128 videos with 5 queries each (32 clips, 40-100 frames of 3072-d, 10-20
 tokens of 768-d, as the `tvr-like` preset); evaluation of a TVR-size test corpus (2,179 videos,
 10,895 queries) with the project's evaluator; the process's peak memory during the evaluation (data
-included: the kernel's peak-RSS count is reset just before it); its FLOPs (counted by torch's FlopCounterMode on samples of the same calls, scaled) and the FLOP rate as a
+included: the kernel's peak-RSS count is reset just before it); its FLOPs (counted by torch's FlopCounterMode on
+samples of the same calls, scaled) and the FLOP rate as a
 fraction of a plain float32 ``torch.matmul`` measured in the same process (this machine's practical
 limit). Features are random: speed does not depend on their values.
 """
@@ -15,6 +16,7 @@ limit). Features are random: speed does not depend on their values.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import resource
@@ -87,7 +89,8 @@ def train_throughput(model: torch.nn.Module, steps: int) -> tuple[float, float]:
     split = random_split(128, 640, TVR, seed=1)
     split.query_video = np.repeat(np.arange(128), 5)
     items = [{"video_index": i, "clips": split.clips[i], "frames": split.video_frames(i),
-              "query_index": np.arange(5 * i, 5 * i + 5), "tokens": [split.query_tokens(q) for q in range(5 * i, 5 * i + 5)]}
+              "query_index": np.arange(5 * i, 5 * i + 5), "tokens": [split.query_tokens(q) for q in range(5 * i,
+                                                                                                          5 * i + 5)]}
              for i in range(128)]
     batch = collate_train(items)
     context = LossContext(epoch=0, hard_negatives=False, hard_pool_size=20, generator=torch.Generator().manual_seed(0))
@@ -140,7 +143,7 @@ def bench_one(name: str, num_videos: int, num_queries: int, train_steps: int) ->
     row["rss_with_data_gb"] = _current_rss_gb()
     before = matmul_gflops()
     _reset_peak()
-    seconds = _timed(lambda: evaluate(model, split, query_chunk=100))
+    seconds = _timed(functools.partial(evaluate, model, split, query_chunk=100))
     row["eval_peak_rss_gb"] = _peak_gb()
     # the machine is shared: the best matmul rate measured before and after the evaluation is the limit
     row["matmul_gflops_per_s"] = max(before, matmul_gflops())

@@ -30,6 +30,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from trainables.errors import InputError
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as ``python benchmarks/common_random_numbers.py``
     sys.path.insert(0, str(ROOT))
@@ -125,7 +127,7 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(_parser(), argv, QUICK)
     if len(args.seeds) < 2 or args.epochs < 1:
-        raise ValueError("--seeds needs at least 2 seeds and --epochs at least 1")
+        raise InputError("--seeds needs at least 2 seeds and --epochs at least 1")
     result = run_benchmark(args)
     print(f"\nbest val SumR over seeds {args.seeds} ({args.setting} {args.values[0]} vs {args.values[1]}):\n"
           f"{table(result)}")

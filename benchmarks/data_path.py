@@ -26,29 +26,27 @@
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trainables.errors import InputError
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
+from benchmarks.local_servers import ForwardingProxy, start_moto, stop  # noqa: E402
 from search.cli import run_main  # noqa: E402
 from trainables.data.manifest import read_manifest  # noqa: E402
 from trainables.data.store import FeatureStore  # noqa: E402
@@ -127,96 +125,31 @@ def local_throughput(folder: Path, reps: int) -> dict[str, Any]:
 
 
 # -- 2. S3 requests of two trials ----------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class CountingProxy:
-    """An HTTP proxy to ``target`` (host:port) that counts requests by method and the bytes it answers."""
+class CountingProxy(ForwardingProxy):
+    """A proxy to ``target`` (host:port) that counts requests by method and the bytes it answers."""
 
     def __init__(self, target: str) -> None:
-        self.target = target
+        super().__init__(target)
         self.log: list[tuple[str, str, int]] = []  # (method, path, response body bytes)
-        lock = threading.Lock()
-        proxy = self
+        self._lock = threading.Lock()
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                conn = http.client.HTTPConnection(proxy.target, timeout=120)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                conn.close()
-                with lock:
-                    proxy.log.append((self.command, self.path.split("?")[0], len(data)))
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                length = response.getheader("Content-Length") if self.command == "HEAD" else len(data)
-                self.send_header("Content-Length", str(length or 0))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def observe(self, method: str, path: str, headers: dict[str, str], response_bytes: int) -> None:
+        with self._lock:
+            self.log.append((method, path, response_bytes))
 
     def take(self) -> dict[str, Any]:
         """Requests by method, bytes answered, and the GET paths since the last call (then forgets them)."""
-        log, self.log = self.log, []
+        with self._lock:
+            log, self.log = self.log, []
         return {"requests": dict(Counter(m for m, _, _ in log)), "bytes": sum(n for _, _, n in log),
                 "get_paths": [p for m, p, _ in log if m == "GET"]}
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
-
-def start_moto(workdir: Path) -> tuple[subprocess.Popen, str]:
-    """moto's S3 in server mode on 127.0.0.1 (its own process group, so it is stopped by its PID)."""
-    port = _free_port()
-    log = open(workdir / "moto.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                               env={**os.environ, **S3_ENV})
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode} (see {workdir / 'moto.log'})")
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).read()
-            return process, endpoint
-        except OSError:
-            if time.monotonic() > deadline:
-                stop(process)
-                raise RuntimeError(f"moto server on {endpoint} not ready after 60 s") from None
-            time.sleep(0.2)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process group this benchmark started (by its PID), and nothing else."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(15)
+def start_moto_in(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """moto's S3 in server mode on 127.0.0.1, its log in ``workdir``."""
+    with open(workdir / "moto.log", "w") as log:
+        return start_moto(S3_ENV, log)
 
 
 #: one trial's data step in a fresh interpreter: the body of ``RemoteDataset.load`` (fetch, then load)
@@ -247,7 +180,7 @@ def s3_trials(workdir: Path, preset: str) -> dict[str, Any]:
 
     local = ensure_synthetic(preset, workdir / "local")
     manifest = read_manifest(local)
-    moto, endpoint = start_moto(workdir)
+    moto, endpoint = start_moto_in(workdir)
     proxy = CountingProxy(endpoint.removeprefix("http://"))
     try:
         os.environ.update(S3_ENV)
@@ -307,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps if args.reps is not None else (3 if args.quick else 5)
     preset = args.s3_preset or ("tiny" if args.quick else "small")
     if megabytes <= 0 or reps < 1:
-        raise ValueError("--local-mb must be > 0 and --reps >= 1")
+        raise InputError("--local-mb must be > 0 and --reps >= 1")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prvr-data-path-") as scratch:
         workdir = Path(scratch)

@@ -42,7 +42,8 @@ What is measured, in one process (the MLflow store's creation is reported, not c
   later epoch times to size that bias). Tune calls ``on_trial_start`` once the trial's actor is up (its
   worker process started and imported the trainable), so the table and the JSON also give each delay
   from the previous trial's end (``since_previous_end_s``), which includes that: without actor reuse a
-  new worker's 3-5 s of imports come before the launch, and only this figure shows them. When the target is missed, the same search runs again with
+  new worker's 3-5 s of imports come before the launch, and only this figure shows them. When the target is missed,
+  the same search runs again with
   ``TuneConfig(reuse_actors=True)`` (``--reuse-actors`` to force or skip it).
 
 The timings come from a Tune callback passed to ``search.tuning.fit`` next to the search's own status lines.
@@ -60,6 +61,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trainables.errors import InputError
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -118,7 +121,7 @@ class Settings:
                                  ("--delay-epochs", settings.delay_epochs, 2), ("--reps", settings.reps, 1),
                                  ("--delay-trials", settings.delay_trials, 2)):
             if value < low:
-                raise ValueError(f"{flag} must be >= {low}, got {value}")
+                raise InputError(f"{flag} must be >= {low}, got {value}")
         return settings
 
     def config(self) -> dict[str, Any]:
@@ -254,7 +257,8 @@ def start_delays(run: dict[str, Any]) -> list[dict[str, Any]]:
         epoch_s = stamps[2] - stamps[1]
         first_epoch_start = stamps[1] - epoch_s
         steps = sorted(stamps)
-        out.append({"trial": index + 1, "trial_id": trial, "launch_to_first_report_s": stamps[1] - timeline.start[trial],
+        out.append({"trial": index + 1, "trial_id": trial,
+                    "launch_to_first_report_s": stamps[1] - timeline.start[trial],
                     "epoch_s": epoch_s, "start_delay_s": first_epoch_start - timeline.start[trial],
                     "median_epoch_s": _median([stamps[b] - stamps[a] for a, b in zip(steps, steps[1:])]),
                     # from the previous trial's end (driver clock): includes the new actor's start, which
@@ -277,7 +281,8 @@ def run_bare_fresh(settings: Settings) -> dict[str, Any]:
 
     command = [sys.executable, __file__, "--bare-child", json.dumps({"preset": settings.preset,
                                                                       "config": settings.config()})]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ,
+                                                                                     "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
         raise RuntimeError(f"bare run in a new process failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -405,11 +410,11 @@ def table(result: dict[str, Any]) -> str:
         figures = result[mode]
         rows += [(f"one-trial search, {mode} worker [s]", f"{figures['search_median_s']:.1f}",
                   " ".join(f"{s['wall_s']:.1f}" for s in runs), "", ""),
-                 (f"  overhead vs bare", f"{100 * figures['overhead']:+.1f}%", "", target,
+                 ("  overhead vs bare", f"{100 * figures['overhead']:+.1f}%", "", target,
                   verdict(figures["overhead_pass"])),
-                 (f"  overhead vs bare, new process", f"{100 * figures['overhead_vs_fresh']:+.1f}%", "", target,
+                 ("  overhead vs bare, new process", f"{100 * figures['overhead_vs_fresh']:+.1f}%", "", target,
                   verdict(figures["overhead_vs_fresh_pass"])),
-                 (f"  fixed cost / bare", f"{100 * figures['fixed_overhead']:+.1f}%",
+                 ("  fixed cost / bare", f"{100 * figures['fixed_overhead']:+.1f}%",
                   " ".join(f"{s['fixed_s']:.1f}s" for s in runs), target, verdict(figures["fixed_overhead_pass"])),
                  ("    before launch [s]", median_of(runs, "to_launch_s"), "", "", ""),
                  ("    launch->1st epoch [s]", median_of(runs, "launch_to_first_epoch_s"), "", "", ""),

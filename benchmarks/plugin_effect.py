@@ -97,7 +97,8 @@ def report(results: ResultsFile, args: argparse.Namespace) -> str:
         text += [f"\n## {data_name}\n", tables(runs, cells, backbones, args.resamples)[0] if backbones else "(no runs)"]
         text += [f"- {data_name} / {key.split('/')[1]} / {key.split('/')[2]}: n/a: {reason}"
                  for key, reason in results.runs.items()
-                 if key.startswith(f"{data_name}/") and key.endswith("/rejected") and key.split("/")[1] in args.backbones]
+                 if key.startswith(f"{data_name}/") and key.endswith("/rejected")
+                 and key.split("/")[1] in args.backbones]
     output = "\n".join(text)
     print(output)
     return output

@@ -31,7 +31,7 @@ class ResultsFile:
 
 
 def mean_std(values: Sequence[float], width: int = 6) -> str:
-    """``mean +- std`` (population std over seeds, as the README tables report)."""
+    """``mean +- std`` (population std over seeds, as the docs' tables report)."""
     array = np.asarray(values, dtype=float)
     return f"{array.mean():>{width}.1f} +-{array.std():>4.1f}"
 

@@ -67,6 +67,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from trainables.errors import InputError
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported: one thread, as the rules ask
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as ``python benchmarks/scale.py``
@@ -334,20 +336,20 @@ def main(argv: list[str] | None = None) -> int:
     known = list_backbones()
     for name in args.backbones:
         if name not in known:
-            raise ValueError(f"unknown backbone {name!r}; known: {', '.join(known)}")
+            raise InputError(f"unknown backbone {name!r}; known: {', '.join(known)}")
     base = QUICK_SIZES if args.quick else DEFAULT_SIZES
     sizes = Sizes(**{k: getattr(args, k) if getattr(args, k) is not None else v for k, v in asdict(base).items()})
     for key, value in asdict(sizes).items():
         if value < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+            raise InputError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     reps = args.reps if args.reps is not None else (3 if args.quick else 5)
     if reps < 1:
-        raise ValueError(f"--reps must be >= 1, got {reps}")
+        raise InputError(f"--reps must be >= 1, got {reps}")
     if args.hidden_size < 4 or args.hidden_size % 4:
-        raise ValueError(f"--hidden-size must be a positive multiple of 4 (4 heads), got {args.hidden_size}")
+        raise InputError(f"--hidden-size must be a positive multiple of 4 (4 heads), got {args.hidden_size}")
     video_batch = args.video_batch if args.video_batch is not None else (QUICK_VIDEO_BATCH if args.quick else None)
     if video_batch is not None and video_batch < 1:
-        raise ValueError(f"--video-batch must be >= 1, got {video_batch}")
+        raise InputError(f"--video-batch must be >= 1, got {video_batch}")
     start = time.perf_counter()
     result = run(args.backbones, sizes, reps, args.hidden_size, args.seed, video_batch)
     result["wall_total_s"] = time.perf_counter() - start

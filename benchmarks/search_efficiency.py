@@ -8,10 +8,10 @@
 
 Why: the project's search is ASHA early stopping with an Optuna sampler, trials ASHA stops told to Optuna as
 PRUNED (``search.searcher.PruneAwareOptunaSearch``); its default sampler (random, formerly TPE) is the one
-this benchmark measured best (README: search efficiency). This measures what each pairing buys, the way HPO benchmarks
-do: by the *quality of the config a search would return* after each amount of compute, where quality is a
-config's mean over training seeds the search never saw. (The previous protocol's target, random search's single
-best training run, was often a lucky training seed: ``benchmarks/seed_noise.py``.)
+this benchmark measured best (docs/benchmarks.md: search efficiency). This measures what each pairing buys,
+the way HPO benchmarks do: by the *quality of the config a search would return* after each amount of compute,
+where quality is a config's mean over training seeds the search never saw. (The previous protocol's target,
+random search's single best training run, was often a lucky training seed: ``benchmarks/seed_noise.py``.)
 
 Protocol, per repetition r (``--seeds``; searcher seed r = every search trial's training seed r, as
 ``search/run.py --seed`` does) and per strategy, the same number of trials (``--trials``) and concurrency each:
@@ -47,7 +47,8 @@ Strategies (``--strategies``; ``random`` is the baseline and must be among them)
 * ``random``: Optuna's RandomSampler, no early stopping (FIFO: every trial runs ``--max-epochs``);
 * ``tpe``: Optuna's TPE, no early stopping;
 * ``asha-random``: ASHA + RandomSampler (random search's very configs, in its order: what early stopping alone buys);
-* ``asha-tpe-pruned``: ASHA + TPE, stopped trials told as PRUNED (the project's default until this benchmark chose ``asha-random``);
+* ``asha-tpe-pruned``: ASHA + TPE, stopped trials told as PRUNED (the project's default until this benchmark chose
+``asha-random``);
 * ``hyperband-tpe``: Optuna's ``HyperbandPruner`` + TPE (``search/schedulers.py``'s ``hyperband``: the pruner is
   the searcher's study's pruner, asked on every epoch report, never at a trial's last epoch; min resource
   ``--grace-epochs``, max resource ``--max-epochs``, integer reduction factor ``--reduction-factor``; with the
@@ -100,7 +101,7 @@ a config's val SumR after one epoch says little on ``ci``, so grace 2; ``ci`` ke
 ``--quick`` (tiny data, 1 repetition, 4 trials x 2 epochs, grace 1, factor 2, hidden 16) keeps S >= 3: its
 quality runs are a few seconds each, so fewer seeds would save little, and S >= 3 holds for every run.
 
-Measured: see README.
+Measured: see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -119,13 +120,15 @@ from typing import Any
 
 import numpy as np
 
+from trainables.errors import InputError
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as ``python benchmarks/search_efficiency.py``
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.runs import parse_args, write_json  # noqa: E402
-from search.confirmation import setting_key  # noqa: E402
 from search.cli import run_main  # noqa: E402
+from search.confirmation import setting_key  # noqa: E402
 from search.ray_session import LOCAL_RAY_ENV  # noqa: E402
 from tracking.search_results import rank_key  # noqa: E402
 
@@ -219,19 +222,19 @@ def _check_args(args: argparse.Namespace) -> None:
             ("--quality-seeds", args.quality_seeds >= MIN_QUALITY_SEEDS, f">= {MIN_QUALITY_SEEDS}"),
             ("--workers", args.workers >= 1, ">= 1"), ("--seeds", seeds_ok, "distinct and >= 0")]:
         if not ok:
-            raise ValueError(f"{flag} must be {bound}, got {getattr(args, flag[2:].replace('-', '_'))}")
+            raise InputError(f"{flag} must be {bound}, got {getattr(args, flag[2:].replace('-', '_'))}")
     clash = sorted(set(args.seeds) & set(quality_seeds(args.quality_seeds)))
     if clash:
-        raise ValueError(f"--seeds must not be a quality seed ({QUALITY_SEED_STRIDE} k), got {clash[0]}")
+        raise InputError(f"--seeds must not be a quality seed ({QUALITY_SEED_STRIDE} k), got {clash[0]}")
     unknown = sorted(set(args.strategies) - set(STRATEGY_NAMES))
     if unknown:
-        raise ValueError(f"--strategies: unknown {', '.join(unknown)} (available: {', '.join(STRATEGY_NAMES)})")
+        raise InputError(f"--strategies: unknown {', '.join(unknown)} (available: {', '.join(STRATEGY_NAMES)})")
     if BASELINE not in args.strategies or len(set(args.strategies)) < 2:
-        raise ValueError(f"--strategies must name {BASELINE} (the baseline) and at least one other, "
+        raise InputError(f"--strategies must name {BASELINE} (the baseline) and at least one other, "
                          f"got {' '.join(args.strategies)}")
     hyperband = any(s.scheduler == "hyperband" for s in STRATEGIES if s.name in args.strategies)
     if hyperband and args.reduction_factor != int(args.reduction_factor):
-        raise ValueError(f"--reduction-factor must be an integer for hyperband-tpe, got {args.reduction_factor:g}")
+        raise InputError(f"--reduction-factor must be an integer for hyperband-tpe, got {args.reduction_factor:g}")
 
 
 # --- analysis (pure: no Ray, no training) ------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Seed noise of the search-efficiency benchmark: how much of random search's best val SumR is its config,
 and how much the training seed it was trained with.
 
-    python benchmarks/seed_noise.py                  # searcher seeds 0-4, 48 configs x 3 training seeds (~35 min, 2 cores)
+    python benchmarks/seed_noise.py                  # searcher seeds 0-4, 48 configs x 3 training seeds (~35 min, 2
+    cores)
     python benchmarks/seed_noise.py --seeds 0 4 --out /tmp/noise.json
     python benchmarks/seed_noise.py --quick          # smoke run (tiny data, seconds)
 
@@ -22,7 +23,7 @@ no early stopping; ``--workers`` processes train them side by side. Per S it rep
   other seeds, and the best config's mean; ``excess`` = (best draw - its config's mean over the other
   seeds) / pooled SD.
 
-Measured (``python benchmarks/seed_noise.py``): see the README's "Search efficiency" section.
+Measured (``python benchmarks/seed_noise.py``): see docs/benchmarks.md, "Search efficiency".
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from trainables.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as ``python benchmarks/seed_noise.py``
@@ -58,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 1 seed, 3 configs of 2 epochs, "
                                                         "1 extra seed; options given explicitly still apply")
-    p.add_argument("--data", default=efficiency.data, help=f"synthetic preset or dataset folder (default: {efficiency.data})")
+    p.add_argument("--data", default=efficiency.data,
+                   help=f"synthetic preset or dataset folder (default: {efficiency.data})")
     p.add_argument("--space", default=efficiency.space, help=f"search space (default: {efficiency.space})")
     p.add_argument("--backbones", nargs="+", default=efficiency.backbones, help="backbones searched over")
     p.add_argument("--set", nargs="+", default=efficiency.set, metavar="KEY=VALUE",
@@ -77,7 +81,7 @@ def _check_args(args: argparse.Namespace) -> None:
                      ("--extra-seeds", args.extra_seeds >= 1), ("--workers", args.workers >= 1),
                      ("--seeds", len(set(args.seeds)) == len(args.seeds) and min(args.seeds) >= 0)]:
         if not ok:
-            raise ValueError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
+            raise InputError(f"{flag} is out of range: {getattr(args, flag[2:].replace('-', '_'))}")
 
 
 # --- analysis (pure) ---------------------------------------------------------------------------------------
@@ -101,7 +105,7 @@ def noise_stats(finals: list[list[float]]) -> dict[str, Any]:
 
 
 def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, float]:
-    """Medians over searcher seeds of the figures the README quotes."""
+    """Medians over searcher seeds of the figures docs/benchmarks.md quotes."""
     keys = ("pooled_seed_sd", "config_mean_sd", "ratio", "excess_sd")
     out = {f"median_{key}": statistics.median(s[key] for s in per_seed.values()) for key in keys}
     out["median_best_draw_minus_best_config_mean"] = statistics.median(

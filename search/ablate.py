@@ -88,7 +88,8 @@ def base_config(args: argparse.Namespace, settings: StorageSettings | None) -> d
         except yaml.YAMLError as exc:
             raise InputError(f"--base {args.base}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict) or ("backbone" not in raw and "preset" not in raw):
-            raise InputError(f"--base {args.base}: a mapping of config keys with a 'backbone' (or 'preset') is expected")
+            raise InputError(f"--base {args.base}: a mapping of config keys with a 'backbone' (or 'preset') is "
+                             f"expected")
     else:
         from tracking.champion import selection
         from tracking.search_results import load_search
@@ -167,7 +168,8 @@ def tables(runs: list[dict[str, Any]], cells: list[Cell], backbones: list[str], 
                 continue
             summaries = {c: summarize([r[c] for r in found]) for c in COLUMNS}
             row = {"backbone": backbone, "cell": cell.name, "seeds": len(found),
-                   **{f"{c} mean": summaries[c].mean for c in COLUMNS}, **{f"{c} std": summaries[c].std for c in COLUMNS}}
+                   **{f"{c} mean": summaries[c].mean for c in COLUMNS},
+                   **{f"{c} std": summaries[c].std for c in COLUMNS}}
             cells_text = [f"{summaries[c].mean:.1f} +- {summaries[c].std:.1f}" for c in COLUMNS]
             paired = {r["seed"]: r for r in base}
             common = [r for r in found if r["seed"] in paired]
@@ -184,19 +186,21 @@ def tables(runs: list[dict[str, Any]], cells: list[Cell], backbones: list[str], 
                     resamples=resamples)
                 differences[column] = (seed_diff, per_query)
                 prefix = f"d{column}"
-                row.update({prefix: seed_diff.mean, f"{prefix} t low": seed_diff.low, f"{prefix} t high": seed_diff.high,
+                row.update({prefix: seed_diff.mean, f"{prefix} t low": seed_diff.low,
+                            f"{prefix} t high": seed_diff.high,
                             f"{prefix} p wilcoxon": seed_diff.p, f"{prefix} bootstrap low": per_query.low,
                             f"{prefix} bootstrap high": per_query.high, f"{prefix} p bootstrap": per_query.p})
             seed_diff, per_query = differences["SumR"]
             rows.append(row)
             lines.append(f"| {cell.name} | " + " | ".join(cells_text) +
                          f" | {seed_diff.mean:+.1f} [{_fmt(seed_diff.low)}, {_fmt(seed_diff.high)}]"
-                         f" | {_fmt(seed_diff.p, 3)} | {per_query.mean:+.1f} [{per_query.low:.1f}, {per_query.high:.1f}]"
+                         f" | {_fmt(seed_diff.p, 3)} | {per_query.mean:+.1f} [{per_query.low:.1f}, "
+                         f"{per_query.high:.1f}]"
                          f" | {per_query.p:.3f} |")
         lines.append("")
-    seeds = max((r["seed"] for r in runs), default=0) + 1
+    num_seeds = max((r["seed"] for r in runs), default=0) + 1
     lines.append("Tests: t interval and two-sided exact Wilcoxon signed-rank test on the per-seed SumR differences "
-                 f"(with {seeds} seeds its smallest possible p is {2 / 2 ** seeds:.3f}); paired bootstrap over "
+                 f"(with {num_seeds} seeds its smallest possible p is {2 / 2 ** num_seeds:.3f}); paired bootstrap over "
                  f"test queries of the per-query SumR averaged over seeds ({resamples} resamples, percentile "
                  "interval, two-sided p).")
     return "\n".join(lines), rows
@@ -239,7 +243,8 @@ def _collect(results: Any, tracking: Any) -> list[dict[str, Any]]:
         if result.error is not None or not is_finished(metrics) or run is None:
             continue
         with tempfile.TemporaryDirectory() as scratch:
-            ranks = json.loads(Path(tracking.client().download_artifacts(run.info.run_id, TEST_RANKS, scratch)).read_text())
+            ranks = json.loads(Path(tracking.client().download_artifacts(run.info.run_id, TEST_RANKS,
+                                                                         scratch)).read_text())
         out.append({"backbone": config["backbone"], "cell": config["tag.cell"], "seed": config["seed"],
                     "ranks": np.asarray(ranks["ranks"]), **{c: float(metrics[metric_key("test", c)]) for c in COLUMNS}})
     return out
@@ -287,7 +292,8 @@ def ablate(args: argparse.Namespace) -> int:
                         tags={"prvr.ablation": name}, cpus_per_trial=args.cpus_per_trial,
                         gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures) as session:
         tracking = session.tracking
-        tracking.client().log_dict(tracking.parent_run_id, {"base": base, "cells": {c.name: c.as_dict() for c in cells}},
+        tracking.client().log_dict(tracking.parent_run_id, {"base": base,
+                                                            "cells": {c.name: c.as_dict() for c in cells}},
                                    "ablation.json")
         results = session.fit(
             tune.TuneConfig(search_alg=ConcurrencyLimiter(FixedConfigs(configs), args.concurrency),

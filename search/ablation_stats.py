@@ -16,6 +16,7 @@ R@1/5/10/100, so its mean over queries is the SumR of the metrics module.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from scipy import stats
@@ -42,7 +43,7 @@ class Difference:
 def per_query_sumr(ranks: np.ndarray) -> np.ndarray:
     """Each query's SumR contribution from the 1-based rank of its first relevant video."""
     ranks = np.asarray(ranks)
-    return sum(100.0 * (ranks <= k) for k in KS)
+    return cast(np.ndarray, sum(100.0 * (ranks <= k) for k in KS))  # an array: KS is not empty
 
 
 def per_query_metric(ranks: np.ndarray, column: str) -> np.ndarray:
@@ -85,4 +86,5 @@ def bootstrap_difference(cell: np.ndarray, base: np.ndarray, resamples: int = 20
     return Difference("paired bootstrap over queries", float(diff.mean()), float(low), float(high), p)
 
 
-__all__ = ["Difference", "Summary", "bootstrap_difference", "per_query_metric", "per_query_sumr", "seed_difference", "summarize"]
+__all__ = ["Difference", "Summary", "bootstrap_difference", "per_query_metric", "per_query_sumr", "seed_difference",
+           "summarize"]

@@ -47,7 +47,7 @@ def with_checkpoint_fallback(trainable: Any) -> type:
     if not isinstance(trainable, type):
         trainable = wrap_function(trainable)
 
-    class CheckpointFallback(trainable):  # type: ignore[misc, valid-type]
+    class CheckpointFallback(trainable):
         def restore(self, checkpoint_path: Any) -> None:
             checkpoint = getattr(checkpoint_path, "checkpoint", None)
             if checkpoint is not None and not stand_in(checkpoint.filesystem, checkpoint.path):

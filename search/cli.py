@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 from trainables.errors import InputError
 
-
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 

@@ -81,9 +81,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _s3_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--s3-endpoint", default=None, metavar="URL", help="an S3-compatible endpoint (http://host:port) "
+    parser.add_argument("--s3-endpoint", default=None, metavar="URL",
+                        help="an S3-compatible endpoint (http://host:port) "
                         "instead of AWS (default: $AWS_ENDPOINT_URL_S3 or AWS)")
-    parser.add_argument("--region", default=None, metavar="R", help="S3 region (default: $AWS_REGION or the AWS default)")
+    parser.add_argument("--region", default=None, metavar="R",
+                        help="S3 region (default: $AWS_REGION or the AWS default)")
 
 
 def _settings(args: argparse.Namespace) -> StorageSettings:

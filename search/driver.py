@@ -13,17 +13,21 @@ search or an ablation ends its trials' child runs (a Ctrl-C stops the Tune run a
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracking.storage import SearchStorage, StorageSettings, is_s3, search_storage
 from trainables.data.datasets import resolve_dataset
 from trainables.data.manifest import Manifest, read_manifest
 from trainables.data.split_overlap import ALLOW_FLAG, SplitOverlap, check_val_test, manifest_overlap, overlap_tags
 from trainables.errors import InputError
+
+if TYPE_CHECKING:
+    from trainables.data.source import RemoteDataset
+    from trainables.training.loop import DataSplits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +39,7 @@ def dataset_source(spec: str, settings: StorageSettings | None, allow_val_test_o
     dataset is named by its URI and fetched by each node. A val split that shares queries or videos
     with test is refused here (one line) unless ``allow_val_test_overlap``; a warning says when it is
     allowed."""
+    data: RemoteDataset | Callable[[], DataSplits]
     if is_s3(spec):
         from trainables.data.remote import read_remote_manifest
         from trainables.data.source import RemoteDataset

@@ -10,7 +10,8 @@ and of that config's runs the one with the best val SumR; a search without a con
 (``--confirm-top 0``) exports its best single run. The export folder (``trainables/export.py``) holds the
 trial's resolved config (``config.yaml``, which rebuilds the model without the search), its best weights
 (``weights.safetensors``), the input protocol, the metrics it was selected on and its provenance (search,
-trial, how it was selected with the seed statistics, checkpoint, data manifest hash, git commit). It is then registered as a new version of ``prvr-<name>`` in the MLflow Model
+trial, how it was selected with the seed statistics, checkpoint, data manifest hash, git commit). It is then
+registered as a new version of ``prvr-<name>`` in the MLflow Model
 Registry (a pyfunc that ranks videos for queries) with the alias ``champion``; load it with
 ``trainables.export.load_exported("models:/prvr-<name>@champion")`` or ``mlflow.pyfunc.load_model``.
 
@@ -188,6 +189,7 @@ def code_provenance(parent: Any | None) -> dict[str, str]:
 
     tags = parent.data.tags if parent is not None else {}
     if "git_commit" in tags:
+        assert parent is not None  # without a parent run, tags is empty
         return {"git_commit": tags["git_commit"], "git_dirty": tags.get("git_dirty", "unknown"),
                 "source": f"MLflow parent run {parent.info.run_id} of the search"}
     return {**code_version(Path(__file__).resolve().parents[1]), "source": "the exporting working tree"}

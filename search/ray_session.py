@@ -20,9 +20,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from trainables.errors import InputError
+
+if TYPE_CHECKING:
+    from ray._private.worker import RayContext
 
 #: environment of a local, loopback-only Ray (set before ray starts; passed on to its workers)
 LOCAL_RAY_ENV = {
@@ -149,7 +152,7 @@ def _private_temp_dir() -> str:
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: float | None = None,
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
                 object_store_memory: int | None = None, warm_workers: int = 0) -> Iterator[dict[str, Any]]:
     """``ray.init`` for the duration of the block: ``address`` of a running cluster, or (None) a new local
     Ray on 127.0.0.1 with ``num_cpus``/``num_gpus`` (logical GPUs are fine) in a private temp folder,
@@ -170,17 +173,22 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
             print(f"cleaned up after a killed local search: {line}", file=sys.stderr)
         temp_dir = _private_temp_dir()
         try:
-            context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                               object_store_memory=object_store_memory, _temp_dir=temp_dir,
-                               runtime_env={"env_vars": dict(LOCAL_RAY_ENV), "worker_process_setup_hook": SETUP_HOOK},
-                               logging_level="WARNING", log_to_driver=True)
+            context = cast("RayContext", ray.init(  # a local Ray: a RayContext
+                address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                object_store_memory=object_store_memory, _temp_dir=temp_dir,
+                runtime_env={"env_vars": dict(LOCAL_RAY_ENV), "worker_process_setup_hook": SETUP_HOOK},
+                logging_level="WARNING",  # type: ignore[arg-type]  # annotated int; ray takes level names too
+                log_to_driver=True))
             prestart(warm_workers)
         except BaseException:  # a Ray that did not start, or half did, leaves nothing behind
             ray.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
     else:
-        context = ray.init(address=address, logging_level="WARNING")
+        # a RayContext (a ray:// address would give a Ray Client ClientContext, which has no address_info)
+        context = cast("RayContext", ray.init(
+            address=address,
+            logging_level="WARNING"))  # type: ignore[arg-type]  # annotated int; ray takes level names too
     try:
         yield {"address": context.address_info.get("address"), "local": address is None,
                "resources": ray.cluster_resources()}

@@ -21,10 +21,10 @@ import numpy as np
 
 from search.cli import run_main
 from search.dataset import describe
+from trainables.data.datasets import resolve_dataset
 from trainables.data.loader import load_split
 from trainables.data.manifest import read_manifest
 from trainables.data.store import FeatureStore
-from trainables.data.datasets import resolve_dataset
 from trainables.data.synthetic import REFERENCE_SCORERS, load_latents, reference_scores
 from trainables.evaluation.metrics import RECALL_KS, chance_recall, retrieval_metrics
 

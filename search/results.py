@@ -11,9 +11,17 @@ from ray.tune.experiment import Trial
 
 from tracking.mlflow_runs import INTERRUPTED_TAG, Tracking, end_trial_run
 from tracking.search_results import compact_config, rank_key
-from trainables.trial_report import (COLUMNS, METRIC, STOPPED_EARLY, TIME_ATTR, TRIAL_ERROR, is_failed, is_finished,
-                                     metric_key, trial_status)
-
+from trainables.trial_report import (
+    COLUMNS,
+    METRIC,
+    STOPPED_EARLY,
+    TIME_ATTR,
+    TRIAL_ERROR,
+    is_failed,
+    is_finished,
+    metric_key,
+    trial_status,
+)
 
 
 def status_line(trial_id: str, result: dict[str, Any] | None, error: str | None = None,
@@ -120,6 +128,6 @@ def best_trials_table(rows: list[TrialRow], top: int = 5) -> str:
     waiting = [r for r in rows if not r.failed and not r.metrics.get("epoch")]
     lines.append(f"\n{len(rows)} trials: {len(rows) - len(failed) - len(waiting)} ran, {len(failed)} failed"
                  + (f", {len(waiting)} without a finished epoch" if waiting else "")
-                 + ("" if not ranked_rows else f"; test metrics ('-' = not tested: stopped early by the scheduler, or "
-                                          f"interrupted) are of each trial's best epoch"))
+                 + ("" if not ranked_rows else "; test metrics ('-' = not tested: stopped early by the scheduler, or "
+                                          "interrupted) are of each trial's best epoch"))
     return "\n".join(lines)

@@ -24,6 +24,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from search import ray_version
@@ -71,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/this of the trials per rung")
     p.add_argument("--sampler", default="random",
-                   help="random (default: the best measured with ASHA, README: search efficiency), tpe, "
+                   help="random (default: the best measured with ASHA, docs/benchmarks.md), tpe, "
                         "or cmaes (CMA-ES on the continuous settings)")
     p.add_argument("--concurrency", type=int, default=2, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -87,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(unpickling it runs any code planted in it); only for a storage only trusted people write")
     p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: a private local Ray)")
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: sqlite:///<working folder>/mlflow.db); http://host:port for a server")
+                   help="MLflow tracking URI (default: sqlite:///<working folder>/mlflow.db); http://host:port for a "
+                        "server")
     p.add_argument("--experiment", default="prvr", help="MLflow experiment of the search's runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
     p.add_argument("--confirm-top", type=int, default=CONFIRM_TOP,
@@ -117,7 +119,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.scheduler == "hyperband":
         ray_version.require_verified_ray("--scheduler hyperband", "use asha")
     if args.scheduler == "hyperband" and args.reduction_factor != int(args.reduction_factor):
-        raise InputError(f"--reduction-factor must be an integer with --scheduler hyperband, got {args.reduction_factor:g}")
+        raise InputError(f"--reduction-factor must be an integer with --scheduler hyperband, got "
+                         f"{args.reduction_factor:g}")
     if args.resume and args.name is None:
         raise InputError("--resume needs the --name of the search to continue")
     if args.trust_storage and not args.resume:
@@ -158,7 +161,7 @@ def recorded_parent(args: argparse.Namespace, tracking_uri: str) -> Any:
     return runs[0] if runs else None
 
 
-def check_resume_options(args: argparse.Namespace, given: set[str], parent: Any) -> None:
+def check_resume_options(args: argparse.Namespace, given: AbstractSet[str], parent: Any) -> None:
     """With ``--resume``: refuse an option of ``RESUME_FIXED`` given with a value other than the search's
     (as its MLflow ``parent`` run recorded it), which Tune would silently ignore."""
     if parent is None:
@@ -244,7 +247,7 @@ def build_preset_space(args: argparse.Namespace, fixed: dict[str, Any]) -> Any:
     return space
 
 
-def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
+def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> int:
     if args.ray_address is None:  # read when ray is imported: a local Ray stays on 127.0.0.1
         os.environ.update(LOCAL_RAY_ENV)
     from ray import tune
@@ -295,7 +298,8 @@ def search(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
         tracking = session.tracking
         tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
                                                             space.groups.items()}, "space.json")
-        searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler, args.seed))
+        searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler,
+                                                                                                      args.seed))
         scheduler = make_scheduler(args.scheduler, metric=METRIC, mode=MODE, time_attr=TIME_ATTR,
                                    max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
                                    reduction_factor=args.reduction_factor, searcher=searcher)

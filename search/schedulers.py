@@ -124,6 +124,7 @@ class OptunaPrunerScheduler(FIFOScheduler):
         if not self.should_stop(trial.trial_id, result):
             return TrialScheduler.CONTINUE
         # Tune skips the searcher's on_trial_result for a stopped trial: store the value it would have
+        assert self.searcher is not None  # should_stop found the trial in its study
         self.searcher._ot_trials[trial.trial_id].report(float(result[self.metric]), int(result[TRAINING_ITERATION]))
         return TrialScheduler.STOP
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.trial import TrialState
@@ -27,7 +27,8 @@ SAMPLERS = ("tpe", "random", "cmaes")
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """Random (``search/run.py``'s default), TPE, or CMA-ES (continuous settings; categorical ones fall back to random)."""
+    """Random (``search/run.py``'s default), TPE, or CMA-ES (continuous settings; categorical ones fall back to
+    random)."""
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
@@ -66,15 +67,20 @@ class PruneAwareOptunaSearch(OptunaSearch):
             return self._tell_complete(trial_id, result, error)
         else:
             state, value = TrialState.PRUNED, None
-        self._ot_study.tell(ot_trial, value, state=state)
+        self._study().tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
         self.told[trial_id] = state.name
 
     def _tell_complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         super().on_trial_complete(trial_id, result, error)
         trial = self._ot_trials[trial_id]
-        states = {t.number: t.state for t in self._ot_study.get_trials(deepcopy=False)}
+        states = {t.number: t.state for t in self._study().get_trials(deepcopy=False)}
         self.told[trial_id] = states.get(trial.number, TrialState.COMPLETE).name
+
+    def _study(self) -> optuna.Study:
+        """OptunaSearch's study: Ray leaves ``_ot_study`` unannotated (``None`` until ``_setup_study``), and a
+        trial it has in ``_ot_trials`` was asked from this study."""
+        return cast(optuna.Study, self._ot_study)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Per-epoch values become Optuna intermediate values (a failure report carries none)."""
@@ -91,7 +97,8 @@ class FixedConfigs(Searcher):
         self.configs = [dict(c) for c in configs]
         self.next_index = 0
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    # Searcher.suggest is annotated Optional[Dict], but its docstring and Tune take Searcher.FINISHED too
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # Ray omits FINISHED
         if self.next_index >= len(self.configs):
             return Searcher.FINISHED
         self.next_index += 1

@@ -21,12 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.utils.serialization import TuneFunctionEncoder
 
-from search import trusted_state
-from search import ray_version
+from search import ray_version, trusted_state
 from search.ray_version import VERIFIED_RAY  # on any other Ray, nothing is replaced
 from tracking.storage import SearchStorage
 
@@ -86,7 +84,7 @@ def write_experiment_state_atomically() -> bool:
     nothing changed, on a Ray other than ``VERIFIED_RAY`` (whose ``save_to_dir`` may differ)."""
     if not ray_version.is_verified_ray():
         return False
-    TuneController.save_to_dir = save_to_dir
+    TuneController.save_to_dir = save_to_dir  # type: ignore[method-assign]  # a deliberate patch of Ray's method
     return True
 
 
@@ -100,4 +98,5 @@ def has_experiment_state(storage: SearchStorage) -> bool:
     return any(info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json") for info in infos)
 
 
-__all__ = ["RAYS_SAVE_TO_DIR", "VERIFIED_RAY", "has_experiment_state", "record_state", "save_to_dir", "write_experiment_state_atomically"]
+__all__ = ["RAYS_SAVE_TO_DIR", "VERIFIED_RAY", "has_experiment_state", "record_state", "save_to_dir",
+           "write_experiment_state_atomically"]

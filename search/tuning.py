@@ -4,7 +4,6 @@ status lines), the local Ray's size, and fitting or restoring the Tuner."""
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 from collections.abc import Iterator
@@ -44,7 +43,8 @@ def watching_interrupts() -> Iterator[None]:
 def interrupt_received() -> bool:
     """Inside ``watching_interrupts`` (during or right after the Tune run): whether Tune received SIGINT,
     i.e. whether its handler (installed when the run starts) has put this module's back."""
-    return signal.getsignal(signal.SIGINT) is _second_interrupt and threading.current_thread() is threading.main_thread()
+    in_main = threading.current_thread() is threading.main_thread()
+    return in_main and signal.getsignal(signal.SIGINT) is _second_interrupt
 
 
 def trial_dirname(trial: Any) -> str:
@@ -120,7 +120,8 @@ def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tra
     else:
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=tune.RunConfig(
             name=name, storage_path=storage.storage_path, storage_filesystem=storage.filesystem,
-            callbacks=[*trial_callbacks(tracking, storage), *(callbacks or [])], verbose=1, failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[*trial_callbacks(tracking, storage), *(callbacks or [])], verbose=1,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         recorder.record(trusted_state.stored_digests(storage))  # tuner.pkl, written by the Tuner to the storage
     trusted_state.current = recorder.record
@@ -130,4 +131,5 @@ def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tra
         trusted_state.current = None
 
 
-__all__ = ["REUSE_ACTORS", "fit", "interrupt_received", "watching_interrupts", "ray_resources", "trainable", "trial_callbacks", "trial_dirname"]
+__all__ = ["REUSE_ACTORS", "fit", "interrupt_received", "watching_interrupts", "ray_resources", "trainable",
+           "trial_callbacks", "trial_dirname"]

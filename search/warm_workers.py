@@ -18,9 +18,13 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from trainables.warm_up import markers_dir
+
+if TYPE_CHECKING:
+    from ray._private.node import Node
 
 #: the job's ``worker_process_setup_hook``: every worker of a local search imports what a trial needs
 SETUP_HOOK = "trainables.warm_up.import_trial_modules"
@@ -34,7 +38,7 @@ READY_TIMEOUT_S = 30.0
 _pending = 0
 
 
-def tune_actor_env_vars(environ: dict[str, str] | None = None) -> dict[str, str]:
+def tune_actor_env_vars(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment variables Ray Tune gives its trial actors (``_ActorClassCache.get``)."""
     from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
 
@@ -42,7 +46,7 @@ def tune_actor_env_vars(environ: dict[str, str] | None = None) -> dict[str, str]
     return {**DEFAULT_ENV_VARS, **{k: environ[k] for k in ENV_VARS_TO_PROPAGATE if k in environ}}
 
 
-def trial_runtime_env(job_runtime_env: dict[str, Any], environ: dict[str, str] | None = None) -> str:
+def trial_runtime_env(job_runtime_env: dict[str, Any], environ: Mapping[str, str] | None = None) -> str:
     """The serialized runtime environment of a Tune trial actor in a job with ``job_runtime_env``: Ray
     merges the actor's environment variables into the job's and serializes the result as compact JSON
     with sorted keys; the raylet matches workers to actors by a hash of exactly this string."""
@@ -62,18 +66,24 @@ def prestart(count: int, keep_alive_s: int = KEEP_ALIVE_S) -> bool:
         import ray
         from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
 
-        node = ray._private.worker._global_node
+        # ray leaves _global_node unannotated (= None until ray.init, which the session has run); a None would
+        # fail below with an AttributeError, caught as any other error
+        node = cast("Node", ray._private.worker._global_node)
         serialized = trial_runtime_env(dict(ray.get_runtime_context().runtime_env))
-        request = node_manager_pb2.PrestartWorkersRequest(
-            language=common_pb2.Language.PYTHON, job_id=bytes.fromhex(ray.get_runtime_context().get_job_id()),
-            runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env=serialized),
+        # the generated *_pb2 modules build their message classes at import: mypy sees none of them
+        request = node_manager_pb2.PrestartWorkersRequest(  # type: ignore[attr-defined]  # built at import
+            language=common_pb2.Language.PYTHON,  # type: ignore[attr-defined]  # built at import
+            job_id=bytes.fromhex(ray.get_runtime_context().get_job_id()),
+            runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(  # type: ignore[attr-defined]  # built at import
+                serialized_runtime_env=serialized),
             keep_alive_duration_secs=keep_alive_s, num_workers=count)
         with grpc.insecure_channel(f"{node.node_ip_address}:{node.node_manager_port}") as channel:
             node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
         _pending = count
     except Exception as exc:  # noqa: BLE001 - an optimisation: trials start their own workers instead
-        print(f"warning: no trial workers started ahead ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-              "each trial starts its own", file=sys.stderr)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"warning: no trial workers started ahead ({type(exc).__name__}: {first}); each trial starts its own",
+              file=sys.stderr)
         return False
     return True
 
@@ -101,4 +111,5 @@ def wait_until_ready(timeout_s: float = READY_TIMEOUT_S, poll_s: float = 0.1) ->
     return ready
 
 
-__all__ = ["KEEP_ALIVE_S", "SETUP_HOOK", "prestart", "ready_workers", "trial_runtime_env", "tune_actor_env_vars", "wait_until_ready"]
+__all__ = ["KEEP_ALIVE_S", "SETUP_HOOK", "prestart", "ready_workers", "trial_runtime_env", "tune_actor_env_vars",
+           "wait_until_ready"]

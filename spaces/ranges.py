@@ -14,7 +14,7 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import optuna
 import yaml
@@ -46,6 +46,7 @@ class Entry:
             return self.value
         if self.kind == "categorical":
             return trial.suggest_categorical(key, list(self.choices))
+        assert self.low is not None and self.high is not None  # _entry sets both for int and float ranges
         if self.kind == "int":
             return trial.suggest_int(key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return trial.suggest_float(key, float(self.low), float(self.high), log=self.log, step=self.step)
@@ -75,13 +76,14 @@ def _entry(group: str, name: str, raw: Any) -> Entry:
                "categorical": {"choices"}, "fixed": {"value"}}[kind] | {"type", "when"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise InputError(f"range {where}: unknown key {unknown[0]!r} for type {kind} (allowed: {', '.join(sorted(allowed))})")
+        raise InputError(f"range {where}: unknown key {unknown[0]!r} for type {kind} "
+                         f"(allowed: {', '.join(sorted(allowed))})")
     when = raw.get("when")
     if when is not None and not isinstance(when, str):
         raise InputError(f"range {where}: when must name one switch of group {group}, got {when!r}")
     if kind in ("float", "int"):
         low, high = raw.get("low"), raw.get("high")
-        if not all(_finite(v) for v in (low, high)):
+        if not (_finite(low) and _finite(high)):
             raise InputError(f"range {where}: low and high must be finite numbers, got {low!r} and {high!r}")
         step = raw.get("step")
         if step is not None and not (_finite(step) and step > 0):
@@ -101,7 +103,7 @@ def _entry(group: str, name: str, raw: Any) -> Entry:
     return Entry(name, kind, value=raw["value"], when=when)
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     """A number (not a bool) that is neither NaN nor infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -59,7 +59,7 @@ def full_switches(group: Group) -> dict[str, Any]:
     return {e.name: True for e in group.entries if e.kind == "categorical" and any(c is True for c in e.choices)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def runs_on(plugin: str, backbone: str, switches: tuple[tuple[str, Any], ...]) -> str | None:
     """None if ``backbone`` runs ``plugin`` with ``switches`` on, else the reason it does not."""
     try:

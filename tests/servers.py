@@ -1,23 +1,22 @@
 """Real servers for tests, on 127.0.0.1 and free ports, started and stopped by the tests themselves:
 an S3-compatible server (moto in server mode), a proxy in front of it that injects transient failures,
-and an MLflow tracking server whose artifacts go to a bucket on the moto server."""
+and an MLflow tracking server whose artifacts go to a bucket on the moto server (the launchers and the
+proxy are ``benchmarks/local_servers.py``'s, shared with the benchmarks)."""
 
 from __future__ import annotations
 
-import http.client
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from benchmarks.local_servers import ForwardingProxy, free_port, start_moto, stop, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 #: credentials only the tests use; a test greps everything that was logged for them
@@ -26,30 +25,11 @@ TEST_SECRET_KEY = "prvr-test-secret-9f3b2c7d1e"
 REGION = "us-east-1"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def s3_env(endpoint: str) -> dict[str, str]:
     """What a process needs to reach the test S3: endpoint, region, the test credentials, no EC2 metadata."""
     return {"AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
             "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_ENDPOINT_URL_S3": endpoint}
-
-
-def _wait_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url}: server exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url}: server not ready after {timeout}s")
 
 
 @dataclass
@@ -86,103 +66,52 @@ class S3Server:
 def moto_server() -> Iterator[S3Server]:
     """moto's S3 in server mode (its own process: Ray trials and MLflow servers reach it over HTTP)."""
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                               env={**os.environ, **s3_env(f"http://127.0.0.1:{port}")})
+    env = {k: v for k, v in s3_env("").items() if k != "AWS_ENDPOINT_URL_S3"}  # moto's own credentials
+    process, endpoint = start_moto(env, timeout=30)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/moto-api/", 30, process)
-        yield S3Server(f"http://127.0.0.1:{port}")
+        yield S3Server(endpoint)
     finally:
-        _stop(process)
+        stop(process)
 
 
-class FlakyProxy:
-    """An HTTP proxy to ``target`` that answers some requests with a transient failure: 503 SlowDown
-    (throttling), 500, or a dropped connection. ``fail_every=n`` fails every n-th request."""
+class FlakyProxy(ForwardingProxy):
+    """A proxy to ``target`` that answers some requests with a transient failure: 503 SlowDown
+    (throttling), 500, or a dropped connection. ``fail_every=n`` fails every n-th request (0: none);
+    ``mode`` (``drop``, 503 or 500) forces one kind. Records each request's Authorization header."""
 
     def __init__(self, target: str, fail_every: int = 3) -> None:
-        self.target = target.removeprefix("http://")
+        super().__init__(target)
         self.fail_every = fail_every
         self.requests = 0
         self.failures = 0
+        self.mode: str | int | None = None
         self.authorization: list[str | None] = []  # each request's Authorization header
         self._lock = threading.Lock()
-        proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
-                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                chunks = []
-                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                    pass
-                return b"".join(chunks)
-
-            def _handle(self) -> None:
-                body = self._body()
-                with proxy._lock:
-                    proxy.requests += 1
-                    proxy.authorization.append(self.headers.get("Authorization"))
-                    fail = proxy.fail_every > 0 and proxy.requests % proxy.fail_every == 0
-                    kind = proxy.requests % (3 * proxy.fail_every) if fail else -1
-                    if fail:
-                        proxy.failures += 1
-                forced = getattr(proxy, "mode", None)
-                if fail and forced is not None:
-                    kind = 0 if forced == "drop" else (proxy.fail_every if forced == 503 else 1)
-                if fail and kind == 0:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if fail:
-                    status = 503 if kind == proxy.fail_every else 500
-                    code = "SlowDown" if status == 503 else "InternalError"
-                    payload = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                conn = http.client.HTTPConnection(proxy.target, timeout=60)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("connection", "transfer-encoding", "expect")}
-                headers["Content-Length"] = str(len(body))
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                length = response.getheader("Content-Length") if self.command == "HEAD" else len(data)
-                self.send_header("Content-Length", str(length or 0))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FlakyProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def intercept(self, handler: BaseHTTPRequestHandler) -> bool:
+        with self._lock:
+            self.requests += 1
+            self.authorization.append(handler.headers.get("Authorization"))
+            fail = self.fail_every > 0 and self.requests % self.fail_every == 0
+            kind = self.requests % (3 * self.fail_every) if fail else -1
+            if fail:
+                self.failures += 1
+        if not fail:
+            return False
+        if self.mode is not None:
+            kind = 0 if self.mode == "drop" else (self.fail_every if self.mode == 503 else 1)
+        if kind == 0:
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return True
+        status = 503 if kind == self.fail_every else 500
+        code = "SlowDown" if status == 503 else "InternalError"
+        payload = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+        handler.send_response(status)
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+        return True
 
 
 @dataclass
@@ -204,22 +133,11 @@ def mlflow_server(folder: Path, s3: S3Server, bucket: str, prefix: str = "mlflow
          "--artifacts", f"s3://{bucket}/{prefix}", "--s3-endpoint", s3.endpoint, "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=folder)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health", 90, process)
+        wait_http(f"http://127.0.0.1:{port}/health", 90, process)
         yield MlflowServer(f"http://127.0.0.1:{port}", database)
     finally:
-        _stop(process)
+        stop(process)
         log.close()
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a server we started (its own process group), and nothing else."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(15)
 
 
 def _descendants(root: int) -> set[int]:

@@ -24,7 +24,10 @@ def release_parameter_count(video_dim: int, query_dim: int, hidden: int, k: int 
     return pos_enc + projections + 2 * bert_attention + anchors
 
 
-def make_batch(num_videos: int = 3, per_video: int = 2, tokens: int = 1, dims: Dims = Dims(12, 10),
+SMALL_DIMS = Dims(12, 10)
+
+
+def make_batch(num_videos: int = 3, per_video: int = 2, tokens: int = 1, dims: Dims = SMALL_DIMS,
                seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     nq = num_videos * per_video

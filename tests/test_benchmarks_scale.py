@@ -54,7 +54,8 @@ def test_quick_run_writes_sane_json(tmp_path: Path) -> None:
     assert sorted(rows) == [(s, f) for s in ("queries", "videos") for f in (1, 2, 4)]
     sizes = result["sizes"]
     for f in (1, 2, 4):
-        assert (rows["videos", f]["videos"], rows["videos", f]["queries"]) == (sizes["videos"] * f, sizes["fixed_queries"])
+        assert (rows["videos", f]["videos"], rows["videos", f]["queries"]) == (sizes["videos"] * f,
+                                                                               sizes["fixed_queries"])
         assert (rows["queries", f]["videos"], rows["queries", f]["queries"]) == (sizes["fixed_videos"],
                                                                                  sizes["queries"] * f)
     for row in rows.values():
@@ -68,7 +69,7 @@ def test_quick_run_writes_sane_json(tmp_path: Path) -> None:
     assert rows["videos", 4]["growth_mb"] > rows["videos", 1]["growth_mb"]
     fits = {(f["sweep"], f["metric"]): f for f in result["fits"]}
     assert sorted(fits) == sorted((s, m) for s in ("videos", "queries") for m in ("time", "cpu time", "memory"))
-    for (sweep, metric), fit in fits.items():
+    for (_sweep, metric), fit in fits.items():
         assert math.isfinite(fit["b"])
         assert ("passed" in fit) == (metric != "cpu time")
     assert result["passed"] == all(f["passed"] for f in fits.values() if "passed" in f)

@@ -10,11 +10,32 @@ import json
 import pytest
 
 from benchmarks.runs import parse_args
-from benchmarks.search_efficiency import (BASELINE, DEFAULT_STRATEGIES, QUICK, TARGET_STRATEGY, _check_args,
-                                          _checked_record, _parser, analyse_repetition, anytime_curve,
-                                          champion_disagrees, config_key, epochs_to_quality, incumbent_configs,
-                                          incumbents, median_curve, plot, quality_jobs, quality_seeds, quartiles,
-                                          report, speedup, summarise, total_epochs, value_at)
+from benchmarks.search_efficiency import (
+    BASELINE,
+    DEFAULT_STRATEGIES,
+    QUICK,
+    TARGET_STRATEGY,
+    _check_args,
+    _checked_record,
+    _parser,
+    analyse_repetition,
+    anytime_curve,
+    champion_disagrees,
+    config_key,
+    epochs_to_quality,
+    incumbent_configs,
+    incumbents,
+    median_curve,
+    plot,
+    quality_jobs,
+    quality_seeds,
+    quartiles,
+    report,
+    speedup,
+    summarise,
+    total_epochs,
+    value_at,
+)
 
 
 def E(trial: str, epoch: int, score: float) -> list:

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from search.ray_session import LOCAL_RAY_ENV
 from servers import listening_hosts
 from test_search import TINY_MODEL, failures, mlflow_runs, tracking_uri, trial_dirs
+
+from search.ray_session import LOCAL_RAY_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
@@ -60,7 +60,8 @@ def make_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., obje
         temp = tempfile.mkdtemp(prefix="prvr-cluster-")
         # Cluster records its address in /tmp/ray for a later bare ray.init(); keep it in our own folder
         write = ray._private.utils.write_ray_address
-        monkeypatch.setattr(ray._private.utils, "write_ray_address", lambda address, temp_dir=None: write(address, temp))
+        monkeypatch.setattr(ray._private.utils, "write_ray_address", lambda address, temp_dir=None: write(address,
+                                                                                                          temp))
         cluster = Cluster(initialize_head=True, head_node_args={
             "temp_dir": temp, "object_store_memory": 80 * MB, "_system_config": FAST_HEALTH_CHECKS, **head})
         made.append((cluster, temp))
@@ -82,7 +83,8 @@ def make_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., obje
 
 def driver_command(tmp_path: Path, cluster: object, *args: str) -> tuple[list[str], dict]:
     command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--storage", str(tmp_path / "results"),
-               "--tracking-uri", tracking_uri(tmp_path), "--ray-address", cluster.address, "--confirm-top", "0", *SEARCH, *args]
+               "--tracking-uri", tracking_uri(tmp_path), "--ray-address", cluster.address, "--confirm-top", "0",
+               *SEARCH, *args]
     env = {**os.environ, **LOCAL_RAY_ENV, "PRVR_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
     return command, env
 

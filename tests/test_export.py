@@ -383,11 +383,11 @@ def test_bad_inputs_are_one_line_before_any_write(search, first, tmp_path, capsy
 def test_export_without_registry_needs_the_dataset_named(search, first, tmp_path, capsys, monkeypatch, test_split):
     """With --no-register and no reachable MLflow store, the dataset comes from --data (a wrong one is
     refused by its manifest hash); the folder then loads and reproduces the trial's test metrics."""
+    from conftest import write_dataset
+
     from search.cli import run_main
     from search.export import main
     from trainables.export import load_exported
-
-    from conftest import write_dataset
 
     base = ["--storage", str(search.storage), "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--name", NAME,
             "--no-register", "--out", str(tmp_path / "out")]

@@ -144,7 +144,8 @@ def test_v2_padding_floor_reproduces_release() -> None:
     q = torch.tensor([[1.0] + [0.0] * 15])
     frames = torch.zeros(1, 16, 16)
     frames[0, :3, 0] = -1.0  # every valid frame anti-aligned with the query
-    videos = {"clip_tokens": torch.randn(1, 8, 16), "frame_tokens": frames, "frame_mask": (torch.arange(16) < 3).float()[None]}
+    videos = {"clip_tokens": torch.randn(1, 8, 16), "frame_tokens": frames,
+              "frame_mask": (torch.arange(16) < 3).float()[None]}
     assert model.score({"query": q}, videos)["frame"].item() == 0.0  # a zero padding frame wins
     clean = small("gmmformer2", frame_padding_floor=False).eval()
     assert clean.score({"query": q}, videos)["frame"].item() == pytest.approx(-1.0)

@@ -16,8 +16,7 @@ import pytest
 
 import trainables.data.importers.common as common
 from trainables.data.errors import DatasetError
-from trainables.data.importers import LAYOUTS, export_amdnet, export_msrl, import_amdnet, import_msrl
-from trainables.data.importers import msrl
+from trainables.data.importers import LAYOUTS, export_amdnet, export_msrl, import_amdnet, import_msrl, msrl
 from trainables.data.importers.bigfile import (
     parse_video2frames,
     read_bigfile,
@@ -346,7 +345,8 @@ AMD_ERRORS = [
     ("2-D sentence", _replace_amd("clip_ViT_B_32_{}_query_feat.hdf5", "v1#enc#1", np.ones((1, 512), np.float32)),
      r"clip_ViT_B_32_tvr_query_feat\.hdf5: caption 'v1#enc#1' has shape \(1, 512\), expected a non-empty 1-D vector$"),
     ("video missing", _replace_amd("new_clip_vit_32_{}_vid_features.hdf5", "v3", None),
-     r"new_clip_vit_32_tvr_vid_features\.hdf5: has no features for video 'v3' \(referenced at \S*tvrval\.caption\.txt:1\)$"),
+     r"new_clip_vit_32_tvr_vid_features\.hdf5: has no features for video 'v3' \(referenced at "
+     r"\S*tvrval\.caption\.txt:1\)$"),
     ("video dim", _replace_amd("new_clip_vit_32_{}_vid_features.hdf5", "v2", np.ones((2, 256), np.float32)),
      r"new_clip_vit_32_tvr_vid_features\.hdf5: video 'v2' has feature dim 256, but 'v1' has 512$"),
     ("int features", _replace_amd("new_clip_vit_32_{}_vid_features.hdf5", "v3", np.ones((2, 512), np.int32)),
@@ -420,7 +420,8 @@ def test_msrl_round_trip_bit_exact(tmp_path, make_dataset, dtype):
     assert folder == (tmp_path / "release" / "synth").resolve()
     assert (folder / "FeatureData" / "feat" / "shape.txt").read_text().split() == [
         str(sum(len(f) for f in videos.values())), "8"]
-    assert (folder / "TextData" / "synthtrain.caption.txt").read_text().splitlines()[0] == "vid4#enc#1 text of vid4#enc#1"
+    captions = (folder / "TextData" / "synthtrain.caption.txt").read_text().splitlines()
+    assert captions[0] == "vid4#enc#1 text of vid4#enc#1"
     assert leftovers(tmp_path / "release") == ["synth"]
     back = import_msrl(tmp_path / "release", "synth", tmp_path / "back", visual_feature="feat",
                        splits=("train", "test"), dtype=dtype)
@@ -447,7 +448,8 @@ def test_amdnet_round_trip_bit_exact(tmp_path, dtype):
     folder = export_amdnet(source, tmp_path / "release", "synth")
     with h5py.File(folder / "TextData" / "clip_ViT_B_32_synth_query_feat.hdf5", "r") as handle:
         assert handle["v0#1"].shape == (3,) and handle["v0#1"].dtype == np.float32
-    assert read_video2frames(folder / "FeatureData" / "synthetic" / "video2frames.txt")["v2"] == ["v2_0", "v2_1", "v2_2"]
+    assert read_video2frames(folder / "FeatureData" / "synthetic" / "video2frames.txt")["v2"] == ["v2_0", "v2_1",
+                                                                                                  "v2_2"]
     back = import_amdnet(tmp_path / "release", "synth", tmp_path / "back", dtype=dtype)
     _assert_same_store(source, back)
 

@@ -138,7 +138,8 @@ def test_a_search_with_credentials_in_the_tracking_uri_logs_none_and_authenticat
     bucket = s3_server.make_bucket("creds-redacted")
     with mlflow_server(tmp_path, s3_server, bucket) as server, FlakyProxy(server.uri, fail_every=0) as proxy:
         host = proxy.endpoint.removeprefix("http://")
-        result = run_search(tmp_path, "--name", "creds", "--space", "base", "--backbones", "mssl", "--trials", "1", "--max-epochs", "1", *TINY_MODEL,
+        result = run_search(tmp_path, "--name", "creds", "--space", "base", "--backbones", "mssl", "--trials", "1",
+                            "--max-epochs", "1", *TINY_MODEL,
                             "--tracking-uri", f"http://{USER}:{PASSWORD}@{host}", timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         client = MlflowClient(tracking_uri=server.uri)

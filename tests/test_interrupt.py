@@ -24,7 +24,8 @@ from tracking.mlflow_runs import INTERRUPTED_TAG
 EPOCHS = 25
 
 
-def _interrupt_when_training(command: list[str], tmp_path: Path, results: Path, group: bool) -> subprocess.CompletedProcess:
+def _interrupt_when_training(command: list[str], tmp_path: Path, results: Path,
+                             group: bool) -> subprocess.CompletedProcess:
     """Runs ``command``; SIGINT (to the driver, or to its process group) once a trial saved its 2nd epoch."""
     process = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_chunked_evaluation_matches_full
 from torch import nn
 
-from conftest import assert_chunked_evaluation_matches_full
 from trainables.losses.ranking import clip_nce, clip_triplet, diagonal_triplet, frame_nce
 from trainables.models.base import Dims, LossContext, count_parameters, create_backbone
 from trainables.models.kmedoids import batch_kmedoids, batch_kmedoids_gram
-from trainables.models.mssl import MSSL, span_average_matrix, two_way_nce
 from trainables.models.meanpool import MeanPool
+from trainables.models.mssl import MSSL, span_average_matrix, two_way_nce
 
 TINY = Dims(video_dim=6, query_dim=5)
 TINY_OPTS = dict(hidden_size=8, n_heads=2, max_ctx_l=16, max_desc_l=7)

@@ -605,7 +605,7 @@ def test_default_tome_merges_the_raw_means_even_when_the_loader_normalised_the_f
     OP-ToMe merges the restored raw frames: the same tokens and merge sizes as the release's loop on the raw
     features, through the real loader's batches at training (collate_train) and at inference
     (collate_videos); pad_frames=repeat bins the scales with the frames, so CBVA re-merges identically."""
-    from trainables.data.loader import collate_train, collate_videos, EvalVideos, TrainVideos, prepare_split
+    from trainables.data.loader import EvalVideos, TrainVideos, collate_train, collate_videos, prepare_split
     from trainables.data.protocol import Protocol
     from trainables.data.store import RawSplit
 

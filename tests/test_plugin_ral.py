@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_chunked_evaluation_matches_full
 from torch.distributions import Independent, Normal, kl_divergence
 
-from conftest import assert_chunked_evaluation_matches_full
 from trainables.data.loader import train_loader
 from trainables.data.synthetic import ensure_synthetic
 from trainables.losses.probabilistic import (

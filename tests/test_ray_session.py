@@ -47,7 +47,6 @@ def test_an_address_that_accepts_nothing_is_refused_within_the_timeout():
     """A listener whose backlog is full never completes a connection (as an address behind a firewall
     that drops packets): the check gives up after its timeout, where Ray keeps dialling for minutes."""
     import socket
-    import time
 
     from search.ray_session import check_address
 

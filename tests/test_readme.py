@@ -28,3 +28,16 @@ def test_readme_opens_with_two_single_line_commands():
 def test_ci_runs_the_readme_test_command_exactly():
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert readme_commands()[1] in ci_lines
+
+
+def test_the_readme_is_a_quickstart_whose_links_lead_to_the_docs():
+    """The README stays short; every relative link in it and in docs/ names a file that exists, and every
+    docs page is linked from the README."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150, "the README is a quickstart: move reference material to docs/"
+    pages = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+    assert pages and all(f"]({page})" in readme for page in pages), pages
+    for document in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", document.read_text()):
+            if "://" not in target:
+                assert (document.parent / target).exists(), f"{document.name}: broken link {target}"

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import torch
-
 from test_plugin_msc import _naive_rkd
 from test_ranking_reference import reference_clip_nce
+
 from trainables.data.loader import train_loader
 from trainables.data.synthetic import ensure_synthetic
 from trainables.models.base import Dims, LossContext, create_backbone
@@ -143,8 +143,8 @@ def naive_diversity(masks: torch.Tensor, target: float) -> float:
     for video in masks.double().tolist():
         rows = [[x / sum(r) for x in r] for r in video]
         for k, a in enumerate(rows):
-            for l, b in enumerate(rows):
-                total += (sum(x * y for x, y in zip(a, b)) - (target if k == l else 0.0)) ** 2
+            for j, b in enumerate(rows):
+                total += (sum(x * y for x, y in zip(a, b)) - (target if k == j else 0.0)) ** 2
     return total / len(masks)
 
 
@@ -203,8 +203,9 @@ def test_gmmformer2_terms_are_the_loss_factor_times_the_losses(tiny, monkeypatch
 
 
 def test_amdnet_terms_are_the_release_weights_times_the_losses(monkeypatch):
-    import trainables.models.amdnet as amd
     from test_amdnet import context, make_batch, small
+
+    import trainables.models.amdnet as amd
 
     nce, div = record(monkeypatch, amd, "clip_nce"), record(monkeypatch, amd, "moment_diversity")
     rel = record(monkeypatch, amd, "moment_relevance")

@@ -30,23 +30,16 @@ BUCKET = "prvr-shards"
 
 
 class CountingProxy(FlakyProxy):
-    """FlakyProxy that also records the method and path of every request it receives."""
+    """FlakyProxy (no failures by default) that also records the method and path of every request."""
 
     def __init__(self, target: str, fail_every: int = 0) -> None:
         super().__init__(target, fail_every)
         self.log: list[tuple[str, str]] = []
-        log_lock = threading.Lock()
-        proxy = self
 
-        class Recording(self.server.RequestHandlerClass):
-            def _record_and_handle(self) -> None:
-                with log_lock:
-                    proxy.log.append((self.command, urlsplit(self.path).path))
-                self._handle()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _record_and_handle
-
-        self.server.RequestHandlerClass = Recording
+    def intercept(self, handler) -> bool:
+        with self._lock:
+            self.log.append((handler.command, urlsplit(handler.path).path))
+        return super().intercept(handler)
 
     def gets(self) -> Counter:
         """GET requests per object path (``/bucket/key``)."""

@@ -101,7 +101,8 @@ def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, 
         for problem in ("Error handling checkpoint", "Could not recover from checkpoint", "Trials did not complete"):
             assert problem not in output, problem
         # the fresh driver restarted the interrupted trials from their checkpoints on S3
-        assert re.search(rf"Restored on 127.0.0.1 from checkpoint: .*path={BUCKET}/results/r/trial_\w+/checkpoint_", output)
+        assert re.search(rf"Restored on 127.0.0.1 from checkpoint: .*path={BUCKET}/results/r/trial_\w+/checkpoint_",
+                         output)
         assert f"results and checkpoints: s3://{BUCKET}/results/r" in resumed.stdout
         # the fresh driver's node fetched the dataset into its own cache
         assert list((second / "cache").rglob("manifest.json"))
@@ -136,7 +137,8 @@ def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, 
             seen = [line["epoch"] for line in epochs if "epoch" in line]
             assert 1 not in seen[1:] and seen == sorted(seen), seen
             for column in COLUMNS:
-                assert run.data.metrics[metric_key("test", column)] == pytest.approx(epochs[-1][metric_key("test", column)])
+                assert run.data.metrics[metric_key("test", column)] == pytest.approx(epochs[-1][metric_key("test",
+                                                                                                           column)])
             (tmp_path / trial).mkdir()
             local = client.download_artifacts(run.info.run_id, "config.json", str(tmp_path / trial))
             assert json.loads(Path(local).read_text()) == config  # the resolved config as an artifact
@@ -163,7 +165,8 @@ def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, 
                   }
         for folder in (first, second):
             logged.update({str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file() and "cache" not in p.parts})
-    leaks = [where for where, blob in logged.items() if TEST_ACCESS_KEY.encode() in blob or TEST_SECRET_KEY.encode() in blob]
+    leaks = [where for where,
+             blob in logged.items() if TEST_ACCESS_KEY.encode() in blob or TEST_SECRET_KEY.encode() in blob]
     assert not leaks, f"test credentials found in {leaks}"
     assert len(logged) > 20
 
@@ -182,7 +185,8 @@ def test_bad_s3_input_fails_before_ray_with_one_line(s3_server, uploaded, tmp_pa
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     result = run_cli_without_ray(main, "--data", f"s3://{BUCKET}/data/tiny", "--storage", str(tmp_path / "results"),
-                                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--s3-endpoint", s3_server.endpoint,
+                                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--s3-endpoint",
+                                 s3_server.endpoint,
                                  *args, cwd=tmp_path)
     assert result.code == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-
 import time
 
 import pytest
@@ -30,7 +29,8 @@ def test_settings_read_the_environment_and_never_hold_credentials(aws_env):
     # everything Ray pickles (the settings, the pyarrow filesystem) is free of the keys
     for blob in (pickle.dumps(settings), pickle.dumps(settings.pyarrow_filesystem())):
         assert TEST_ACCESS_KEY.encode() not in blob and TEST_SECRET_KEY.encode() not in blob
-    assert settings.mlflow_server_env() == {"MLFLOW_S3_ENDPOINT_URL": aws_env.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    assert settings.mlflow_server_env() == {"MLFLOW_S3_ENDPOINT_URL": aws_env.endpoint,
+                                            "AWS_DEFAULT_REGION": "us-east-1"}
     client = settings.boto3_client()  # the keys come from the process's own chain, and work
     client.create_bucket(Bucket="chain-bucket")
     assert "chain-bucket" in [b["Name"] for b in client.list_buckets()["Buckets"]]
@@ -102,7 +102,8 @@ def test_search_storage_on_s3_checks_the_bucket_and_the_search_folder(aws_env, t
     aws_env.client().put_object(Bucket="results-bucket", Key="runs/s1/experiment_state.json", Body=b"{}")
     with pytest.raises(ValueError, match="a search named 's1' already exists"):
         search_storage("s3://results-bucket/runs", "s1", resume=False, settings=settings)
-    assert search_storage("s3://results-bucket/runs", "s1", resume=True, settings=settings).path == "results-bucket/runs/s1"
+    assert search_storage("s3://results-bucket/runs", "s1", resume=True,
+                          settings=settings).path == "results-bucket/runs/s1"
     with pytest.raises(ValueError, match="bucket 'missing-bucket' is not reachable"):
         search_storage("s3://missing-bucket/runs", "s1", resume=False, settings=settings)
     with pytest.raises(ValueError, match="use a local folder or s3://bucket/prefix"):

@@ -183,7 +183,8 @@ def _edit_manifest(root: Path, **changes) -> None:
 def test_feature_dim_disagreeing_with_manifest(make_dataset):
     root, _, _ = make_dataset(video_dim=8)
     _edit_manifest(root, video_dim=16)
-    with pytest.raises(DatasetError, match=r"videos-0000\d\.h5: 'features' has shape \(\d+, 8\), the manifest says width 16"):
+    with pytest.raises(DatasetError,
+                       match=r"videos-0000\d\.h5: 'features' has shape \(\d+, 8\), the manifest says width 16"):
         FeatureStore(root).load_split("test")
 
 
@@ -283,7 +284,8 @@ def test_writer_is_atomic_on_error(tmp_path):
 
 
 @pytest.mark.parametrize("action, message", [
-    (lambda w: w.add_video("v", np.ones((2, 5), np.float32)), r"video 'v': feature dim 5 disagrees with the dataset's 3"),
+    (lambda w: w.add_video("v", np.ones((2, 5), np.float32)),
+     r"video 'v': feature dim 5 disagrees with the dataset's 3"),
     (lambda w: w.add_video("v", np.full((2, 3), np.nan, np.float32)), r"video 'v': features contain NaN"),
     (lambda w: w.add_video("v", np.ones((0, 3), np.float32)), r"video 'v': expected a non-empty 2-D array"),
     (lambda w: (w.add_video("v", np.ones((1, 3))), w.add_video("v", np.ones((1, 3)))), r"duplicate video id"),

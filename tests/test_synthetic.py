@@ -171,7 +171,8 @@ def test_whole_video_mean_pooling_loses_to_the_right_moment(wide_dir: Path) -> N
 
 
 def test_partial_relevance_on_the_small_preset(tmp_path: Path) -> None:
-    assert_partial_relevance(generate(PRESETS["small"], tmp_path / "small"), margin=100)  # measured: meanpool ~129, moment ~336 of 400
+    assert_partial_relevance(generate(PRESETS["small"], tmp_path / "small"),
+                             margin=100)  # measured: meanpool ~129, moment ~336 of 400
 
 
 def test_ambiguity_and_noise_make_the_task_harder(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_chunked_evaluation_matches_full
+
 from trainables.data.synthetic import ensure_synthetic
 from trainables.models.base import create_backbone
 from trainables.training.checkpoint import load_checkpoint

@@ -9,9 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainables.trial_report import (COLUMNS, FINISHED, METRIC, TIME_ATTR, TRIAL_ERROR, epoch_metrics, epoch_report,
-                                     error_report, final_metrics, final_report, is_failed, is_finished, split_tags,
-                                     trial_status)
+from trainables.trial_report import (
+    COLUMNS,
+    FINISHED,
+    METRIC,
+    TIME_ATTR,
+    TRIAL_ERROR,
+    epoch_metrics,
+    epoch_report,
+    error_report,
+    final_metrics,
+    final_report,
+    is_failed,
+    is_finished,
+    split_tags,
+    trial_status,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = {"R@1": 10.0, "R@5": 30.0, "R@10": 50.0, "R@100": 90.0, "SumR": 180.0}

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from trainables.data.synthetic import ensure_synthetic
+from trainables.training.loop import load_data, train
 from trainables.trial import history_metrics
 from trainables.trial_report import COLUMNS, METRIC, PLACEMENT, epoch_metrics, epoch_report, final_metrics
-from trainables.training.loop import load_data, train
 
 
 class Interrupt(Exception):
@@ -45,7 +45,8 @@ def _val(sumr: float) -> dict[str, dict[str, float]]:
 
 
 def test_the_best_epoch_so_far_follows_the_loops_rule_a_tie_is_not_better() -> None:
-    history = [{"epoch": e, "val": _val(s), "loss": {"nce": 0.5}} for e, s in [(1, 10.0), (2, 8.0), (3, 10.0), (4, 12.0)]]
+    history = [{"epoch": e, "val": _val(s), "loss": {"nce": 0.5}} for e, s in [(1, 10.0), (2, 8.0), (3, 10.0), (4,
+                                                                                                                12.0)]]
     rebuilt = history_metrics(history)
     assert [(m["best_epoch"], m[METRIC]) for m in rebuilt] == [(1, 10.0), (1, 10.0), (1, 10.0), (4, 12.0)]
     assert [m["val_sumr"] for m in rebuilt] == [10.0, 8.0, 10.0, 12.0] and rebuilt[0]["loss_nce"] == 0.5

@@ -161,7 +161,8 @@ class Selection:
 
     def as_dict(self) -> dict[str, Any]:
         lead = self.lead()
-        return {"rule": RULE, "champion": self.champion.source.trial_id, "exported_run": self.champion.best_run.trial_id,
+        return {"rule": RULE, "champion": self.champion.source.trial_id,
+                "exported_run": self.champion.best_run.trial_id,
                 "single_run_pick": self.single_run_pick.trial_id, "agrees_with_single_run": self.agrees,
                 "lead": None if lead is None else {"val_sumr": lead.points, "pooled_seed_std": lead.pooled_std},
                 "configs": [c.as_dict() for c in self.confirmed]}
@@ -187,12 +188,14 @@ def selection_table(chosen: Selection) -> str:
     lines = [header]
     for rank, config in enumerate(chosen.confirmed, 1):
         val, test = config.val, config.test
-        seeds = ",".join(map(str, config.seeds)) + (f" ({len(config.unfinished)} unfinished)" if config.unfinished else "")
+        seeds = ",".join(map(str,
+                             config.seeds)) + (f" ({len(config.unfinished)} unfinished)" if config.unfinished else "")
         lines.append(f"{rank:<3}{config.source.trial_id:<16}{seeds:<12}{f'{val.mean:.1f} +- {val.std:.1f}':>22}"
                      f"{interval_text(val):>18}{f'{test.mean:.1f} +- {test.std:.1f}':>23}{config.source.score:>12.1f}")
     champion = chosen.champion
     lines += ["", f"champion: {champion.source.trial_id} ({compact_config(champion.source.config)}); its best seed's "
-                  f"run {champion.best_run.trial_id} (seed {champion.best_run.config.get('seed')}) is what export.py exports"]
+                  f"run {champion.best_run.trial_id} (seed {champion.best_run.config.get('seed')}) is what export.py "
+                  f"exports"]
     pick = chosen.single_run_pick
     lines.append(f"single-run ranking: picks {pick.trial_id} (best val SumR {pick.score:.1f}), "
                  + ("the same config" if chosen.agrees else "a different config"))

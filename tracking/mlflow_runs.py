@@ -242,5 +242,7 @@ def fail_parent(tracking: Tracking, exc: BaseException) -> bool:
         return False
 
 
-__all__ = ["INTERRUPTED_TAG", "Tracking", "child_run", "close_children", "code_version", "default_tracking_uri", "end_run", "log_dict",
-           "end_interrupted_children", "end_trial_run", "fail_parent", "finish_parent", "log_metrics", "set_tags", "start_parent", "ui_command"]
+__all__ = ["INTERRUPTED_TAG", "Tracking", "child_run", "close_children", "code_version", "default_tracking_uri",
+           "end_run", "log_dict",
+           "end_interrupted_children", "end_trial_run", "fail_parent", "finish_parent", "log_metrics", "set_tags",
+           "start_parent", "ui_command"]

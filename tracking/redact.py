@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import overload
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from trainables.errors import InputError
@@ -55,6 +56,10 @@ def redact_argv() -> None:
     sys.argv[:] = [redact_text(a) for a in sys.argv]
 
 
+@overload
+def use_tracking_uri(uri: str) -> str: ...
+@overload
+def use_tracking_uri(uri: None) -> None: ...
 def use_tracking_uri(uri: str | None) -> str | None:
     """The tracking URI without credentials; a ``user:password@`` in it is moved to MLflow's environment
     variables (so the client, and the trial workers of a local Ray, still authenticate). Credentials in the

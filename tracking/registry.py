@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.pyfunc import PythonModel  # mypy sees ``mlflow.pyfunc`` as mlflow's LazyLoader, not the module
 from mlflow.tracking import MlflowClient
 
 from tracking.mlflow_runs import TAG_KIND, TAG_SEARCH, TAG_TRIAL, scrub
@@ -63,7 +64,7 @@ def champion_uri(name: str) -> str:
     return f"models:/{name}@{CHAMPION}"
 
 
-class RankerModel(mlflow.pyfunc.PythonModel):
+class RankerModel(PythonModel):
     """Ranks a request's videos for each of its queries with an exported PRVR model (see module doc)."""
 
     #: the request is one dict of ragged arrays, which MLflow's type-hint validation cannot describe: the

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import matplotlib
 
@@ -33,8 +33,9 @@ matplotlib.use("Agg")  # headless: the report runs in a search driver or a shell
 
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,  # noqa: E402
-                                  IntDistribution)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
 from optuna.trial import TrialState, create_trial  # noqa: E402
 
 from tracking.champion import RULE, interval_text, selection  # noqa: E402
@@ -56,7 +57,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return _number(value) and math.isfinite(value)
 
 
@@ -260,7 +261,7 @@ def _history_figure(search: FinishedSearch, path: Path) -> Path:
     if done:
         ax.scatter(*zip(*done), color="#1f77b4", label="finished", zorder=3)
         best, steps = -math.inf, []
-        for i, t in enumerate(trials):
+        for t in trials:
             if trial_state(t) == TrialState.COMPLETE:
                 best = max(best, t.score)
             steps.append(best if best > -math.inf else math.nan)
@@ -268,7 +269,7 @@ def _history_figure(search: FinishedSearch, path: Path) -> Path:
     if stopped:
         ax.scatter(*zip(*stopped), facecolors="none", edgecolors="#7f7f7f", label="stopped early", zorder=3)
     ax.set_xlabel("trial (in start order)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    cast(MaxNLocator, ax.xaxis.get_major_locator()).set_params(integer=True)  # a new Axes's AutoLocator
     ax.set_ylabel("best val SumR")
     ax.set_title("Optimisation history")
     ax.legend(loc="lower right")
@@ -286,7 +287,7 @@ def _parallel_figure(search: FinishedSearch, top: list[TrialRecord], path: Path)
     with _quiet_optuna():
         ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, params=params,
                                                                       target_name="best val SumR")
-    fig = ax.figure
+    fig = cast(Figure, ax.figure)  # the new figure optuna drew on (not a SubFigure)
     fig.set_size_inches(max(7.0, 1.1 * len(params) + 3), 5)
     return _save(fig, path)
 
@@ -302,7 +303,7 @@ def _curves_figure(top: list[TrialRecord], path: Path) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("val SumR")
     ax.set_title(f"Learning curves of the {len(top)} best trials")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    cast(MaxNLocator, ax.xaxis.get_major_locator()).set_params(integer=True)  # a new Axes's AutoLocator
     ax.legend(loc="best", fontsize="small")
     return _save(fig, path)
 
@@ -339,7 +340,8 @@ def confirmation_html(search: FinishedSearch) -> str:
     rows = []
     for rank, config in enumerate(chosen.confirmed, 1):
         val, test = config.val, config.test
-        cells = [str(rank), config.source.trial_id, ",".join(map(str, config.seeds)), f"{val.mean:.1f} +- {val.std:.1f}",
+        cells = [str(rank), config.source.trial_id, ",".join(map(str, config.seeds)),
+                 f"{val.mean:.1f} +- {val.std:.1f}",
                  interval_text(val), f"{test.mean:.1f} +- {test.std:.1f}", f"{config.source.score:.1f}"]
         row_class = ' class="champion"' if rank == 1 else ""
         rows.append(f"<tr{row_class}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
@@ -367,7 +369,8 @@ def _figure_html(path: Path | None, caption: str, note: str | None = None) -> st
 
 STYLE = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:14px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}td.config,td.param{text-align:left}
-td.config{font-family:monospace;font-size:12px}th{background:#f0f0f0}tr.champion td{font-weight:bold}figure{margin:1.5em 0}
+td.config{font-family:monospace;font-size:12px}th{background:#f0f0f0}tr.champion
+td{font-weight:bold}figure{margin:1.5em 0}
 img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:14px}.note{color:#8a5a00}"""
 
 
@@ -456,5 +459,6 @@ def report_to_run(search: FinishedSearch, tracking_uri: str, parent_run_id: str)
     return [f"{ARTIFACT_PATH}/{p.name}" for p in paths]
 
 
-__all__ = ["ARTIFACT_PATH", "HTML", "Importances", "REPORT_FILES", "confirmation_html", "infer_distributions", "log_report",
+__all__ = ["ARTIFACT_PATH", "HTML", "Importances", "REPORT_FILES", "confirmation_html", "infer_distributions",
+           "log_report",
            "param_importances", "rebuild_study", "report_to_run", "table_html", "write_report"]

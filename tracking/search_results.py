@@ -155,4 +155,5 @@ def _trials(filesystem: Any, folder: str) -> list[TrialRecord]:
             if info.type == fs.FileType.Directory and info.base_name.startswith(TRIAL_PREFIX)]
 
 
-__all__ = ["CONFIRMATION", "CONFIRMATION_OF", "QUIET_KEYS", "FinishedSearch", "TrialRecord", "compact_config", "load_search"]
+__all__ = ["CONFIRMATION", "CONFIRMATION_OF", "QUIET_KEYS", "FinishedSearch", "TrialRecord", "compact_config",
+           "load_search"]

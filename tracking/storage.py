@@ -9,7 +9,8 @@ S3-compatible endpoint (``--s3-endpoint http://host:port``).
 Credentials are never held by the settings: every process (driver, trial, tracking server) takes them
 from its own AWS credential chain: the standard variables, a profile, or the instance role on a cluster.
 That keeps them out of everything Ray pickles and stores (the tuner state, the trainable's parameters, the
-pyarrow filesystem), and so out of S3, logs and MLflow. Transient errors (throttling, 5xx, dropped connections) are retried with exponential backoff by
+pyarrow filesystem), and so out of S3, logs and MLflow. Transient errors (throttling, 5xx, dropped connections) are
+retried with exponential backoff by
 both clients (``MAX_ATTEMPTS`` attempts) before anything fails.
 """
 
@@ -172,20 +173,20 @@ def search_storage(storage: str, name: str, resume: bool, settings: StorageSetti
         _check_exists(str(root / name), (root / name).exists(), name, str(root), resume)
         return SearchStorage(str(root / name), str(root), None)
     settings = settings or StorageSettings.from_env()
-    root = S3Uri.parse(storage)
+    uri = S3Uri.parse(storage)
     quick = replace(settings, max_attempts=2)  # a wrong endpoint fails in seconds, not after minutes of backoff
     try:
-        quick.boto3_client().head_bucket(Bucket=root.bucket)
+        quick.boto3_client().head_bucket(Bucket=uri.bucket)
     except Exception as exc:  # botocore's ClientError / EndpointConnectionError / NoCredentialsError
-        raise InputError(f"storage {storage}: bucket {root.bucket!r} is not reachable on "
+        raise InputError(f"storage {storage}: bucket {uri.bucket!r} is not reachable on "
                          f"{settings.describe()}: {str(exc).splitlines()[0]}") from None
     filesystem = settings.pyarrow_filesystem()
     from pyarrow import fs
 
-    folder = root.join(name)
+    folder = uri.join(name)
     exists = filesystem.get_file_info(folder.path).type != fs.FileType.NotFound
-    _check_exists(str(folder), exists, name, str(root), resume)
-    return SearchStorage(str(folder), root.path, filesystem)
+    _check_exists(str(folder), exists, name, str(uri), resume)
+    return SearchStorage(str(folder), uri.path, filesystem)
 
 
 def _check_writable(root: Path) -> None:

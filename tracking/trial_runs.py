@@ -28,8 +28,19 @@ from ray.tune.experiment import Trial
 
 from tracking.mlflow_runs import Tracking, child_run, end_run, log_dict, log_metrics, set_tags
 from trainables.plugins import list_plugins
-from trainables.trial_report import (EARLIER_EPOCHS, PLACEMENT, TEST_RANKS, TIME_ATTR, TRIAL_ERROR, epoch_metrics,
-                                     final_metrics, is_failed, is_finished, split_tags, trial_dirname)
+from trainables.trial_report import (
+    EARLIER_EPOCHS,
+    PLACEMENT,
+    TEST_RANKS,
+    TIME_ATTR,
+    TRIAL_ERROR,
+    epoch_metrics,
+    final_metrics,
+    is_failed,
+    is_finished,
+    split_tags,
+    trial_dirname,
+)
 
 
 class TrialRuns(Callback):
@@ -86,6 +97,7 @@ class TrialRuns(Callback):
 def _read_ranks(trial: Trial) -> dict[str, Any] | None:
     """The test ranks the trial wrote next to its checkpoints (None if it wrote none)."""
     storage = trial.storage
+    assert storage is not None  # Tune gives every trial its storage before it runs
     try:
         with storage.storage_filesystem.open_input_stream(f"{storage.trial_fs_path}/{TEST_RANKS}") as stream:
             return json.loads(stream.read())

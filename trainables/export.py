@@ -92,6 +92,7 @@ def pin_dims(config: dict[str, Any], dims: Dims) -> dict[str, Any]:
 def build_model(config: TrainConfig, weights: dict[str, torch.Tensor], where: str,
                 device: torch.device | str = "cpu") -> Backbone:
     """The backbone of ``config`` holding exactly ``weights`` (every key, no extra one), in eval mode."""
+    assert config.video_dim is not None and config.query_dim is not None  # pinned (config_from_dict)
     model = config.build_model(Dims(config.video_dim, config.query_dim))
     try:
         model.load_state_dict(weights, strict=True)
@@ -270,6 +271,8 @@ def rank_videos(model: Backbone, config: TrainConfig, protocol: Protocol, query_
     trial's evaluation did. Equal scores keep the request's video order."""
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise InputError(f"top_k must be a whole number >= 1, got {top_k!r}")
+    # an export's config: config_from_dict checked the pinned dims, TrainConfig.resolved() filled eval_video_batch
+    assert config.video_dim is not None and config.query_dim is not None and config.eval_video_batch is not None
     split = request_split(query_tokens, video_frames, video_ids, Dims(config.video_dim, config.query_dim), protocol)
     keep = split.num_videos if top_k is None else min(int(top_k), split.num_videos)
     ranked: list[list[str]] = []

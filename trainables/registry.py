@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from trainables.errors import InputError
 
-T = TypeVar("T", bound=type)
+
+class Named(Protocol):
+    """What a registered class has: the ``name`` it is registered as (set by :meth:`Registry.register`)."""
+
+    name: ClassVar[str]
+
+
+T = TypeVar("T", bound=type[Named])
 
 
 class Registry(Generic[T]):

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from ray import tune
@@ -32,8 +32,15 @@ from trainables.data.source import RemoteDataset, materialize
 from trainables.failures import describe, is_infrastructure_error
 from trainables.training.loop import SELECTION_BRANCH, SELECTION_METRIC, DataSplits, EpochReport, train
 from trainables.training.stored_checkpoints import loads, newest_checkpoint
-from trainables.trial_report import (EARLIER_EPOCHS, PLACEMENT, TEST_RANKS, epoch_report, error_report, final_report,
-                                     split_tags)
+from trainables.trial_report import (
+    EARLIER_EPOCHS,
+    PLACEMENT,
+    TEST_RANKS,
+    epoch_report,
+    error_report,
+    final_report,
+    split_tags,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +148,7 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, allow_va
     config, _ = split_tags(config)
     config, placement = _use_assigned_resources(config)
     placement.update(warm_up.claim())  # this worker is taken; how long it had been ready for a trial
-    first = {PLACEMENT: placement}
+    first: dict[str, object] = {PLACEMENT: placement}
 
     def report(metrics: dict[str, Any], checkpoint: tune.Checkpoint | None = None) -> None:
         tune.report({**metrics, **first}, checkpoint=checkpoint)
@@ -158,7 +165,8 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, allow_va
                 first[EARLIER_EPOCHS] = history_metrics(epoch.history[:-1])
             folder = scratch / f"epoch-{epoch.epoch}"
             epoch.save_checkpoint(folder)
-            report(metrics, tune.Checkpoint.from_directory(str(folder)))
+            # from_directory returns a cls(...), annotated as ray.train's base Checkpoint
+            report(metrics, cast(tune.Checkpoint, tune.Checkpoint.from_directory(str(folder))))
             shutil.rmtree(folder, ignore_errors=True)
 
         try:

@@ -14,7 +14,6 @@ then differ).
 from __future__ import annotations
 
 import warnings
-
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -50,7 +49,9 @@ class PreparedSplit(RaggedSplit):
 
     def video_frame_scales(self, i: int) -> np.ndarray | None:
         """Video ``i``'s frame scales (n_i,), or None when the protocol does not normalise."""
-        return None if self.frame_scales is None else self.frame_scales[self.frame_offsets[i] : self.frame_offsets[i + 1]]
+        if self.frame_scales is None:
+            return None
+        return self.frame_scales[self.frame_offsets[i] : self.frame_offsets[i + 1]]
 
     def queries_of_video(self) -> list[np.ndarray]:
         """For each video, the indices of its queries in split order."""

@@ -73,7 +73,7 @@ def _strings(handle: h5py.File, key: str) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else str(s) for s in handle[key][()]]
 
 
-def _offsets(handle: h5py.File, where: str, count: int, rows: int) -> np.ndarray:
+def _offsets(handle: h5py.File, where: Path, count: int, rows: int) -> np.ndarray:
     offsets = handle["offsets"][()].astype(np.int64)
     if (offsets.shape != (count + 1,) or offsets[0] != 0 or offsets[-1] != rows
             or np.any(np.diff(offsets) < 1)):
@@ -153,7 +153,8 @@ class FeatureStore:
             raise DatasetError(f"{path}: shard listed in the manifest is missing")
         size = path.stat().st_size
         if size != shard.bytes:
-            raise DatasetError(f"{path}: shard is {size} bytes, the manifest says {shard.bytes} (truncated or replaced)")
+            raise DatasetError(f"{path}: shard is {size} bytes, the manifest says {shard.bytes} (truncated or "
+                               f"replaced)")
         digest = checked_sha256(path, rehash=rehash)
         if digest != shard.sha256:
             raise DatasetError(f"{path}: sha256 {digest[:12]}... does not match the manifest's {shard.sha256[:12]}... "
@@ -263,6 +264,7 @@ class FeatureStore:
             with handle:
                 self._copy_rows(path, handle, key, dim, _runs(rows, positions, offsets, out_offsets), out)
                 if extra is not None:
+                    assert out_extra is not None  # allocated above whenever extra is given
                     out_extra[positions] = self._read(path, handle, *extra)[rows]
         return _Rows(out, out_offsets, values, out_extra)
 
@@ -295,7 +297,8 @@ class FeatureStore:
             queries = self._collect("queries", "tokens", m.query_dim, query_ids, verify,
                                     strings=("video_ids", "text"), extra=sentence)
         except _Missing as missing:
-            raise DatasetError(f"{self.manifest_file}: query {missing.item!r} of the split is in no query shard") from None
+            raise DatasetError(f"{self.manifest_file}: query {missing.item!r} of the split is in no query "
+                               "shard") from None
         query_videos = queries.strings["video_ids"]
         video_ids = list(dict.fromkeys(query_videos))
         try:

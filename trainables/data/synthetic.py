@@ -57,7 +57,8 @@ space through the known projections):
 * ``tiny``: unit tests; 60/20/20 videos x 4 queries, 16-32 frames, dims 64/48, latent 16, 40 concepts;
   ~0.1 s, 1 MB. SumR 400 / 343 / 326 / 235.
 * ``small``: the demo; 500/250/250 videos x 4 queries, 32-96 frames, 8-16 tokens, dims 256/128, latent
-  32, 128 concepts; ~1 s, 45 MB. SumR 400 / 336 / 321 / 129 (250 test videos, so R@100 is informative). Learnable but not saturated: a ridge
+  32, 128 concepts; ~1 s, 45 MB. SumR 400 / 336 / 321 / 129 (250 test videos, so R@100 is informative). Learnable but
+  not saturated: a ridge
   map from mean token to frame space fitted on train gives window R@1 ~60 with moment supervision and
   ~20 with video-level supervision only.
 * ``tvr-like``: TVR's dims (3072 video / 768 query) and test split (2,179 videos / 10,895 queries, 5 per
@@ -85,7 +86,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -244,7 +245,13 @@ PRESETS: dict[str, SyntheticConfig] = {
 
 # high-ambiguity / high-noise variants (the conditions under which RAL claims its largest gains), fixed
 # before any plugin was measured on them: more feature noise, more filler words per query, more distractors
-HARD = {"noise": 1.0, "ambiguity": 0.7, "distractor_rate": 0.8}
+class _HardFields(TypedDict):
+    noise: float
+    ambiguity: float
+    distractor_rate: float
+
+
+HARD: _HardFields = {"noise": 1.0, "ambiguity": 0.7, "distractor_rate": 0.8}
 for _base in ("small", "ci"):
     PRESETS[f"{_base}-hard"] = replace(PRESETS[_base], name=f"{_base}-hard", **HARD)
 
@@ -429,7 +436,8 @@ def _query_tokens(rng: np.random.Generator, config: SyntheticConfig, event: list
 def _plan_split(config: SyntheticConfig, split: str, num_videos: int) -> _Plan:
     """Draw the structure of a split sequentially (cheap: no features)."""
     rng = np.random.default_rng([config.seed, _PLAN, SPLITS.index(split)])
-    frames, starts, ends, events, qv, qm, tc, tf = [], [], [], [], [], [], [], []
+    frames, starts, ends, qv, qm, tc, tf = [], [], [], [], [], [], []
+    events: list[list[int]] = []
     moment_counts: list[int] = []
     seen: set[tuple[int, ...]] = set()
     for v in range(num_videos):
@@ -439,8 +447,14 @@ def _plan_split(config: SyntheticConfig, split: str, num_videos: int) -> _Plan:
         for k in range(config.queries_per_video):
             moment = int(order[k % len(s)])
             concept, filler = _query_tokens(rng, config, video_events[moment])
-            qv.append(v), qm.append(moment), tc.append(concept), tf.append(filler)
-        frames.append(n), starts.append(s), ends.append(e), events.extend(video_events)
+            qv.append(v)
+            qm.append(moment)
+            tc.append(concept)
+            tf.append(filler)
+        frames.append(n)
+        starts.append(s)
+        ends.append(e)
+        events.extend(video_events)
         moment_counts.append(len(s))
     video_ids = [f"{split}_v{v:05d}" for v in range(num_videos)]
     return _Plan(
@@ -682,7 +696,9 @@ def _clip_spans(n: np.ndarray, clips: int, max_span: int) -> tuple[np.ndarray, n
         keep = (j - i <= max_span) & (edges[j] > edges[i])
         pairs = {(int(a), int(b)) for a, b in zip(edges[i[keep]], edges[j[keep]])}
         s, e = np.asarray(sorted(pairs)).T
-        starts.append(s), ends.append(e), counts.append(len(s))
+        starts.append(s)
+        ends.append(e)
+        counts.append(len(s))
     return np.concatenate(starts), np.concatenate(ends), np.concatenate([[0], np.cumsum(counts)])
 
 

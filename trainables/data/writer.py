@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import h5py
 import numpy as np
@@ -202,7 +202,8 @@ class DatasetWriter:
             "tokens": np.concatenate([r[3] for r in rows]),
         }
         if self.sentence_dim is not None:
-            arrays["sentence"] = np.stack([r[4] for r in rows]).astype(self.dtype)
+            # add_query takes a sentence feature exactly when the dataset has sentence_dim
+            arrays["sentence"] = np.stack([cast(np.ndarray, r[4]) for r in rows]).astype(self.dtype)
         file = f"queries-{len(self.shards_of('queries')):05d}.h5"
         _write_rows(self.tmp_dir / file, "queries", arrays)
         self._record(file, "queries", len(rows))

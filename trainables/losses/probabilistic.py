@@ -29,6 +29,8 @@ L_PM and the pairs of the cross KL follow it. With one text Gaussian per video i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -107,6 +109,7 @@ def distribution_alignment_loss(
     (either part switchable); ``variant`` as in the module docstring."""
     if variant not in DA_VARIANTS:
         raise InputError(f"da_variant must be one of {', '.join(DA_VARIANTS)}, got {variant!r}")
+    prior_term: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if variant == "as_released":
         video_mean, text_mean, prior_term = video_proxies.mean(dim=1), text_proxies.mean(dim=1), prior_kl_as_released
     else:

@@ -4,8 +4,10 @@ from trainables.models.base import Backbone, Dims, LossContext, create_backbone,
 
 __all__ = ["Backbone", "Dims", "LossContext", "create_backbone", "list_backbones"]
 
-from trainables.models import amdnet  # noqa: E402,F401  (registers "amdnet")
-from trainables.models import gmmformer  # noqa: E402,F401  (registers "gmmformer")
-from trainables.models import gmmformer2  # noqa: E402,F401  (registers "gmmformer2")
-from trainables.models import meanpool  # noqa: E402,F401  (registers "meanpool")
-from trainables.models import mssl  # noqa: E402,F401  (registers "mssl")
+from trainables.models import (
+    amdnet,  # noqa: E402,F401  (registers "amdnet")
+    gmmformer,  # noqa: E402,F401  (registers "gmmformer")
+    gmmformer2,  # noqa: E402,F401  (registers "gmmformer2")
+    meanpool,  # noqa: E402,F401  (registers "meanpool")
+    mssl,  # noqa: E402,F401  (registers "mssl")
+)

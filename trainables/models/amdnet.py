@@ -176,7 +176,8 @@ class AMDNet(Backbone):
     features = frozenset({"query", "clip_tokens", "global", "moment_masks"})
 
     def _encode_videos(self, inputs: VideoInputs) -> Tensors:
-        """32 clips -> clip_tokens (B, 32, H), global (B, H), moments (B, K, H), moment_masks (B, K, 32); frames unused."""
+        """32 clips -> clip_tokens (B, 32, H), global (B, H), moments (B, K, H), moment_masks (B, K, 32); frames
+        unused."""
         return self.block(self.clip_pos(self.clip_proj(inputs.clips)))
 
     def _encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:

@@ -24,15 +24,18 @@ builds one from a flat dict of options, validated by the backbone's ``Config`` d
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
 
 from trainables.errors import InputError
 from trainables.registry import Registry
+
+if TYPE_CHECKING:
+    from trainables.plugins.base import Plugin
 
 Tensors = dict[str, torch.Tensor]
 
@@ -149,18 +152,22 @@ class Backbone(nn.Module):
         self.plugins = nn.ModuleDict()
 
     # plugins ------------------------------------------------------------------------------------
-    def attach(self, plugin: nn.Module) -> None:
+    def attach(self, plugin: Plugin) -> None:
         """Add a plugin; its parameters become the model's (trained, checkpointed, exported)."""
         if getattr(plugin, "replaces_frame_score", False) and self._frame_scorer() is not None:
             raise InputError(f"plugins {self._frame_scorer().name} and {plugin.name} both replace the frame score")
         self.plugins[plugin.name] = plugin
 
+    def _attached(self) -> Iterable[Plugin]:
+        """The attached plugins: ``self.plugins`` holds only what ``attach`` put in it."""
+        return cast("Iterable[Plugin]", self.plugins.values())
+
     def _frame_scorer(self) -> Any:
-        return next((p for p in self.plugins.values() if p.replaces_frame_score), None)
+        return next((p for p in self._attached() if p.replaces_frame_score), None)
 
     def plugin_needs(self, feature: str) -> bool:
         """Whether an attached plugin reads ``feature`` at inference (backbones keep optional tensors only then)."""
-        return any(feature in p.inference_needs(p.config) for p in self.plugins.values())
+        return any(feature in p.inference_needs(p.config) for p in self._attached())
 
     def replaced_frame_score(self, queries: Tensors, videos: Tensors, normalize: bool = True) -> torch.Tensor | None:
         """A plugin's frame-scale score (Nq, V) replacing the backbone's, or None (backbones call this
@@ -169,7 +176,7 @@ class Backbone(nn.Module):
         return None if scorer is None else scorer.frame_score(queries, videos, normalize)
 
     def transform_videos(self, inputs: VideoInputs) -> VideoInputs:
-        for plugin in self.plugins.values():
+        for plugin in self._attached():
             inputs = plugin.transform_videos(inputs)
         if inputs.clip_key_bias is not None and "clip_key_bias" not in self.features:
             raise InputError(f"backbone {self.name} does not take a clip attention key bias")
@@ -183,7 +190,7 @@ class Backbone(nn.Module):
 
     def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
         out = self._encode_queries(tokens, tokens_mask)
-        for plugin in self.plugins.values():
+        for plugin in self._attached():
             out.update(plugin.query_features(tokens, tokens_mask))
         return out
 
@@ -209,7 +216,7 @@ class Backbone(nn.Module):
             batch["clip_key_bias"] = inputs.clip_key_bias
         terms, features = self._training_losses(batch, context)
         features = {**features, "text_labels": batch["text_labels"]}
-        for plugin in self.plugins.values():
+        for plugin in self._attached():
             for term, value in plugin.losses(features, batch, context.for_plugin(plugin.name)).items():
                 terms[f"{plugin.name}.{term}"] = value
         return terms

@@ -16,7 +16,8 @@ Reference: huangmozhi9527/GMMFormer_v2, ``src/Models/gmmformerV2/`` and ``src/Lo
 Release behaviours: QDL2 and OM use a second query-encoder pass (``second_query_pass``). In the release
 the zeroed padding frames take part in the frame max, so a video shorter than ``max_ctx_l`` never scores
 below 0 (cos and dot with a zero vector); ``frame_padding_floor=True`` (the default) reproduces that,
-``False`` (the clean variant) takes the max over valid frames only. ``checkpoint_branches`` recomputes the branch layers in
+``False`` (the clean variant) takes the max over valid frames only. ``checkpoint_branches`` recomputes the branch
+layers in
 backward (TVR batch of 128 videos: peak memory about 16 GB -> 8 GB, same numbers, slower).
 """
 
@@ -135,6 +136,8 @@ class GMMFormerV2(Backbone):
         "eval_video_batch": 64,
     }
 
+    config: Config
+
     def __init__(self, config: GMMFormerV2.Config, dims: Dims) -> None:
         super().__init__(config, dims)
         h, heads, drop = config.hidden_size, config.n_heads, config.drop
@@ -184,7 +187,7 @@ class GMMFormerV2(Backbone):
         return fuse(max_token_score(q, videos["clip_tokens"]), frame, self.config.alpha)
 
     def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
-        cfg: GMMFormerV2.Config = self.config  # type: ignore[assignment]
+        cfg: GMMFormerV2.Config = self.config
         videos = self._encode_videos(VideoInputs.from_batch(batch))
         queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
         query, labels = queries["query"], batch["text_labels"]
@@ -193,7 +196,8 @@ class GMMFormerV2(Backbone):
                "frame": plugin_or(self.replaced_frame_score(queries, videos, normalize=False),
                                   lambda: max_token_score(query, frames, mask, normalize=False))}
         cos = {"clip": max_token_score(query, clips),
-               "frame": plugin_or(self.replaced_frame_score(queries, videos), lambda: max_token_score(query, frames, mask))}
+               "frame": plugin_or(self.replaced_frame_score(queries, videos), lambda: max_token_score(query, frames,
+                                                                                                      mask))}
         terms = ranking_terms(raw, cos, labels, cfg.loss_factor[:2], cfg.margin, context)
         diverse = self._encode_queries(batch["text_feat"], batch["text_mask"])["query"] if cfg.second_query_pass \
             else query

@@ -116,7 +116,7 @@ def _kmedoids(distances: torch.Tensor, squared_norms: torch.Tensor, k: int,
     work, work_medoids = distances, medoids  # working copies restricted to (a superset of) active
     where = active  # row of each active set in ``work``
     rounds = 0
-    for rounds in range(1, max_iter + 1):
+    for rounds in range(1, max_iter + 1):  # noqa: B007 - the count after the loop is what it returns
         moved = update_medoids(work, assign(work, work_medoids), k)
         changed = (moved != work_medoids).any(dim=1)
         medoids[active] = moved[where]

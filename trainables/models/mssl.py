@@ -238,6 +238,10 @@ class MSSL(Backbone):
     kmedoids_chunk: int = 8
 
     config: Config
+    #: buffers (``register_buffer`` in ``__init__``): (P, M) span averaging weights, (P, length_dim) embeddings
+    #: of the span lengths
+    span_weights: torch.Tensor
+    length_embedding: torch.Tensor
 
     def __init__(self, config: Config, dims: Dims) -> None:
         super().__init__(config, dims)
@@ -404,8 +408,9 @@ class MSSL(Backbone):
         replaced = self.replaced_frame_score(queries, features, normalize=False)
         if replaced is not None:  # a plugin's (query x video) frame score: the clip-form losses
             terms["frame_nce"] = c.resolved_frame_nce_weight * clip_nce(replaced, labels)
-            terms["frame_trip"] = clip_triplet(self.replaced_frame_score(queries, features), labels, c.margin,
-                                               hard, pool, gen)
+            normalized = self.replaced_frame_score(queries, features)
+            assert normalized is not None  # the plugin that gave ``replaced`` scores this too
+            terms["frame_trip"] = clip_triplet(normalized, labels, c.margin, hard, pool, gen)
             return terms, features
 
         rows = torch.arange(q.shape[0], device=q.device)

@@ -122,7 +122,7 @@ class MomentPlugin(Plugin):
         if self.uses_backbone_masks and config.k is not None and config.k != backbone_k:
             raise InputError(f"plugin {self.name}: k ({config.k}) must equal the backbone's event_size "
                              f"({backbone_k}) or be unset: the plugin uses the backbone's own moment masks")
-        self.k = backbone_k if self.uses_backbone_masks else (config.k or DEFAULT_K)
+        self.k = backbone_k if backbone_k is not None else (config.k or DEFAULT_K)  # i.e. uses_backbone_masks
         needs_head = not self.uses_backbone_masks and (config.div or (config.rel and config.rel_moments == "anchors"))
         self.anchors = SpanAnchors(self.hidden_size, self.k) if needs_head else None
         if self.anchors is not None:
@@ -160,9 +160,11 @@ class MomentPlugin(Plugin):
         masks, moments = self.moment_set(features) if need_moments else (None, None)
         terms: Tensors = {}
         if c.div:
+            assert masks is not None  # need_moments holds with div
             terms["div"] = c.div_weight * moment_diversity(masks, c.div_target)
         if c.rel:
             candidates = moments if c.rel_moments == "anchors" else features["clip_tokens"].float()
+            assert candidates is not None  # need_moments holds with rel_moments == "anchors"
             terms["rel"] = c.rel_weight * moment_relevance(
                 features["query"].float(), self.global_vector(features), candidates, features["text_labels"],
                 c.rel_margin)

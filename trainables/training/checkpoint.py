@@ -44,5 +44,6 @@ def load_checkpoint(location: str | Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
         raise InputError(f"{path}: not a loadable weights-only checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: unknown checkpoint format {state.get('format') if isinstance(state, dict) else None!r}")
+        found = state.get("format") if isinstance(state, dict) else None
+        raise InputError(f"{path}: unknown checkpoint format {found!r}")
     return state

@@ -133,6 +133,8 @@ class Trainer:
         self.data = data
         config.check_dims(data.dims.video_dim, data.dims.query_dim, data.location)
         self.device = resolve_device(config.device)
+        # TrainConfig.resolved() (from_dict) fills these from the backbone's defaults
+        assert config.lr is not None and config.batch_size is not None and config.epochs is not None
         torch.manual_seed(config.seed)
         self.model: Backbone = config.build_model(data.dims, seed=config.seed).to(self.device)
         steps_per_epoch = math.ceil(data.train.num_videos / config.batch_size)
@@ -192,16 +194,18 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training videos; returns the mean of each loss term."""
         c = self.config
-        torch.manual_seed(stream_seed(c.seed, epoch, DROPOUT))
+        seed, hard_start, batch_size = c.seed, c.hard_negative_start_epoch, c.batch_size
+        assert seed is not None and hard_start is not None and batch_size is not None  # by resolved()
+        torch.manual_seed(stream_seed(seed, epoch, DROPOUT))
         def negatives(*plugin: str) -> torch.Generator:
-            return torch.Generator().manual_seed(stream_seed(c.seed, epoch, NEGATIVES, *plugin))
+            return torch.Generator().manual_seed(stream_seed(seed, epoch, NEGATIVES, *plugin))
 
-        context = LossContext(epoch=epoch, hard_negatives=epoch >= c.hard_negative_start_epoch,
+        context = LossContext(epoch=epoch, hard_negatives=epoch >= hard_start,
                               hard_pool_size=c.hard_pool_size, generator=negatives(),
                               plugin_generators={name: negatives(name) for name in self.model.plugins})
         self.model.train()
         sums: dict[str, float] = {}
-        batches = train_loader(self.data.train, c.batch_size, seed=stream_seed(c.seed, epoch, DATA_ORDER))
+        batches = train_loader(self.data.train, batch_size, seed=stream_seed(seed, epoch, DATA_ORDER))
         for step, batch in enumerate(batches):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with self._autocast():
@@ -226,6 +230,7 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------------
     def run(self, on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
         s, c = self.state, self.config
+        assert c.epochs is not None and c.patience is not None  # filled by TrainConfig.resolved()
         while not s.stopped and s.epoch < c.epochs:
             losses = self.train_epoch(s.epoch)
             try:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -139,7 +140,8 @@ _SPACE_RE = re.compile(r"\s*")
 
 def _line_of(text: str, pos: int) -> int:
     """Line number of the first non-blank character at or after ``pos``."""
-    return text.count("\n", 0, _SPACE_RE.match(text, pos).end()) + 1
+    space = cast(re.Match[str], _SPACE_RE.match(text, pos))  # \s* matches at every position
+    return text.count("\n", 0, space.end()) + 1
 
 
 def parse_video2frames(text: str, where: str | Path = "video2frames.txt") -> dict[str, list[str]]:

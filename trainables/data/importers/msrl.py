@@ -32,9 +32,9 @@ from trainables.data.importers.bigfile import (
 from trainables.data.importers.captions import Caption, read_caption_splits, write_caption_splits
 from trainables.data.importers.common import (
     ImportPlan,
-    splits_to_read,
     frame_names,
     read_store_for_export,
+    splits_to_read,
     write_store,
 )
 from trainables.data.importers.keyed_hdf5 import KeyedFeatures, write_keyed_features
