@@ -17,7 +17,7 @@ from trainables.losses.diversity import (
 )
 from trainables.models import Dims, LossContext, create_backbone
 from trainables.models.base import count_parameters
-from trainables.models.gmmformer import gaussian_window, max_token_score
+from trainables.models.components import gaussian_window, max_token_score
 
 TVR = Dims(video_dim=3072, query_dim=768)
 SMALL = Dims(video_dim=12, query_dim=10)

@@ -171,9 +171,10 @@ def test_mssl_pp_terms_are_the_release_weights_times_the_losses(tiny, monkeypatc
 
 
 def test_gmmformer_terms_are_the_loss_factor_times_the_losses(tiny, monkeypatch):
+    import trainables.models.components as components
     import trainables.models.gmmformer as gmm
 
-    nce, qdl = record(monkeypatch, gmm, "clip_nce"), record(monkeypatch, gmm, "query_diverse_loss")
+    nce, qdl = record(monkeypatch, components, "clip_nce"), record(monkeypatch, gmm, "query_diverse_loss")
     _, terms = one_step(tiny, {"backbone": "gmmformer"})
     assert len(nce) == 2  # clip branch first, then frame branch
     clip_loss, frame_loss = (naive_nce(*call[0]) for call in nce)
@@ -185,10 +186,10 @@ def test_gmmformer_terms_are_the_loss_factor_times_the_losses(tiny, monkeypatch)
 
 
 def test_gmmformer2_terms_are_the_loss_factor_times_the_losses(tiny, monkeypatch):
-    import trainables.models.gmmformer as gmm
+    import trainables.models.components as components
     import trainables.models.gmmformer2 as gmm2
 
-    nce = record(monkeypatch, gmm, "clip_nce")
+    nce = record(monkeypatch, components, "clip_nce")  # ranking_terms, shared by v1 and v2
     qdl = record(monkeypatch, gmm2, "revamped_query_diverse_loss")
     om = record(monkeypatch, gmm2, "optimal_matching_loss")
     _, terms = one_step(tiny, {"backbone": "gmmformer2"})

@@ -135,6 +135,12 @@ class BackboneConfig:
             raise InputError(f"{backbone}: {exc}") from None
 
 
+def fuse(clip: torch.Tensor, frame: torch.Tensor, alpha: float) -> Tensors:
+    """The score dict of the contract, (Nq, V) each: both branches and the fused
+    ``alpha * clip + (1 - alpha) * frame`` (every backbone with a frame score, and a plugin's replacement)."""
+    return {"clip": clip, "frame": frame, "fused": alpha * clip + (1.0 - alpha) * frame}
+
+
 class Backbone(nn.Module):
     """Base class of the PRVR backbones (see the module docstring for the contract)."""
 
@@ -199,8 +205,7 @@ class Backbone(nn.Module):
         scores = self._score(queries, videos)
         frame = self.replaced_frame_score(queries, videos)
         if frame is not None:
-            alpha = self.config.alpha
-            scores = {**scores, "frame": frame, "fused": alpha * scores["clip"] + (1.0 - alpha) * frame}
+            scores = {**scores, **fuse(scores["clip"], frame, self.config.alpha)}
         return scores
 
     def training_losses(self, batch: Tensors, context: LossContext) -> Tensors:

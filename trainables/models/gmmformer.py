@@ -4,7 +4,7 @@ Reference: huangmozhi9527/GMMFormer, ``src/Models/gmmformer/`` and ``src/Losses/
 
 * Text: projection -> positional encoding -> one BertAttention -> attention pooling (as MS-SL).
 * GMMBlock: parallel BertAttention layers on the same input, averaged: one global and one per Gaussian
-  width w, whose scaled attention logits are multiplied by a Gaussian window (``gaussian_window``)
+  width w, whose scaled attention logits are multiplied by a Gaussian window (``components.gaussian_window``)
   before masking and softmax.
 * Clip branch: 32 clips -> projection -> positional encoding -> 2 GMMBlocks -> 32 tokens;
   S_c = max over tokens of cos(query, token).
@@ -22,124 +22,33 @@ independent forward pass of the query encoder (its own dropout draw, ``second_qu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from trainables.errors import InputError
 from trainables.losses.diversity import query_diverse_loss
-from trainables.losses.ranking import clip_nce, clip_triplet
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
 from trainables.models.components import (
     AttentionPooling,
     BertAttention,
     LinearLayer,
     TokenEncoder,
     TrainablePositionalEncoding,
+    as_float_tuple,
+    check_gaussian_branches,
     cosine,
     init_weights,
+    max_token_score,
+    maybe_checkpoint,
+    plugin_or,
+    ranking_terms,
+    windows,
 )
-
-#: largest (queries x videos x tokens) block of similarities materialised at once by ``max_token_score``
-SCORE_BLOCK = 1 << 23
-NORM_EPS = 1e-12  # as F.normalize
-
-
-def gaussian_window(length: int, width: float, *, device: torch.device | None = None,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(length, length) Gaussian attention window of the GMMFormer release, each row peaking at 1.
-
-    Row i is centred at i / length, positions are linspace(0, 1, length) (a single 0 when length is 1),
-    sigma = max(width, 0.01) / 9. Computed in log space relative to the row maximum, which equals the
-    release's density / row-max without its 0/0 when every entry of a row underflows.
-    """
-    centres = torch.arange(length, dtype=torch.float64) / length
-    positions = torch.linspace(0.0, 1.0, length, dtype=torch.float64)
-    sigma = max(width, 1e-2) / 9.0
-    log_density = -((positions[None, :] - centres[:, None]) ** 2) / (2.0 * sigma**2)
-    window = (log_density - log_density.max(dim=1, keepdim=True).values).exp()
-    return window.to(device=device, dtype=dtype)
-
-
-def max_token_score(queries: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
-                    normalize: bool = True, block: int = SCORE_BLOCK) -> torch.Tensor:
-    """(Nq, Nv) max over each video's tokens of cos(query, token) (or the raw dot product).
-
-    ``tokens`` (Nv, L, H); ``mask`` (Nv, L) 1 = valid token, masked tokens never win. Videos are processed
-    in blocks of at most ``block`` similarities, and cosines are raw dot products divided by the token norms
-    (no normalised copy of the tokens), so memory stays O(block) for a whole corpus.
-    """
-    if normalize:
-        queries = F.normalize(queries, dim=-1, eps=NORM_EPS)
-    nq, (nv, length, hidden) = len(queries), tokens.shape
-    step = max(1, block // max(1, nq * length))
-    scores = []
-    for start in range(0, nv, step):
-        chunk = tokens[start:start + step]
-        sims = (queries @ chunk.reshape(-1, hidden).t()).view(nq, len(chunk), length)
-        if normalize:
-            sims = sims.div_(chunk.norm(dim=-1).clamp_min(NORM_EPS))
-        if mask is not None:
-            sims = sims.masked_fill_(mask[None, start:start + step] == 0, float("-inf"))
-        scores.append(sims.max(dim=-1).values)
-    return torch.cat(scores, dim=1)
-
-
-def windows(widths: Sequence[float | None], length: int, like: torch.Tensor) -> list[torch.Tensor | None]:
-    """One Gaussian window per width (None for a global branch), on ``like``'s device and dtype."""
-    return [None if w is None else gaussian_window(length, w, device=like.device, dtype=like.dtype) for w in widths]
-
-
-def maybe_checkpoint(module: nn.Module, *args: torch.Tensor | None, enabled: bool) -> torch.Tensor:
-    """``module(*args)``; when enabled and grad is on, its activations are recomputed in backward instead of
-    stored (dropout draws are replayed), trading about a third more compute for much less memory."""
-    if enabled and torch.is_grad_enabled():
-        return checkpoint(module, *args, use_reentrant=False)
-    return module(*args)
-
-
-def plugin_or(score: torch.Tensor | None, own: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """A plugin's replacement frame score if there is one, else the backbone's own (computed only then)."""
-    return own() if score is None else score
-
-
-def fuse(clip: torch.Tensor, frame: torch.Tensor, alpha: float) -> Tensors:
-    """The score dict of the contract: both branches and alpha * clip + (1 - alpha) * frame."""
-    return {"clip": clip, "frame": frame, "fused": alpha * clip + (1.0 - alpha) * frame}
-
-
-def ranking_terms(raw: Tensors, cos: Tensors, labels: torch.Tensor, nce_weights: Sequence[float], margin: float,
-                  context: LossContext) -> Tensors:
-    """Weighted clip-form NCE (raw scores) and triplet (cosines) of the clip and frame branches, as released."""
-    terms: Tensors = {}
-    for branch, weight in zip(("clip", "frame"), nce_weights):
-        terms[f"{branch}_nce"] = weight * clip_nce(raw[branch], labels)
-        terms[f"{branch}_triplet"] = clip_triplet(cos[branch], labels, margin, context.hard_negatives,
-                                                  context.hard_pool_size, context.generator)
-    return terms
-
-
-def as_float_tuple(config: Any, key: str, length: int | None = None) -> None:
-    """Coerce a list option (e.g. from YAML) of a frozen config to a tuple of floats, checking its length."""
-    value = tuple(float(v) for v in getattr(config, key))
-    if length is not None and len(value) != length:
-        raise InputError(f"{key} must have {length} values, got {len(value)}")
-    object.__setattr__(config, key, value)
-
-
-def check_gaussian_branches(config: Any, block: str) -> None:
-    """The checks GMMFormer v1 and v2 share: loss weights, widths, and at least one branch per block."""
-    if any(w < 0 for w in config.loss_factor):
-        raise InputError(f"loss_factor must be >= 0, got {config.loss_factor}")
-    if any(w <= 0 for w in config.widths):
-        raise InputError(f"widths must be > 0, got {config.widths}")
-    if not config.widths and not config.global_branch:
-        raise InputError(f"a {block} needs at least one branch (widths or global_branch)")
 
 
 class GMMBlock(nn.Module):
@@ -283,4 +192,4 @@ class GMMFormer(Backbone):
         return terms, {**videos, **queries}
 
 
-__all__ = ["GMMBlock", "GMMEncoder", "GMMFormer", "gaussian_window", "max_token_score"]
+__all__ = ["GMMBlock", "GMMEncoder", "GMMFormer"]

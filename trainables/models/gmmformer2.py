@@ -33,18 +33,15 @@ from torch import nn
 
 from trainables.errors import InputError
 from trainables.losses.diversity import optimal_matching_loss, revamped_query_diverse_loss
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
 from trainables.models.components import (
     AttentionPooling,
     LinearLayer,
     PostLNLayer,
     TrainablePositionalEncoding,
-    init_weights,
-)
-from trainables.models.gmmformer import (
     as_float_tuple,
     check_gaussian_branches,
-    fuse,
+    init_weights,
     max_token_score,
     maybe_checkpoint,
     plugin_or,

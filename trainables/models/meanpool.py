@@ -22,6 +22,7 @@ from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
+from trainables.models.mssl import MSSL
 
 POOLINGS = ("mean", "attention")
 
@@ -51,8 +52,7 @@ class MeanPool(Backbone):
             if self.pooling not in POOLINGS:
                 raise InputError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
-    training_defaults = {"lr": 2.5e-4, "epochs": 100, "patience": 10, "hard_negative_start_epoch": 20,
-                         "seed": 2018, "batch_size": 128}
+    training_defaults = MSSL.training_defaults  # MS-SL's training recipe: the baseline differs only in its model
 
     config: Config
 

@@ -65,7 +65,7 @@ from torch import nn
 
 from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet, diagonal_triplet, frame_nce
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
 from trainables.models.kmedoids import batch_kmedoids, batch_kmedoids_gram
 
@@ -365,8 +365,7 @@ class MSSL(Backbone):
             frame_parts.append(frame)
         clip = torch.cat(clip_parts, dim=1) if clip_parts else q.new_zeros(q.shape[0], 0)
         frame = torch.cat(frame_parts, dim=1) if frame_parts else q.new_zeros(q.shape[0], 0)
-        alpha = self.config.alpha
-        return {"clip": clip, "frame": frame, "fused": alpha * clip + (1.0 - alpha) * frame}
+        return fuse(clip, frame, self.config.alpha)
 
     # ------------------------------------------------------------------ training
 
