@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 import torch
 from torch import nn
 
+from trainables.class_registry import Registry
 from trainables.errors import InputError
-from trainables.registry import Registry
 
 if TYPE_CHECKING:
     from trainables.plugins.base import Plugin

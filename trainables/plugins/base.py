@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from trainables.class_registry import Registry
 from trainables.errors import InputError
 from trainables.models.base import BackboneConfig, Dims, LossContext, Tensors, VideoInputs
-from trainables.registry import Registry
 
 if TYPE_CHECKING:
     from trainables.models.base import Backbone
