@@ -48,7 +48,7 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Refuses (one-line ValueError) a ``--ray-address`` ``host:port`` or ``ray://host:port`` that accepts no
+    """Refuses (one-line InputError) a ``--ray-address`` ``host:port`` or ``ray://host:port`` that accepts no
     TCP connection within ``timeout`` seconds; ``auto`` (Ray finds the cluster it started) is left to Ray."""
     if address is None or address == "auto":
         return
@@ -112,15 +112,21 @@ def holders(folder: Path) -> list[int]:
 
 
 def _stop(pids: list[int], grace_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL for what is still there after ``grace_s`` seconds."""
+    """SIGTERM, then SIGKILL for what is still there after ``grace_s`` seconds. Each process is known by
+    its PID and start time, so a PID the kernel reused meanwhile for another process is never signalled."""
+    started = {pid: _start_time(pid) for pid in pids}
+
+    def alive() -> list[int]:
+        return [pid for pid, start in started.items() if start is not None and _start_time(pid) == start]
+
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
+        for pid in alive():
             try:
                 os.kill(pid, sig)
             except OSError:
                 pass
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_start_time(pid) is not None for pid in pids):
+        while time.monotonic() < deadline and alive():
             time.sleep(0.1)
 
 

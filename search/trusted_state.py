@@ -9,7 +9,7 @@ search runs, the driver records the sha256 of each such file in tags of its pare
 it writes them (before Tune uploads them); ``--resume`` reads the files back from the storage, before Ray
 starts and again just before ``Tuner.restore``, and refuses (nothing loaded) a file whose digest the parent
 run does not hold. ``--trust-storage`` skips the check, for a storage only trusted people can write.
-Trial folders hold no pickle that a restore loads (checkpoints are safetensors and JSON).
+Trial folders hold no pickle that a restore loads (a trial's checkpoint loads with ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class StateRecorder:
 
 
 def check_state(storage: SearchStorage, tags: dict[str, str] | None, stage: str | None, search: str) -> None:
-    """Refuses (ValueError, one line) a Tune state in ``storage`` that the parent run's ``tags`` (None: no
+    """Refuses (InputError, one line) a Tune state in ``storage`` that the parent run's ``tags`` (None: no
     parent run found) do not record, file by file; reads the files, loads nothing."""
     where = storage.uri
     stored = stored_digests(storage)
