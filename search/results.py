@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from tracking.mlflow_runs import INTERRUPTED_TAG, Tracking, end_trial_run
+from tracking.redact import redact_text
 from tracking.search_results import compact_config, rank_key
 from trainables.trial_report import (
     COLUMNS,
@@ -41,6 +43,22 @@ def status_line(trial_id: str, result: dict[str, Any] | None, error: str | None 
     return f"trial {trial_id}: {epochs} epochs, best val SumR {best_text}, {how}"
 
 
+def last_failure(trial: Trial) -> str:
+    """One line for the latest failure in a trial's error file (Tune appends ``Failure # n (occurred at
+    ...)`` and the error for each): a traceback's last line, else the error's first; the file's path when
+    it cannot be read."""
+    path = trial.error_file
+    try:
+        text = Path(path).read_text() if path else ""
+    except OSError:
+        return str(path)
+    blocks = re.split(r"^Failure # \d+ \(occurred at [^)]*\)$", text, flags=re.MULTILINE)
+    lines = [line.strip() for line in blocks[-1].splitlines() if line.strip()]
+    if not lines:
+        return str(path or "error")
+    return lines[-1] if any(line.startswith("Traceback") for line in lines) else lines[0]
+
+
 class TrialStatus(Callback):
     """Prints :func:`status_line` when a trial completes or errors (on top of Ray's own progress) and
     ends its MLflow child run (a trial the scheduler stopped cannot end its own)."""
@@ -61,9 +79,10 @@ class TrialStatus(Callback):
             end_trial_run(self.tracking, trial.trial_id, trial_status(trial.last_result))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        print(status_line(trial.trial_id, trial.last_result, error=str(trial.error_file or "error")), flush=True)
+        error = last_failure(trial)
+        print(status_line(trial.trial_id, trial.last_result, error=error), flush=True)
         if self.tracking is not None:
-            end_trial_run(self.tracking, trial.trial_id, "FAILED")
+            end_trial_run(self.tracking, trial.trial_id, "FAILED", {"error": redact_text(error)})
 
 
 @dataclass

@@ -104,12 +104,16 @@ def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tra
     from ray import tune
 
     from search import trusted_state
+    from search.memory_kills import report_memory_kills_as_dead_workers
     from search.tune_state import VERIFIED_RAY, write_experiment_state_atomically
     from search.warm_workers import wait_until_ready
 
     if not write_experiment_state_atomically():  # a driver killed mid-save must leave a state to resume from
         print(f"warning: Ray is not {VERIFIED_RAY}: the Tune state is not recorded in MLflow, and --resume will "
               f"need {trusted_state.TRUST_FLAG}", file=sys.stderr)
+    if not report_memory_kills_as_dead_workers():  # else a memory kill ends the whole run (search/memory_kills.py)
+        print(f"warning: Ray is not {VERIFIED_RAY}: a trial whose worker Ray's memory monitor kills ends the Tune "
+              "run", file=sys.stderr)
     recorder = trusted_state.StateRecorder(tracking, stage)
     wait_until_ready()  # the workers a local session started ahead, before Tune asks for trial workers
     if resume:

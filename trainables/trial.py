@@ -30,6 +30,7 @@ from ray import tune
 from trainables import warm_up
 from trainables.data.source import RemoteDataset, materialize
 from trainables.failures import describe, is_infrastructure_error
+from trainables.freed_memory import release_freed_memory
 from trainables.training.loop import SELECTION_BRANCH, SELECTION_METRIC, DataSplits, EpochReport, train
 from trainables.training.stored_checkpoints import loads, newest_checkpoint
 from trainables.trial_report import (
@@ -185,3 +186,4 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, allow_va
                             result.best_epoch, result.stopped_early))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        release_freed_memory()  # this worker runs the next trial: it starts without this one's freed heap
