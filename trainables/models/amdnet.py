@@ -40,7 +40,16 @@ from torch import nn
 from trainables.errors import InputError
 from trainables.losses.moment import moment_diversity, moment_relevance
 from trainables.losses.ranking import clip_nce
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
+from trainables.models.base import (
+    Backbone,
+    BackboneConfig,
+    Dims,
+    LossContext,
+    Tensors,
+    TrainingHooks,
+    VideoInputs,
+    register,
+)
 from trainables.models.components import (
     AttentionPooling,
     BertAttention,
@@ -200,7 +209,8 @@ class AMDNet(Backbone):
         clip = max_token_scores(F.normalize(queries["query"], dim=-1), F.normalize(videos["clip_tokens"], dim=-1))
         return {"clip": clip, "fused": clip}
 
-    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
+    def _training_losses(self, batch: Tensors, context: LossContext, hooks: TrainingHooks
+                         ) -> tuple[Tensors, Tensors]:
         """Weighted clip NCE, moment diversity and moment relevance (no triplet; ``context`` unused).
 
         Checked against ``Losses/loss.py`` / ``model.py`` of the release: the NCE uses the raw
@@ -209,7 +219,7 @@ class AMDNet(Backbone):
         """
         c = self.config
         videos = self._encode_videos(VideoInputs.from_batch(batch))
-        queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
+        queries = hooks.encode_queries(batch["text_feat"], batch["text_mask"])
         query, labels = queries["query"], batch["text_labels"]
         nce = clip_nce(max_token_scores(query, videos["clip_tokens"]).float(), labels)
         div = moment_diversity(videos["moment_masks"].float(), c.div_target)

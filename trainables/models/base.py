@@ -12,10 +12,13 @@ A backbone is an ``nn.Module`` with four public methods the training loop and th
   sums them); ``context`` carries the epoch, whether hard negatives are on, and a seeded generator.
 
 A backbone implements them as ``_encode_videos(inputs)``, ``_encode_queries``, ``_score`` and
-``_training_losses -> (terms, features)``; the public methods wrap them with the plugin hooks (input
-transforms, extra query features, a replaced frame-scale score, extra losses: see
-``trainables/plugins/base.py``), so a plugin never needs an edit to a backbone. ``features`` lists the
-standard tensors a backbone exposes to plugins.
+``_training_losses(batch, context, hooks) -> (terms, features)``; the public methods wrap them with the
+plugin hooks (input transforms, extra query features, a replaced frame-scale score, extra losses: see
+``trainables/plugins/base.py``), so a plugin never needs an edit to a backbone. Inside a training step the
+plugins' part goes through ``hooks`` (``TrainingHooks``): the backbone encodes its queries with
+``hooks.encode_queries`` and asks ``hooks.frame_score`` before computing its own frame score; a backbone
+that skips a hook an attached plugin defines fails its first step (``PluginSeamError``) instead of
+training without the plugin. ``features`` lists the standard tensors a backbone exposes to plugins.
 
 Backbones register themselves with ``@register("name")``; ``create_backbone(name, dims, **options)``
 builds one from a flat dict of options, validated by the backbone's ``Config`` dataclass.
@@ -141,6 +144,40 @@ def fuse(clip: torch.Tensor, frame: torch.Tensor, alpha: float) -> Tensors:
     return {"clip": clip, "frame": frame, "fused": alpha * clip + (1.0 - alpha) * frame}
 
 
+class PluginSeamError(RuntimeError):
+    """A backbone's training step skipped a hook an attached plugin defines (a bug in the backbone)."""
+
+
+class TrainingHooks:
+    """The plugins' part of one training step, handed to ``Backbone._training_losses``: the backbone's
+    queries with the plugins' query features, and a plugin's replacement of its frame score. Records
+    which hooks the backbone used, for ``Backbone.training_losses`` to check."""
+
+    def __init__(self, model: Backbone) -> None:
+        self._model = model
+        self.used: set[str] = set()
+
+    def encode_queries(self, tokens: torch.Tensor, tokens_mask: torch.Tensor) -> Tensors:
+        """``model.encode_queries``: the backbone's query encoding plus each plugin's query features."""
+        self.used.add("query_features")
+        return self._model.encode_queries(tokens, tokens_mask)
+
+    def frame_score(self, queries: Tensors, videos: Tensors, normalize: bool = True) -> torch.Tensor | None:
+        """A plugin's frame-scale score (Nq, V) replacing the backbone's (raw for NCE, ``normalize`` for the
+        cosine triplet), or None: the backbone then computes its own."""
+        self.used.add("frame_score")
+        return self._model.plugin_frame_score(queries, videos, normalize)
+
+    def check(self, plugins: Iterable[Plugin], backbone: str) -> None:
+        """PluginSeamError naming the first hook an attached plugin defines that this step never used."""
+        for plugin in plugins:
+            wanted = {"frame_score": plugin.replaces_frame_score, "query_features": plugin.defines("query_features")}
+            for hook in (h for h, defined in wanted.items() if defined and h not in self.used):
+                method = "encode_queries" if hook == "query_features" else hook
+                raise PluginSeamError(f"backbone {backbone}: its training step never called hooks.{method}, so "
+                                      f"plugin {plugin.name} would train without its {hook.replace('_', ' ')}")
+
+
 class Backbone(nn.Module):
     """Base class of the PRVR backbones (see the module docstring for the contract)."""
 
@@ -175,9 +212,9 @@ class Backbone(nn.Module):
         """Whether an attached plugin reads ``feature`` at inference (backbones keep optional tensors only then)."""
         return any(feature in p.inference_needs(p.config) for p in self._attached())
 
-    def replaced_frame_score(self, queries: Tensors, videos: Tensors, normalize: bool = True) -> torch.Tensor | None:
-        """A plugin's frame-scale score (Nq, V) replacing the backbone's, or None (backbones call this
-        in training: raw for NCE, ``normalize`` for the cosine triplet)."""
+    def plugin_frame_score(self, queries: Tensors, videos: Tensors, normalize: bool = True) -> torch.Tensor | None:
+        """A plugin's frame-scale score (Nq, V) replacing the backbone's, or None (in training a backbone
+        reaches it through ``TrainingHooks.frame_score``)."""
         scorer = self._frame_scorer()
         return None if scorer is None else scorer.frame_score(queries, videos, normalize)
 
@@ -203,7 +240,7 @@ class Backbone(nn.Module):
     def score(self, queries: Tensors, videos: Tensors) -> Tensors:
         """The backbone's scores; with a plugin's frame score, ``frame`` and ``fused`` use it."""
         scores = self._score(queries, videos)
-        frame = self.replaced_frame_score(queries, videos)
+        frame = self.plugin_frame_score(queries, videos)
         if frame is not None:
             scores = {**scores, **fuse(scores["clip"], frame, self.config.alpha)}
         return scores
@@ -219,7 +256,9 @@ class Backbone(nn.Module):
             batch["frame_scales"] = inputs.frame_scales
         if inputs.clip_key_bias is not None:
             batch["clip_key_bias"] = inputs.clip_key_bias
-        terms, features = self._training_losses(batch, context)
+        hooks = TrainingHooks(self)
+        terms, features = self._training_losses(batch, context, hooks)
+        hooks.check(self._attached(), self.name)
         features = {**features, "text_labels": batch["text_labels"]}
         for plugin in self._attached():
             for term, value in plugin.losses(features, batch, context.for_plugin(plugin.name)).items():
@@ -236,8 +275,10 @@ class Backbone(nn.Module):
     def _score(self, queries: Tensors, videos: Tensors) -> Tensors:
         raise NotImplementedError
 
-    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
-        """(weighted loss terms, features by their standard names for the plugins' losses)."""
+    def _training_losses(self, batch: Tensors, context: LossContext, hooks: TrainingHooks
+                         ) -> tuple[Tensors, Tensors]:
+        """(weighted loss terms, features by their standard names for the plugins' losses); queries are
+        encoded with ``hooks.encode_queries`` and the frame score asked of ``hooks.frame_score`` first."""
         raise NotImplementedError
 
 

@@ -32,7 +32,17 @@ from torch import nn
 
 from trainables.errors import InputError
 from trainables.losses.diversity import query_diverse_loss
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
+from trainables.models.base import (
+    Backbone,
+    BackboneConfig,
+    Dims,
+    LossContext,
+    Tensors,
+    TrainingHooks,
+    VideoInputs,
+    fuse,
+    register,
+)
 from trainables.models.components import (
     AttentionPooling,
     BertAttention,
@@ -174,16 +184,17 @@ class GMMFormer(Backbone):
         q = queries["query"]
         return fuse(max_token_score(q, videos["clip_tokens"]), cosine(q, videos["global"]), self.config.alpha)
 
-    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
+    def _training_losses(self, batch: Tensors, context: LossContext, hooks: TrainingHooks
+                         ) -> tuple[Tensors, Tensors]:
         cfg: GMMFormer.Config = self.config  # type: ignore[assignment]
         videos = self._encode_videos(VideoInputs.from_batch(batch))
-        queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
+        queries = hooks.encode_queries(batch["text_feat"], batch["text_mask"])
         query, labels = queries["query"], batch["text_labels"]
         raw = {"clip": max_token_score(query, videos["clip_tokens"], normalize=False),
-               "frame": plugin_or(self.replaced_frame_score(queries, videos, normalize=False),
+               "frame": plugin_or(hooks.frame_score(queries, videos, normalize=False),
                                   lambda: query @ videos["global"].t())}
         cos = {"clip": max_token_score(query, videos["clip_tokens"]),
-               "frame": plugin_or(self.replaced_frame_score(queries, videos), lambda: cosine(query, videos["global"]))}
+               "frame": plugin_or(hooks.frame_score(queries, videos), lambda: cosine(query, videos["global"]))}
         terms = ranking_terms(raw, cos, labels, cfg.loss_factor[:2], cfg.margin, context)
         diverse = self._encode_queries(batch["text_feat"], batch["text_mask"])["query"] if cfg.second_query_pass \
             else query

@@ -33,7 +33,17 @@ from torch import nn
 
 from trainables.errors import InputError
 from trainables.losses.diversity import optimal_matching_loss, revamped_query_diverse_loss
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
+from trainables.models.base import (
+    Backbone,
+    BackboneConfig,
+    Dims,
+    LossContext,
+    Tensors,
+    TrainingHooks,
+    VideoInputs,
+    fuse,
+    register,
+)
 from trainables.models.components import (
     AttentionPooling,
     LinearLayer,
@@ -183,17 +193,18 @@ class GMMFormerV2(Backbone):
         frame = max_token_score(q, videos["frame_tokens"], self._frame_mask(videos))
         return fuse(max_token_score(q, videos["clip_tokens"]), frame, self.config.alpha)
 
-    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
+    def _training_losses(self, batch: Tensors, context: LossContext, hooks: TrainingHooks
+                         ) -> tuple[Tensors, Tensors]:
         cfg: GMMFormerV2.Config = self.config
         videos = self._encode_videos(VideoInputs.from_batch(batch))
-        queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
+        queries = hooks.encode_queries(batch["text_feat"], batch["text_mask"])
         query, labels = queries["query"], batch["text_labels"]
         clips, frames, mask = videos["clip_tokens"], videos["frame_tokens"], self._frame_mask(videos)
         raw = {"clip": max_token_score(query, clips, normalize=False),
-               "frame": plugin_or(self.replaced_frame_score(queries, videos, normalize=False),
+               "frame": plugin_or(hooks.frame_score(queries, videos, normalize=False),
                                   lambda: max_token_score(query, frames, mask, normalize=False))}
         cos = {"clip": max_token_score(query, clips),
-               "frame": plugin_or(self.replaced_frame_score(queries, videos), lambda: max_token_score(query, frames,
+               "frame": plugin_or(hooks.frame_score(queries, videos), lambda: max_token_score(query, frames,
                                                                                                       mask))}
         terms = ranking_terms(raw, cos, labels, cfg.loss_factor[:2], cfg.margin, context)
         diverse = self._encode_queries(batch["text_feat"], batch["text_mask"])["query"] if cfg.second_query_pass \

@@ -20,7 +20,16 @@ import torch
 
 from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
+from trainables.models.base import (
+    Backbone,
+    BackboneConfig,
+    Dims,
+    LossContext,
+    Tensors,
+    TrainingHooks,
+    VideoInputs,
+    register,
+)
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
 from trainables.models.mssl import MSSL
 
@@ -85,10 +94,11 @@ class MeanPool(Backbone):
         """{"fused": (Nq, V) cosine scores}."""
         return {"fused": cosine(queries["query"], videos["video"])}
 
-    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
+    def _training_losses(self, batch: Tensors, context: LossContext, hooks: TrainingHooks
+                         ) -> tuple[Tensors, Tensors]:
         """{"nce", "trip"} weighted loss terms of one batch."""
         tokens, v = self._tokens(batch["frame_video_features"], batch["videos_mask"])
-        queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
+        queries = hooks.encode_queries(batch["text_feat"], batch["text_mask"])
         q, labels = queries["query"], batch["text_labels"]
         trip = clip_triplet(cosine(q, v), labels, self.config.margin, context.hard_negatives,
                             context.hard_pool_size, context.generator)

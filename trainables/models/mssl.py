@@ -65,7 +65,17 @@ from torch import nn
 
 from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet, diagonal_triplet, frame_nce
-from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
+from trainables.models.base import (
+    Backbone,
+    BackboneConfig,
+    Dims,
+    LossContext,
+    Tensors,
+    TrainingHooks,
+    VideoInputs,
+    fuse,
+    register,
+)
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
 from trainables.models.kmedoids import batch_kmedoids, batch_kmedoids_gram
 
@@ -379,14 +389,15 @@ class MSSL(Backbone):
         pooled = torch.einsum("ql,qlh->qh", logits.softmax(dim=-1), q_frames)
         return self.value_proj(pooled)  # sum_j a_j W_v f_j
 
-    def _training_losses(self, batch: Tensors, context: LossContext) -> tuple[Tensors, Tensors]:
+    def _training_losses(self, batch: Tensors, context: LossContext, hooks: TrainingHooks
+                         ) -> tuple[Tensors, Tensors]:
         """{"clip_nce", "clip_trip", "frame_nce", "frame_trip"} weighted loss terms of one batch."""
         c = self.config
         labels = batch["text_labels"]
         c_tokens = self._clips(batch["clip_video_features"], batch.get("clip_key_bias"))
         f_tokens = self._frames(batch["frame_video_features"], batch["videos_mask"])
         weights = self._weights(c_tokens, self.select_proposals(c_tokens))  # (B, P', M)
-        queries = self.encode_queries(batch["text_feat"], batch["text_mask"])
+        queries = hooks.encode_queries(batch["text_feat"], batch["text_mask"])
         q = queries["query"]
         features = {**queries, "clip_tokens": c_tokens, "frame_tokens": f_tokens, "frame_mask": batch["videos_mask"]}
 
@@ -404,10 +415,10 @@ class MSSL(Backbone):
             "clip_nce": c.clip_nce_weight * clip_nce(clip_raw, labels),
             "clip_trip": clip_triplet(clip_cos, labels, c.margin, hard, pool, gen),
         }
-        replaced = self.replaced_frame_score(queries, features, normalize=False)
+        replaced = hooks.frame_score(queries, features, normalize=False)
         if replaced is not None:  # a plugin's (query x video) frame score: the clip-form losses
             terms["frame_nce"] = c.resolved_frame_nce_weight * clip_nce(replaced, labels)
-            normalized = self.replaced_frame_score(queries, features)
+            normalized = hooks.frame_score(queries, features)
             assert normalized is not None  # the plugin that gave ``replaced`` scores this too
             terms["frame_trip"] = clip_triplet(normalized, labels, c.margin, hard, pool, gen)
             return terms, features

@@ -8,7 +8,8 @@ the model's, so they train, checkpoint and export with it. It can use four hooks
 * ``query_features(tokens, tokens_mask) -> dict``: extra per-query tensors, at training and at
   inference (CSA's word tokens), merged into the backbone's query encoding;
 * ``frame_score(queries, videos, normalize) -> (Nq, V)``: a replacement for the backbone's frame-scale
-  score, used by the backbone at training (raw for NCE, cosine for the triplet) and at inference;
+  score, used by the backbone at training (raw for NCE, cosine for the triplet; through
+  ``TrainingHooks.frame_score``) and at inference, when ``replaces_frame_score`` is true;
 * ``losses(features, batch, context) -> dict``: extra weighted training loss terms (training only: a
   plugin with only this hook costs nothing at inference).
 
@@ -131,6 +132,11 @@ class Plugin(nn.Module):
     @property
     def replaces_frame_score(self) -> bool:
         return False
+
+    @classmethod
+    def defines(cls, hook: str) -> bool:
+        """Whether this plugin overrides hook ``hook`` (a method name of the hooks below)."""
+        return getattr(cls, hook) is not getattr(Plugin, hook)
 
     # hooks ------------------------------------------------------------------------------------
     def transform_videos(self, inputs: VideoInputs) -> VideoInputs:
