@@ -155,7 +155,7 @@ def start_moto_in(workdir: Path) -> tuple[subprocess.Popen, str]:
 #: one trial's data step in a fresh interpreter: the body of ``RemoteDataset.load`` (fetch, then load)
 TRIAL_SCRIPT = """
 import json, sys, time
-from tracking.storage import StorageSettings
+from trainables.data.s3 import StorageSettings
 from trainables.data.remote import fetch_dataset
 from trainables.training.loop import load_data
 uri, endpoint = sys.argv[1:]
@@ -174,8 +174,8 @@ def s3_trials(workdir: Path, preset: str) -> dict[str, Any]:
     """Upload ``preset`` to a moto server, then count the S3 requests of two trials on one node."""
     import boto3
 
-    from tracking.storage import StorageSettings
     from trainables.data.remote import upload_dataset
+    from trainables.data.s3 import StorageSettings
     from trainables.data.synthetic import ensure_synthetic
 
     local = ensure_synthetic(preset, workdir / "local")

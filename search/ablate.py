@@ -32,7 +32,8 @@ import yaml
 from search.cli import run_main
 from search.ray_session import LOCAL_RAY_ENV
 from spaces.ablation import DESIGNS, Cell, design, parse_component
-from tracking.storage import StorageSettings, check_name
+from tracking.storage import check_name
+from trainables.data.s3 import StorageSettings
 from trainables.data.split_overlap import ALLOW_FLAG
 from trainables.errors import InputError
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from trainables.training.stored_checkpoints import is_complete, newest_checkpoint
+from trainables.tune_checkpoints import is_complete, newest_checkpoint
 
 logger = logging.getLogger(__name__)
 

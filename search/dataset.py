@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 from search.cli import run_main
-from tracking.storage import StorageSettings, is_s3
 from trainables.data.importers import LAYOUTS, export_msrl
 from trainables.data.manifest import Manifest, read_manifest
+from trainables.data.s3 import StorageSettings, is_s3
 from trainables.data.split_overlap import manifest_overlap
 from trainables.data.store import FeatureStore
 from trainables.data.synthetic import PRESETS, ensure_synthetic, generate

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tracking.storage import SearchStorage, StorageSettings, is_s3, search_storage
+from tracking.storage import SearchStorage, search_storage
 from trainables.data.datasets import resolve_dataset
 from trainables.data.manifest import Manifest, read_manifest
+from trainables.data.s3 import StorageSettings, is_s3
 from trainables.data.split_overlap import ALLOW_FLAG, SplitOverlap, check_val_test, manifest_overlap, overlap_tags
 from trainables.errors import InputError
 

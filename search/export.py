@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from search.cli import run_main
-from tracking.storage import StorageSettings, check_name, is_s3
+from tracking.storage import check_name
+from trainables.data.s3 import StorageSettings, is_s3
 from trainables.errors import InputError
 from trainables.trial_report import BEST_EPOCH, BEST_VAL, METRIC, MODE, STOPPED_EARLY, TEST, TIME_ATTR, TRIAL_ERROR, VAL
 

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from search.cli import run_main
-from tracking.storage import StorageSettings, check_name, is_s3
+from tracking.storage import check_name
+from trainables.data.s3 import StorageSettings, is_s3
 from trainables.errors import InputError
 
 

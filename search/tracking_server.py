@@ -5,7 +5,7 @@
     python search/tracking_server.py --artifacts s3://bucket/mlflow --s3-endpoint http://127.0.0.1:9000
 
 The server proxies artifacts, so trials and users need no S3 access of their own; its S3 settings come
-from ``tracking.storage.StorageSettings`` (endpoint, region, credentials from the environment or the
+from ``trainables.data.s3.StorageSettings`` (endpoint, region, credentials from the environment or the
 instance role). One worker and no job execution: 2 processes and about 0.5 GB instead of MLflow's
 default 15 processes and 3 GB. Binds 127.0.0.1 unless ``--host`` says otherwise; reach it from another
 machine through an SSH port forward.
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from search.cli import run_main
-from tracking.storage import S3Uri, StorageSettings, is_s3
+from trainables.data.s3 import S3Uri, StorageSettings, is_s3
 from trainables.errors import InputError
 
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}

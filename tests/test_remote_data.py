@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from servers import FlakyProxy, s3_env
 
-from tracking.storage import StorageSettings
 from trainables.data.errors import DatasetError
 from trainables.data.manifest import MANIFEST_NAME, read_manifest, sha256_file
 from trainables.data.remote import fetch_dataset, read_remote_manifest, upload_dataset
+from trainables.data.s3 import StorageSettings
 from trainables.data.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def test_changed_manifest_of_the_same_size_is_noticed_and_a_damaged_record_costs
 FETCH_SCRIPT = """
 import sys, time
 from pathlib import Path
-from tracking.storage import StorageSettings
+from trainables.data.s3 import StorageSettings
 from trainables.data.remote import fetch_dataset
 uri, endpoint, ready, go, cache = sys.argv[1:]
 settings = StorageSettings.from_env(endpoint=endpoint)

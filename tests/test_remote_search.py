@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from servers import TEST_ACCESS_KEY, TEST_SECRET_KEY, mlflow_server, s3_env
 
-from tracking.storage import StorageSettings
 from trainables.data.manifest import read_manifest
 from trainables.data.remote import upload_dataset
+from trainables.data.s3 import StorageSettings
 from trainables.data.synthetic import ensure_synthetic
 from trainables.evaluation.metrics import metrics_from_ranks
 from trainables.trial_report import COLUMNS, metric_key

@@ -12,7 +12,8 @@ import pytest
 from servers import TEST_ACCESS_KEY, TEST_SECRET_KEY, FlakyProxy, s3_env
 
 from search.tracking_server import server_command
-from tracking.storage import S3Uri, StorageSettings, search_storage
+from tracking.storage import search_storage
+from trainables.data.s3 import S3Uri, StorageSettings
 
 
 @pytest.fixture
@@ -128,7 +129,7 @@ def test_tracking_server_command_is_lean_and_takes_s3_settings(aws_env, tmp_path
 def test_newest_complete_checkpoint_is_found_on_s3_and_locally(aws_env, tmp_path):
     from pyarrow import fs
 
-    from trainables.training.stored_checkpoints import newest_checkpoint
+    from trainables.tune_checkpoints import newest_checkpoint
 
     aws_env.make_bucket("ckpt-bucket")
     s3 = StorageSettings.from_env(endpoint=aws_env.endpoint).pyarrow_filesystem()
@@ -184,7 +185,7 @@ def test_a_checkpoint_cut_short_does_not_load(tmp_path):
     import torch
 
     from trainables.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-    from trainables.training.stored_checkpoints import loads
+    from trainables.tune_checkpoints import loads
 
     path = save_checkpoint({"format": CHECKPOINT_FORMAT, "model": {"w": torch.arange(4096.0)}}, tmp_path / "whole")
     assert loads(tmp_path / "whole")

@@ -13,7 +13,8 @@ from servers import s3_env
 from test_search import tracking_uri
 
 from search.trusted_state import KEPT, StateRecorder, check_state, recorded_digests, sha256, stored_digests
-from tracking.storage import StorageSettings, search_storage
+from tracking.storage import search_storage
+from trainables.data.s3 import StorageSettings
 
 
 class Planted:

@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracking.storage import SearchStorage, StorageSettings, search_storage
+from tracking.storage import SearchStorage, search_storage
+from trainables.data.s3 import StorageSettings
 from trainables.errors import InputError
 from trainables.trial_report import FINISHED, METRIC, TIME_ATTR, TRIAL_DIR_PREFIX, is_failed, is_finished
 
@@ -124,7 +125,7 @@ def _read_text(filesystem: Any, path: str) -> str | None:
 
 
 def _trial(filesystem: Any, folder: str, trial_id: str) -> TrialRecord:
-    from trainables.training.stored_checkpoints import newest_checkpoint
+    from trainables.tune_checkpoints import newest_checkpoint
 
     params = _read_text(filesystem, f"{folder}/params.json")
     lines = (_read_text(filesystem, f"{folder}/result.json") or "").splitlines()

@@ -32,7 +32,6 @@ from trainables.data.source import RemoteDataset, materialize
 from trainables.failures import describe, is_infrastructure_error
 from trainables.freed_memory import release_freed_memory
 from trainables.training.loop import SELECTION_BRANCH, SELECTION_METRIC, DataSplits, EpochReport, train
-from trainables.training.stored_checkpoints import loads, newest_checkpoint
 from trainables.trial_report import (
     EARLIER_EPOCHS,
     PLACEMENT,
@@ -42,6 +41,7 @@ from trainables.trial_report import (
     final_report,
     split_tags,
 )
+from trainables.tune_checkpoints import loads, newest_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ folder it went into, so a later fetch sends one HEAD of the manifest and, when E
 (and the cached manifest and shards still check out locally), returns that folder. A changed manifest on S3
 has another ETag and is fetched again. Without that record (or a server that sends no ETag) the manifest
 is read with a GET as before.
-Transient S3 errors are retried by the client that :class:`~tracking.storage.StorageSettings` builds.
+Transient S3 errors are retried by the client that :class:`~trainables.data.s3.StorageSettings` builds.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any
 
 from filelock import FileLock
 
-from tracking.storage import S3Uri, StorageSettings
 from trainables.data.errors import DatasetError
 from trainables.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, read_manifest, sha256_file
+from trainables.data.s3 import S3Uri, StorageSettings
 from trainables.errors import InputError
 
 #: download attempts of a shard whose bytes do not match the manifest before giving up

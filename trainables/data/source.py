@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from tracking.storage import StorageSettings
+from trainables.data.s3 import StorageSettings
 
 if TYPE_CHECKING:
     from trainables.training.loop import DataSplits
