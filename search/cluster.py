@@ -57,7 +57,7 @@ def walk(node: Any, path: TreePath = ()) -> Iterator[tuple[TreePath, Any, Any]]:
 
 
 def load(path: Path) -> dict[str, Any]:
-    """The file as a mapping; a missing file, bad YAML or another top-level type is one-line ValueError."""
+    """The file as a mapping; a missing file, bad YAML or another top-level type is one-line InputError."""
     import yaml
 
     try:
@@ -179,7 +179,7 @@ def summary(prepared: dict[str, Any], name: str) -> str:
 
 
 def check(path: Path) -> str:
-    """Validate the launcher file at ``path``; its summary line, or a one-line ValueError."""
+    """Validate the launcher file at ``path``; its summary line, or a one-line InputError."""
     name = str(path)
     config = load(path)
     check_no_keys(config, name)

@@ -23,7 +23,7 @@ def is_verified_ray() -> bool:
 
 
 def require_verified_ray(feature: str, instead: str) -> None:
-    """Refuses (one-line ValueError) ``feature`` on a Ray other than ``VERIFIED_RAY``, naming ``instead``."""
+    """Refuses (one-line InputError) ``feature`` on a Ray other than ``VERIFIED_RAY``, naming ``instead``."""
     if not is_verified_ray():
         raise InputError(f"{feature} needs Ray {VERIFIED_RAY} (this is Ray {installed_ray()}); {instead}")
 

@@ -78,7 +78,7 @@ def report(args: argparse.Namespace) -> int:
     settings = StorageSettings.from_env(endpoint=args.s3_endpoint) if (
         is_s3(args.storage) or args.s3_endpoint is not None) else None
     search = load_search(args.storage, args.name, settings)
-    search.best()  # a search without a finished trial: ValueError
+    search.best()  # a search without a finished trial: InputError
     tracking_uri = args.tracking_uri or default_tracking_uri()
     run_id = parent_run_id(tracking_uri, args.experiment, args.name)
     paths = write_report(search, out)

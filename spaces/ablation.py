@@ -48,7 +48,7 @@ class Cell:
 
 
 def parse_component(spec: str) -> Component:
-    """``ral`` / ``ral.csa`` (off False, on True) or ``key=off,on``; a bad spec is a one-line ValueError."""
+    """``ral`` / ``ral.csa`` (off False, on True) or ``key=off,on``; a bad spec is a one-line InputError."""
     if "=" not in spec:
         if not spec or not all(part.isidentifier() for part in spec.split(".")):
             raise InputError(f"ablation component {spec!r} is not a setting name (e.g. ral, ral.csa, loss=a,b)")

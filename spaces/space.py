@@ -123,7 +123,7 @@ class Space:
         """Check ``count`` sampled configs (``TrainConfig`` validation: ranges, plugin/backbone fit) and
         build each distinct model structure once (no training; structure = the backbone, the switches and
         the integer settings: floats and variant names change no shapes);
-        a bad config raises ValueError naming the space and the config. Returns the number of builds."""
+        a bad config raises InputError naming the space and the config. Returns the number of builds."""
         built: set[tuple[tuple[str, str], ...]] = set()
         for config in self.sample(count, seed):
             try:

@@ -31,7 +31,7 @@ def test_a_trial_killed_by_the_memory_monitor_is_retried_then_failed_with_one_li
     # a threshold under what any node uses: the monitor kills every trial worker (while it starts or trains)
     monkeypatch.setenv("RAY_memory_usage_threshold", "0.02")
     result = run_search(tmp_path, "--space", "base", "--backbones", "mssl", "--trials", "1", "--max-epochs", "1",
-                        "--max-failures", "1", "--name", "oom", "--set", "hidden_size=16")
+                        "--max-failures", "1", "--concurrency", "1", "--name", "oom", "--set", "hidden_size=16")
     output = result.stdout + result.stderr
     assert "Caught unexpected exception" not in output
     assert result.returncode == 1 and "error: every trial failed" in result.stderr, output[-3000:]

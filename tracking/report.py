@@ -419,8 +419,8 @@ def page_html(search: FinishedSearch, importances: Importances, figures: dict[st
 def write_report(search: FinishedSearch, out_dir: Path) -> list[Path]:
     """Write the figures and ``report.html`` of ``search`` into ``out_dir`` (created; files of an earlier
     report there are replaced); returns the files written, the page last. A search without any finished
-    trial has nothing to report: ValueError."""
-    search.best()  # ValueError: no finished trial
+    trial has nothing to report: InputError."""
+    search.best()  # InputError: no finished trial
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in REPORT_FILES:

@@ -39,7 +39,7 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
-        """The class registered as ``name``, or a ValueError listing the available names."""
+        """The class registered as ``name``, or an InputError listing the available names."""
         names = self.names()
         if name not in self._classes:
             raise InputError(f"unknown {self.kind} {name!r} (available: {', '.join(names)})")

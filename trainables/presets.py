@@ -245,7 +245,7 @@ def list_presets() -> list[str]:
 
 
 def get_preset(name: str) -> Preset:
-    """The preset ``name``; an unknown name is a one-line ValueError listing the available ones."""
+    """The preset ``name``; an unknown name is a one-line InputError listing the available ones."""
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
     return PRESETS[name]

@@ -6,7 +6,7 @@ val SumR so far and mean loss terms, with a checkpoint of the full training stat
 (``trainables.training.checkpoint``, loaded weights-only); a trial that ends on its own (max epochs or
 early stopping on patience) makes one more, final report with the test metrics of its best weights; a
 trial stopped by the scheduler never does, which is how the searcher tells the two apart. A trial whose
-own config or training fails (bad config, NaN loss, any exception that is not I/O) ends with an error
+own config or training fails (bad config, NaN loss, any exception that is not I/O, S3 or Ray) ends with an error
 report instead of raising, so Ray does not retry it; infrastructure errors are raised and retried
 (``trainables/failures.py``).
 

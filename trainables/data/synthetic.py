@@ -110,7 +110,7 @@ _WORLD, _PLAN, _RENDER_VIDEO, _RENDER_QUERY = 0, 1, 2, 3  # seed-stream tags
 # -- configuration -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Every knob of the generator; validated on construction (ValueError naming the field)."""
+    """Every knob of the generator; validated on construction (InputError naming the field)."""
 
     name: str = "custom"
     train_videos: int = 60
@@ -146,7 +146,7 @@ class SyntheticConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError (one line, naming the field) on the first bad value."""
+        """Raise InputError (one line, naming the field) on the first bad value."""
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):

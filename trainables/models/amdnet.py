@@ -31,7 +31,7 @@ Release defects not reproduced: the missing ``NeXtVLAD`` import, the dead
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,16 +40,7 @@ from torch import nn
 from trainables.errors import InputError
 from trainables.losses.moment import moment_diversity, moment_relevance
 from trainables.losses.ranking import clip_nce
-from trainables.models.base import (
-    Backbone,
-    BackboneConfig,
-    Dims,
-    LossContext,
-    Tensors,
-    TrainingHooks,
-    VideoInputs,
-    register,
-)
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import (
     AttentionPooling,
     BertAttention,
@@ -57,6 +48,9 @@ from trainables.models.components import (
     TrainablePositionalEncoding,
     init_weights,
 )
+
+if TYPE_CHECKING:
+    from trainables.models.base import TrainingHooks
 
 QUERY_POOLINGS = ("first", "mean", "attention")
 MIN_WIDTH = 0.01  # the release clamps the sigmoid width at 1e-2 before dividing by 9

@@ -110,7 +110,7 @@ class BackboneConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first out-of-range key."""
+        """Raise InputError naming the first out-of-range key."""
         positive = ("hidden_size", "n_heads", "max_desc_l", "max_ctx_l", "map_size")
         for key in positive:
             if getattr(self, key) < 1:
@@ -285,7 +285,7 @@ class Backbone(nn.Module):
 BACKBONES: Registry[type[Backbone]] = Registry("backbone", "trainables.models")
 #: class decorator: make a backbone buildable by ``name``
 register = BACKBONES.register
-#: the class registered as ``name``, or a ValueError listing the available names
+#: the class registered as ``name``, or an InputError listing the available names
 backbone_class = BACKBONES.get
 list_backbones = BACKBONES.names
 

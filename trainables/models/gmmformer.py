@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,17 +32,7 @@ from torch import nn
 
 from trainables.errors import InputError
 from trainables.losses.diversity import query_diverse_loss
-from trainables.models.base import (
-    Backbone,
-    BackboneConfig,
-    Dims,
-    LossContext,
-    Tensors,
-    TrainingHooks,
-    VideoInputs,
-    fuse,
-    register,
-)
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
 from trainables.models.components import (
     AttentionPooling,
     BertAttention,
@@ -59,6 +49,9 @@ from trainables.models.components import (
     ranking_terms,
     windows,
 )
+
+if TYPE_CHECKING:
+    from trainables.models.base import TrainingHooks
 
 
 class GMMBlock(nn.Module):

@@ -15,23 +15,18 @@ The reference point for the PRVR backbones (it ignores that a query matches only
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet
-from trainables.models.base import (
-    Backbone,
-    BackboneConfig,
-    Dims,
-    LossContext,
-    Tensors,
-    TrainingHooks,
-    VideoInputs,
-    register,
-)
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
 from trainables.models.mssl import MSSL
+
+if TYPE_CHECKING:
+    from trainables.models.base import TrainingHooks
 
 POOLINGS = ("mean", "attention")
 

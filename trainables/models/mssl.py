@@ -47,7 +47,8 @@ Release behaviours kept by default, with options for the clean variant:
   "two_way"). None picks "joint" for MS-SL and "two_way" for MS-SL++; ``frame_nce_weight`` None
   picks 0.04 / 0.03 likewise (see ``MSSL.Config.resolved_frame_nce``/``resolved_frame_nce_weight``).
 * ``cluster_dropout``: MS-SL++ applies dropout (``input_drop``) to the clustering features during
-  training (``LengthPositionalEncoding``), so medoids are chosen from a noisy copy; False clusters the
+  training (the release does it in its ``LengthPositionalEncoding``; here ``cluster_dropout`` in
+  ``select_proposals``), so medoids are chosen from a noisy copy; False clusters the
   clean features. ``length_pos`` False clusters the proposals without the length embedding.
 * The frame branch in training treats the other queries of the same video as negatives (as released).
 
@@ -59,25 +60,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet, diagonal_triplet, frame_nce
-from trainables.models.base import (
-    Backbone,
-    BackboneConfig,
-    Dims,
-    LossContext,
-    Tensors,
-    TrainingHooks,
-    VideoInputs,
-    fuse,
-    register,
-)
+from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
 from trainables.models.kmedoids import batch_kmedoids, batch_kmedoids_gram
+
+if TYPE_CHECKING:
+    from trainables.models.base import TrainingHooks
 
 EPS = 1e-12  # F.normalize's norm floor
 KCGA_MASK_VALUE = -1e9  # padded frames in key-clip-guided attention, as released

@@ -57,7 +57,7 @@ class PluginConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first out-of-range key."""
+        """Raise InputError naming the first out-of-range key."""
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], plugin: str) -> PluginConfig:
@@ -75,7 +75,7 @@ class PluginConfig:
 
 def check_range(config: Any, key: str, low: float | None = None, high: float | None = None, *,
                 low_open: bool = False, high_open: bool = False) -> None:
-    """ValueError naming ``key`` when ``config.key`` is outside [low, high] (or the open variants)."""
+    """InputError naming ``key`` when ``config.key`` is outside [low, high] (or the open variants)."""
     value = getattr(config, key)
     bad = (low is not None and (value <= low if low_open else value < low)) or \
           (high is not None and (value >= high if high_open else value > high))
@@ -122,7 +122,7 @@ class Plugin(nn.Module):
 
     @classmethod
     def check(cls, config: PluginConfig, backbone: type[Backbone]) -> None:
-        """ValueError saying why this plugin cannot run on ``backbone`` with these settings."""
+        """InputError saying why this plugin cannot run on ``backbone`` with these settings."""
         missing = sorted(cls.needs(config) - backbone.features)
         if missing:
             raise InputError(f"plugin {cls.name} cannot run on backbone {backbone.name}: it needs "

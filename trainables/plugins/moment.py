@@ -12,7 +12,7 @@ The math is ``trainables.losses.moment`` (shared with the AMDNet backbone). Wher
 
 * **Masks and moments.** A backbone that exposes ``moment_masks`` (B, K, M) declares its K as the config
   field ``event_size``; the plugin then uses its masks (and its ``moments`` if given, else masks @
-  clip_tokens), adds no parameters, and ``k`` must be unset or equal ``event_size`` (else a ValueError at
+  clip_tokens), adds no parameters, and ``k`` must be unset or equal ``event_size`` (else an InputError at
   build time: the backbone fixes K). Every other backbone gets a light K-anchor head, AMDNet's own
   ``SpanAnchors`` on the clip tokens: v = Linear(LayerNorm(mean of the M clip tokens)), K (centre, width) =
   sigmoid(Linear(v)), peak-1 Gaussian masks over the M clip positions (``gaussian_moment_masks``), and

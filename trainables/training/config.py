@@ -96,7 +96,7 @@ class TrainConfig:
         return cls.Config.from_options(options, self.backbone)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad key (the backbone's options included)."""
+        """Raise InputError naming the first bad key (the backbone's options included)."""
         numbers = ("lr", "batch_size", "epochs", "patience", "hard_negative_start_epoch", "hard_pool_size",
                    "weight_decay", "warmup_proportion", "max_grad_norm", "eval_query_chunk", "eval_video_batch")
         for key in numbers:

@@ -253,7 +253,8 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> TrainResult:
-        """Evaluate the best weights on val and test."""
+        """Load the best weights and evaluate them on test (their val metrics are the best epoch's, from the
+        history: the same weights, not evaluated again)."""
         s = self.state
         if s.best_weights is not None:
             self.model.load_state_dict(s.best_weights)
