@@ -25,6 +25,8 @@ from trainables.data.importers.bigfile import VIDEO2FRAMES_FILE, write_video2fra
 from trainables.data.importers.captions import Caption, read_caption_splits, write_caption_splits
 from trainables.data.importers.common import (
     ImportPlan,
+    StoreOptions,
+    caption_tokens,
     frame_names,
     read_store_for_export,
     splits_to_read,
@@ -79,8 +81,7 @@ def import_amdnet(
     captions = read_caption_splits(paths.text_dir, collection, splits)
     with KeyedFeatures(paths.text_features, vectors=True) as texts, KeyedFeatures(paths.video_features) as videos:
 
-        def query_tokens(caption: Caption) -> np.ndarray:
-            return texts.read(caption.cap_id, "caption", f" (caption at {caption.where})")
+        query_tokens = caption_tokens(texts)
 
         def video_frames(video_id: str, caption: Caption) -> np.ndarray:
             return videos.read(video_id, "video", f" (referenced at {caption.where})")
@@ -99,9 +100,8 @@ def import_amdnet(
             video_file=paths.video_features,
             query_file=paths.text_features,
         )
-        return write_store(plan, out_dir, dtype=dtype, videos_per_shard=videos_per_shard,
-                           queries_per_shard=queries_per_shard, overwrite=overwrite,
-                           val_from_train=val_from_train, val_seed=val_seed)
+        return write_store(plan, out_dir, StoreOptions(dtype, videos_per_shard, queries_per_shard, overwrite,
+                                                       val_from_train, val_seed))
 
 
 def export_amdnet(

@@ -54,31 +54,41 @@ def splits_to_read(splits: Sequence[str], val_from_train: float | None) -> tuple
     return tuple(s for s in splits if val_from_train is None or s != "val")
 
 
-def write_store(
-    plan: ImportPlan,
-    out_dir: str | Path,
-    *,
-    dtype: str,
-    videos_per_shard: int,
-    queries_per_shard: int,
-    overwrite: bool,
-    val_from_train: float | None = None,
-    val_seed: int = 0,
-) -> Path:
+@dataclass(frozen=True)
+class StoreOptions:
+    """How an importer writes its store: the keyword options every ``import_*`` takes, with their defaults
+    (``val_from_train``: the fraction of train's videos carved out as val, seeded by ``val_seed``)."""
+
+    dtype: str = "float32"
+    videos_per_shard: int = 1000
+    queries_per_shard: int = 5000
+    overwrite: bool = False
+    val_from_train: float | None = None
+    val_seed: int = 0
+
+
+def caption_tokens(texts: Any) -> Callable[[Caption], np.ndarray]:
+    """A plan's ``query_tokens``: each caption's token features from ``texts`` (a ``KeyedFeatures``), an
+    error naming the caption's line."""
+    return lambda caption: texts.read(caption.cap_id, "caption", f" (caption at {caption.where})")
+
+
+def write_store(plan: ImportPlan, out_dir: str | Path, options: StoreOptions) -> Path:
     """Convert ``plan`` into a store at ``out_dir``: each referenced video once, each caption once.
 
-    With ``val_from_train`` that fraction of train's videos (seeded by ``val_seed``) becomes the val
+    With ``options.val_from_train`` that fraction of train's videos (seeded by ``val_seed``) becomes the val
     split, each video with all its queries (``split_overlap.carve_val``), recorded in the manifest's
     ``source``. Everything goes through DatasetWriter, so on any error nothing is published and no
     temporary folder is left behind.
     """
+    o = options
     splits, source = plan.captions.splits, dict(plan.source)
-    if val_from_train is not None:
+    if o.val_from_train is not None:
         video_of = {cap_id: caption.video_id for cap_id, caption in plan.captions.captions.items()}
-        splits, source["val_from_train"] = carve_val(splits, video_of, val_from_train, val_seed)
+        splits, source["val_from_train"] = carve_val(splits, video_of, o.val_from_train, o.val_seed)
     with DatasetWriter(out_dir, name=plan.name, video_dim=plan.video_dim, query_dim=plan.query_dim,
-                       dtype=dtype, videos_per_shard=videos_per_shard, queries_per_shard=queries_per_shard,
-                       l2_normalize=plan.l2_normalize, source=source, overwrite=overwrite) as writer:
+                       dtype=o.dtype, videos_per_shard=o.videos_per_shard, queries_per_shard=o.queries_per_shard,
+                       l2_normalize=plan.l2_normalize, source=source, overwrite=o.overwrite) as writer:
         for video_id, caption in plan.captions.first_caption().items():
             frames = plan.video_frames(video_id, caption)
             with blamed_on(plan.video_file):

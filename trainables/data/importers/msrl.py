@@ -32,6 +32,8 @@ from trainables.data.importers.bigfile import (
 from trainables.data.importers.captions import Caption, read_caption_splits, write_caption_splits
 from trainables.data.importers.common import (
     ImportPlan,
+    StoreOptions,
+    caption_tokens,
     frame_names,
     read_store_for_export,
     splits_to_read,
@@ -108,10 +110,7 @@ def import_msrl(
     v2f_path = paths.feature_dir / VIDEO2FRAMES_FILE
     video2frames = read_video2frames(v2f_path)
     with KeyedFeatures(paths.text_features) as texts:
-
-        def query_tokens(caption: Caption) -> np.ndarray:
-            return texts.read(caption.cap_id, "caption", f" (caption at {caption.where})")
-
+        query_tokens = caption_tokens(texts)
         query_dim = query_tokens(next(iter(captions.captions.values()))).shape[1]
         plan = ImportPlan(
             name=collection,
@@ -126,9 +125,8 @@ def import_msrl(
             video_file=paths.feature_dir / FEATURE_FILE,
             query_file=paths.text_features,
         )
-        return write_store(plan, out_dir, dtype=dtype, videos_per_shard=videos_per_shard,
-                           queries_per_shard=queries_per_shard, overwrite=overwrite,
-                           val_from_train=val_from_train, val_seed=val_seed)
+        return write_store(plan, out_dir, StoreOptions(dtype, videos_per_shard, queries_per_shard, overwrite,
+                                                       val_from_train, val_seed))
 
 
 def export_msrl(
