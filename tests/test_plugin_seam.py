@@ -65,9 +65,7 @@ def _accepted_pairs() -> list[tuple[str, str]]:
 def _count_hooks(plugin: Any) -> Counter:
     """Counts the calls of each hook the plugin defines (the instance's methods wrapped in place)."""
     calls: Counter = Counter()
-    for hook in HOOKS:
-        if hook == "frame_score" and not plugin.replaces_frame_score or not plugin.defines(hook):
-            continue
+    for hook in _defined(plugin):
         method = getattr(plugin, hook)
 
         def counted(*args: Any, _hook: str = hook, _method: Any = method, **kwargs: Any) -> Any:
