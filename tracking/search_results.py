@@ -42,6 +42,18 @@ def compact_config(config: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def trial_label(config: dict[str, Any], trial_id: str, plugins: list[str] | None = None) -> str:
+    """What a trial is, in one short name: ``mssl+ral-19a671ab`` (backbone, the plugins it has on, trial id).
+    The MLflow child run's name and the progress lines use it. ``plugins``: the registered plugin names
+    (default: ``trainables.plugins.list_plugins()``, which imports torch)."""
+    if plugins is None:
+        from trainables.plugins import list_plugins
+
+        plugins = list_plugins()
+    on = [p for p in plugins if config.get(p) is True]
+    return "+".join([str(config.get("backbone", "model")), *on]) + f"-{trial_id}"
+
+
 def rank_key(score: float, trial_id: str) -> tuple[float, str]:
     """Sort key of every trial ranking (the printed table, the report, the best trial): best val SumR
     first, ties by trial id, so the search's output and its report always list tied trials alike."""
@@ -157,4 +169,4 @@ def _trials(filesystem: Any, folder: str) -> list[TrialRecord]:
 
 
 __all__ = ["CONFIRMATION", "CONFIRMATION_OF", "QUIET_KEYS", "FinishedSearch", "TrialRecord", "compact_config",
-           "load_search"]
+           "load_search", "trial_label"]
