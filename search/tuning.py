@@ -85,11 +85,13 @@ def trainable(data: Any, cpus: float, gpus: float, allow_val_test_overlap: bool 
 
 
 def trial_callbacks(tracking: Tracking, storage: SearchStorage) -> list[Any]:
-    """The Tune callbacks every search has: the trials' MLflow child runs and their status lines."""
+    """The Tune callbacks every search has: the trials' result log (Tune's JSON logger, without replayed
+    end reports), their MLflow child runs and their status lines."""
+    from search.result_log import ResultLog
     from search.results import TrialStatus
     from tracking.trial_runs import TrialRuns
 
-    return [TrialRuns(tracking, storage.uri), TrialStatus(tracking)]
+    return [ResultLog(), TrialRuns(tracking, storage.uri), TrialStatus(tracking)]
 
 
 def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tracking: Tracking,

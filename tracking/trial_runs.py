@@ -12,8 +12,9 @@ receives every result anyway (as Ray's own ``MLflowLoggerCallback`` works). Per 
   the trial runs (``ray.node_id``, ``ray.pid``, ...; a restarted trial updates them);
 * a resumed trial's first report: its earlier epochs' metrics, rebuilt from its checkpoint; those the
   run lacks are logged (a killed driver never logged the last results it received);
-* the final report: the best epoch's val and test metrics and the per-query test ranks (the trial writes
-  them to its folder in the search's storage, ``trainables.trial_report.TEST_RANKS``), or the trial's own error;
+* the final report: the best epoch's val and test metrics (of a replayed report, only if the run lacks them)
+  and the per-query test ranks (the trial writes them to its folder in the search's storage,
+  ``trainables.trial_report.TEST_RANKS``), or the trial's own error;
   ``search.results.TrialStatus`` ends the run with the trial's status.
 """
 
@@ -31,6 +32,7 @@ from trainables.plugins import list_plugins
 from trainables.trial_report import (
     EARLIER_EPOCHS,
     PLACEMENT,
+    REPLAYED,
     TEST_RANKS,
     TIME_ATTR,
     TRIAL_ERROR,
@@ -78,13 +80,19 @@ class TrialRuns(Callback):
             set_tags(self.tracking, run_id, {"error": result[TRIAL_ERROR]})
             end_run(self.tracking, run_id, "FAILED")
         elif is_finished(result):
-            log_metrics(self.tracking, run_id, final_metrics(result), int(result.get("epoch", 0)), now_ms)
+            if not (result.get(REPLAYED) and self._has_final_metrics(run_id, result)):
+                log_metrics(self.tracking, run_id, final_metrics(result), int(result.get("epoch", 0)), now_ms)
             ranks = _read_ranks(trial)
             if ranks is not None:
                 log_dict(self.tracking, run_id, ranks, TEST_RANKS)
             end_run(self.tracking, run_id, "FINISHED")
         else:
             log_metrics(self.tracking, run_id, epoch_metrics(result), int(result.get("epoch", 0)), now_ms)
+
+    def _has_final_metrics(self, run_id: str, result: dict[str, Any]) -> bool:
+        """Whether the run holds the final report's metrics already (a replayed end report, ``REPLAYED``)."""
+        names = list(final_metrics(result))
+        return bool(names) and bool(self.tracking.client().get_metric_history(run_id, names[0]))
 
     def _log_missing(self, run_id: str, earlier: list[dict[str, Any]], now_ms: int) -> None:
         """A resumed trial's earlier epochs that the run lacks (their results died with a killed driver)."""

@@ -5,7 +5,8 @@ Its reports follow the protocol of ``trainables/trial_report.py``: each epoch's 
 val SumR so far and mean loss terms, with a checkpoint of the full training state
 (``trainables.training.checkpoint``, loaded weights-only); a trial that ends on its own (max epochs or
 early stopping on patience) makes one more, final report with the test metrics of its best weights; a
-trial stopped by the scheduler never does, which is how the searcher tells the two apart. A trial whose
+trial stopped by the scheduler never does, which is how the searcher tells the two apart. A trial started
+again after its end report (``trial_report.END_REPORT``) repeats that report instead of training again. A trial whose
 own config or training fails (bad config, NaN loss, any exception that is not I/O, S3 or Ray) ends with an error
 report instead of raising, so Ray does not retry it; infrastructure errors are raised and retried
 (``trainables/failures.py``).
@@ -34,7 +35,9 @@ from trainables.freed_memory import release_freed_memory
 from trainables.training.loop import SELECTION_BRANCH, SELECTION_METRIC, DataSplits, EpochReport, train
 from trainables.trial_report import (
     EARLIER_EPOCHS,
+    END_REPORT,
     PLACEMENT,
+    REPLAYED,
     TEST_RANKS,
     epoch_report,
     error_report,
@@ -122,13 +125,26 @@ def _resume_folder(folder: Path) -> Path | None:
     return folder
 
 
-def _write_ranks(ranks: dict[str, Any]) -> None:
-    """The per-query test ranks, next to the trial's checkpoints in the search's storage, for the driver."""
+def _write_to_storage(name: str, payload: dict[str, Any]) -> None:
+    """``payload`` as the JSON file ``name`` of the trial's folder in the search's storage (for the driver,
+    and for this trial if it is started again)."""
     storage = tune.get_context().get_storage()
     filesystem = storage.storage_filesystem
     filesystem.create_dir(storage.trial_fs_path, recursive=True)
-    with filesystem.open_output_stream(f"{storage.trial_fs_path}/{TEST_RANKS}") as stream:
-        stream.write(json.dumps(ranks).encode())
+    with filesystem.open_output_stream(f"{storage.trial_fs_path}/{name}") as stream:
+        stream.write(json.dumps(payload).encode())
+
+
+def stored_end_report() -> dict[str, Any] | None:
+    """The end report this trial wrote to its folder (``END_REPORT``) before making it, if it ended once
+    already; None if it never did, or if the file is unreadable (a worker killed while writing it)."""
+    storage = tune.get_context().get_storage()
+    try:
+        with storage.storage_filesystem.open_input_stream(f"{storage.trial_fs_path}/{END_REPORT}") as stream:
+            report = json.loads(stream.read())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def history_metrics(history: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -155,6 +171,17 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, allow_va
         tune.report({**metrics, **first}, checkpoint=checkpoint)
         first.clear()
 
+    def report_end(metrics: dict[str, Any]) -> None:
+        _write_to_storage(END_REPORT, metrics)  # before the report: a driver lost after it cannot rerun the trial
+        report(metrics)
+
+    ended = stored_end_report()
+    if ended is not None:  # it had ended; Tune's snapshot did not record it (a driver killed in between)
+        logger.warning("trial %s had ended: its end report is made again, it does not train again",
+                       tune.get_context().get_trial_id())
+        report({**ended, REPLAYED: True})
+        return
+
     scratch = _scratch_dir()
     try:
         resume_from = _resume_folder(scratch / "resume")
@@ -178,11 +205,12 @@ def run_trial(config: dict[str, Any], data: DataSplits | RemoteDataset, allow_va
                 raise  # Ray retries the trial from its last checkpoint (FailureConfig.max_failures)
             # the trial's own: its config, a NaN loss, a corrupt shard, a bug. The metric is there for the
             # scheduler's strict check; the searcher tells this trial as failed
-            report(error_report(describe(exc)))
+            report_end(error_report(describe(exc)))
             return
         last = result.history[-1]
-        _write_ranks({"query_ids": materialize(data).test.query_ids, "ranks": result.test_ranks["fused"].tolist()})
-        report(final_report(last["epoch"], last["val"]["fused"], result.val["fused"], result.test["fused"],
+        _write_to_storage(TEST_RANKS, {"query_ids": materialize(data).test.query_ids,
+                                       "ranks": result.test_ranks["fused"].tolist()})
+        report_end(final_report(last["epoch"], last["val"]["fused"], result.val["fused"], result.test["fused"],
                             result.best_epoch, result.stopped_early))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

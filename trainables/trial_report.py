@@ -13,6 +13,11 @@ A trial reports (``trainables/trial.py``):
   per-query test ranks in the file ``TEST_RANKS`` of its folder; a trial the scheduler stops never does;
 * when its own config or training fails, ``error_report``: ``TRIAL_ERROR`` (the error's first line).
 
+Either end report is also written to the file ``END_REPORT`` of the trial's folder before it is reported. A
+trial started again although it had ended (a driver killed after the report reached the storage, before
+its experiment snapshot recorded the trial as ended) reports that stored report again, marked
+``REPLAYED``, instead of training again; the driver's result log does not repeat it (``search/result_log.py``).
+
 ``trial_status`` reads any of them into the MLflow status of the trial's child run.
 """
 
@@ -38,6 +43,10 @@ PLACEMENT = "placement"
 EARLIER_EPOCHS = "earlier_epochs"
 #: the file of per-query test ranks in the trial's folder (fused score; ablation statistics pair on them)
 TEST_RANKS = "test_ranks.json"
+#: the file of a trial's end report (final or error) in its folder, written before the report is made
+END_REPORT = "end_report.json"
+#: True in an end report that a trial started again after its end repeats from ``END_REPORT``
+REPLAYED = "replayed"
 #: metric families: an epoch's val, the best epoch's val and test, and the loss terms
 VAL, BEST_VAL, TEST, LOSS = "val", "best_val", "test", "loss"
 #: config keys ``tag.<name>`` are not settings: they become tags of the trial's child run (an ablation's cell)
@@ -121,7 +130,8 @@ def split_tags(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
             {k[len(TAG_PREFIX):]: v for k, v in config.items() if k.startswith(TAG_PREFIX)})
 
 
-__all__ = ["BEST_EPOCH", "BEST_VAL", "COLUMNS", "EARLIER_EPOCHS", "FINISHED", "LOSS", "METRIC", "MODE", "PLACEMENT",
-           "RECALL_KS", "STOPPED_EARLY", "TAG_PREFIX", "TEST", "TEST_RANKS", "TIME_ATTR", "TRIAL_DIR_PREFIX",
-           "TRIAL_ERROR", "VAL", "epoch_metrics", "epoch_report", "error_report", "final_metrics", "final_report",
-           "flat_metrics", "is_failed", "is_finished", "metric_key", "split_tags", "trial_dirname", "trial_status"]
+__all__ = ["BEST_EPOCH", "BEST_VAL", "COLUMNS", "EARLIER_EPOCHS", "END_REPORT", "FINISHED", "LOSS", "METRIC", "MODE",
+           "PLACEMENT", "RECALL_KS", "REPLAYED", "STOPPED_EARLY", "TAG_PREFIX", "TEST", "TEST_RANKS", "TIME_ATTR",
+           "TRIAL_DIR_PREFIX", "TRIAL_ERROR", "VAL", "epoch_metrics", "epoch_report", "error_report", "final_metrics",
+           "final_report", "flat_metrics", "is_failed", "is_finished", "metric_key", "split_tags", "trial_dirname",
+           "trial_status"]
