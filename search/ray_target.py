@@ -124,8 +124,11 @@ def add_local_option(parser: argparse.ArgumentParser) -> None:
 def attached_line(address: str | None, nodes: int, resources: Mapping[str, float], found: str | None) -> str:
     """The one line a search on a cluster prints once attached: where, how big, and (when the cluster was
     found, not given) how to run on a private Ray instead."""
-    size = (f"{nodes} node{'s' if nodes != 1 else ''}, {resources.get('CPU', 0):g} CPUs, "
-            f"{resources.get('GPU', 0):g} GPUs")
+    def count(number: float, what: str) -> str:
+        return f"{number:g} {what}{'' if number == 1 else 's'}"
+
+    size = ", ".join([count(nodes, "node"), count(resources.get("CPU", 0), "CPU"),
+                      count(resources.get("GPU", 0), "GPU")])
     line = f"ray: attached to the cluster at {address} ({size})"
     if found is not None:
         line += f"; found by {found}; --local runs a private Ray instead"

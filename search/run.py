@@ -1,6 +1,7 @@
 """Search a PRVR backbone's and its plugins' settings: Ray Tune trials over an Optuna space.
 
     python search/run.py --space ral                    # embedded default: small synthetic data, local Ray
+    python search/run.py --space ral                    # on a cluster's head (ray attach): joins that cluster
     python search/run.py --space full --backbones mssl gmmformer --trials 32 --max-epochs 20
     python search/run.py --space ral --name ral-1 --resume      # continue an interrupted search
     python search/run.py --space ral --confirm-top 3 --confirm-seeds 4  # a larger confirmation stage

@@ -299,7 +299,7 @@ def test_a_search_joins_the_cluster_it_finds_and_local_keeps_it_private(tmp_path
     out, err = joined.communicate(timeout=420)
     private_out, private_err = private.communicate(timeout=300)
     assert joined.returncode == 0, out[-3000:] + err[-3000:]
-    assert (f"ray: attached to the cluster at {cluster.address} (2 nodes, 1 CPUs, 0 GPUs); found by RAY_ADDRESS; "
+    assert (f"ray: attached to the cluster at {cluster.address} (2 nodes, 1 CPU, 0 GPUs); found by RAY_ADDRESS; "
             "--local runs a private Ray instead") in out.splitlines()
     (child,) = mlflow_runs(tmp_path, "joined")[1]
     assert child.data.tags["ray.node_id"] == worker.node_id  # the trial ran on the cluster's worker
