@@ -31,6 +31,7 @@ import yaml
 
 from search.cli import run_main
 from search.ray_session import LOCAL_RAY_ENV
+from search.ray_target import add_local_option, ray_target
 from spaces.ablation import DESIGNS, Cell, design, parse_component
 from tracking.storage import check_name
 from trainables.data.s3 import StorageSettings
@@ -63,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
     p.add_argument("--max-failures", type=int, default=2)
-    p.add_argument("--ray-address", default=None)
+    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: RAY_ADDRESS's, else the "
+                   "cluster running on this node, else a private local Ray)")
+    add_local_option(p)
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--experiment", default="prvr")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test queries")
@@ -252,6 +255,8 @@ def _collect(results: Any, tracking: Any) -> list[dict[str, Any]]:
 
 
 def ablate(args: argparse.Namespace) -> int:
+    target = ray_target(args)  # --local, --ray-address, RAY_ADDRESS or this node's cluster: before ray is imported
+    args.ray_address = target.address
     if args.ray_address is None:
         os.environ.update(LOCAL_RAY_ENV)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -291,7 +296,8 @@ def ablate(args: argparse.Namespace) -> int:
                         tracking_uri=args.tracking_uri, experiment=args.experiment,
                         params={**vars(args), "components": " ".join(args.components)},
                         tags={"prvr.ablation": name}, cpus_per_trial=args.cpus_per_trial,
-                        gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures) as session:
+                        gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
+                        ray_found=target.found) as session:
         tracking = session.tracking
         tracking.client().log_dict(tracking.parent_run_id, {"base": base,
                                                             "cells": {c.name: c.as_dict() for c in cells}},

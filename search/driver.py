@@ -155,20 +155,26 @@ class DriverSession:
 def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, resources: dict[str, Any],
                    tracking_uri: str | None, experiment: str, params: dict[str, Any], tags: dict[str, Any],
                    cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool = False,
-                   trust_storage: bool = False) -> Iterator[DriverSession]:
+                   trust_storage: bool = False, ray_found: str | None = None) -> Iterator[DriverSession]:
     """Ray, the loaded data and the MLflow parent run (``kind``: the space's name, or "ablation") of one
     search or ablation. The parent run records the command, ``params``, the data, the storage, the
     manifest's hash, the git commit and ``tags``. Ray is shut down on leaving; the parent run is left
     for the caller to finish, since what it records at the end differs, except when an exception leaves
     the session: then it is ended FAILED with the error as tag ``error`` (KILLED on Ctrl-C). With
-    ``resume`` the Tune state is restored, only if the parent run recorded it or ``trust_storage``."""
+    ``resume`` the Tune state is restored, only if the parent run recorded it or ``trust_storage``. On a
+    cluster it prints one line (its address, nodes, CPUs and GPUs; ``ray_found``: where the address was
+    found when it was not given, ``search/ray_target.py``)."""
     from search.ray_session import on_cluster, ray_session
+    from search.ray_target import attached_line
     from tracking.mlflow_runs import code_version, default_tracking_uri, fail_parent, start_parent
     from tracking.redact import redact_text, use_tracking_uri
 
     # Ray before the data and the parent run: the trial workers it starts ahead import torch and Tune
     # meanwhile (search/warm_workers.py)
-    with ray_session(ray_address, **resources):
+    with ray_session(ray_address, **resources) as ray_info:
+        if ray_address is not None:
+            print(attached_line(ray_info["address"], ray_info["nodes"], ray_info["resources"], ray_found),
+                  flush=True)
         data = inputs.data() if callable(inputs.data) else inputs.data
         uri = use_tracking_uri(tracking_uri or default_tracking_uri())  # no credentials in what is kept
         if ray_address is not None:

@@ -47,20 +47,21 @@ LOCAL_RAY_SYSTEM_ENV = {"RAY_worker_niceness": "0"}
 CONNECT_TIMEOUT_S = 10.0
 
 
-def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Refuses (one-line InputError) a ``--ray-address`` ``host:port`` or ``ray://host:port`` that accepts no
-    TCP connection within ``timeout`` seconds; ``auto`` (Ray finds the cluster it started) is left to Ray."""
+def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S, name: str = "--ray-address") -> None:
+    """Refuses (one-line InputError naming ``name``, the option or variable that gave it) a ``host:port`` or
+    ``ray://host:port`` that accepts no TCP connection within ``timeout`` seconds; ``auto`` (Ray finds the
+    cluster it started) is left to Ray."""
     if address is None or address == "auto":
         return
     target = address.split("://", 1)[1] if "://" in address else address
     host, colon, port = target.rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InputError(f"--ray-address {address!r}: expected host:port, ray://host:port or auto")
+        raise InputError(f"{name} {address!r}: expected host:port, ray://host:port or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
-        raise InputError(f"--ray-address {address}: no Ray cluster answers there ({reason}; waited up to "
+        raise InputError(f"{name} {address}: no Ray cluster answers there ({reason}; waited up to "
                          f"{timeout:g}s)") from None
 
 
@@ -163,7 +164,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     """``ray.init`` for the duration of the block: ``address`` of a running cluster, or (None) a new local
     Ray on 127.0.0.1 with ``num_cpus``/``num_gpus`` (logical GPUs are fine) in a private temp folder,
     whose workers import what a trial needs when they start, ``warm_workers`` of them started at once
-    for the first trials (``search/warm_workers.py``)."""
+    for the first trials (``search/warm_workers.py``). Yields the GCS address, whether the Ray is local, the
+    cluster's resources and its live nodes. Which Ray to ask for: ``search/ray_target.py``."""
     import ray
 
     from search.warm_workers import SETUP_HOOK, prestart
@@ -197,7 +199,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
             logging_level="WARNING"))  # type: ignore[arg-type]  # annotated int; ray takes level names too
     try:
         yield {"address": context.address_info.get("address"), "local": address is None,
-               "resources": ray.cluster_resources()}
+               "resources": ray.cluster_resources(), "nodes": sum(1 for node in ray.nodes() if node["Alive"])}
     finally:
         ray.shutdown()
         if temp_dir is not None:

@@ -1,6 +1,7 @@
 """Search a PRVR backbone's and its plugins' settings: Ray Tune trials over an Optuna space.
 
     python search/run.py --space ral                    # embedded default: small synthetic data, local Ray
+    python search/run.py --space ral                    # on a cluster's head (ray attach): joins that cluster
     python search/run.py --space full --backbones mssl gmmformer --trials 32 --max-epochs 20
     python search/run.py --space ral --name ral-1 --resume      # continue an interrupted search
     python search/run.py --space ral --confirm-top 3 --confirm-seeds 4  # a larger confirmation stage
@@ -30,6 +31,7 @@ from typing import Any
 from search import ray_version
 from search.cli import EXIT_INTERRUPTED, run_main
 from search.ray_session import LOCAL_RAY_ENV
+from search.ray_target import add_local_option, ray_target
 from search.trusted_state import TRUST_FLAG
 from spaces import build_space, space_names
 from tracking.storage import check_name
@@ -86,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(TRUST_FLAG, action="store_true",
                    help="with --resume: load a Tune state that the search's MLflow parent run does not record "
                         "(unpickling it runs any code planted in it); only for a storage only trusted people write")
-    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: a private local Ray)")
+    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: RAY_ADDRESS's, else the "
+                   "cluster running on this node, else a private local Ray)")
+    add_local_option(p)
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: sqlite:///<working folder>/mlflow.db); http://host:port for a "
                         "server")
@@ -248,6 +252,8 @@ def build_preset_space(args: argparse.Namespace, fixed: dict[str, Any]) -> Any:
 
 
 def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> int:
+    target = ray_target(args)  # --local, --ray-address, RAY_ADDRESS or this node's cluster: before ray is imported
+    args.ray_address = target.address
     if args.ray_address is None:  # read when ray is imported: a local Ray stays on 127.0.0.1
         os.environ.update(LOCAL_RAY_ENV)
     from ray import tune
@@ -293,8 +299,8 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
     with driver_session(inputs, kind=space.name, ray_address=args.ray_address, resources=resources,
                         tracking_uri=tracking_uri, experiment=args.experiment, params=vars(args), tags={},
                         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                        max_failures=args.max_failures, resume=args.resume, trust_storage=args.trust_storage
-                        ) as session:
+                        max_failures=args.max_failures, resume=args.resume, trust_storage=args.trust_storage,
+                        ray_found=target.found) as session:
         tracking = session.tracking
         tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
                                                             space.groups.items()}, "space.json")

@@ -13,6 +13,13 @@ import torch
 
 from trainables.data.writer import DatasetWriter
 
+# The suite never joins a Ray cluster it did not start (another developer's on this machine, a RAY_ADDRESS
+# in the shell): every search and ablation it runs, in this process or in a child process (whose environment
+# is built from this one), runs on a private local Ray unless its test gives --ray-address, or a test unsets
+# this for its own child process (search/ray_target.py).
+os.environ["PRVR_RAY_LOCAL"] = "1"
+os.environ.pop("RAY_ADDRESS", None)
+
 
 def write_dataset(
     out: Path,

@@ -254,3 +254,67 @@ def test_killed_driver_resumes_on_the_cluster_and_counts_every_trial_once(tmp_pa
     parent, children = mlflow_runs(tmp_path, "r")
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
     assert parent.info.status == "FINISHED"
+
+
+
+#: what a search does first, with search/run.py's own options: the Ray it decides on (here ``--local``), its session
+PRIVATE_SESSION = """
+from search.ray_session import ray_session
+from search.ray_target import ray_target
+from search.run import _parser
+target = ray_target(_parser().parse_args(["--local"]))
+with ray_session(target.address, num_cpus=1, object_store_memory=80 * 2**20) as info:
+    print(target.address, info["address"], info["nodes"], flush=True)
+"""
+#: a driver that joins the Ray it detects (on Ray's own address file), then lists the cluster's drivers
+DETECTED_SESSION = """
+import json, ray
+from search.ray_session import ray_session
+from search.ray_target import detect_cluster
+target = detect_cluster()
+with ray_session(target.address) as info:
+    print(target.address, info["address"], info["nodes"])
+    print(json.dumps([job["DriverPid"] for job in ray._private.state.jobs()]))
+"""
+
+
+def test_a_search_joins_the_cluster_it_finds_and_local_keeps_it_private(tmp_path, make_cluster):
+    """``ray up`` then the same command on the head: with RAY_ADDRESS (as a Ray job's driver has it) a search
+    joins the cluster and says so in one line; with --local the driver runs a private Ray the cluster never
+    sees; Ray's own address file (here under RAY_TMPDIR, never /tmp/ray) is found too."""
+    from search.ray_target import RayTarget, detect_cluster
+
+    cluster = make_cluster({"num_cpus": 0}, {"num_cpus": 1})  # trials can run on the worker node only
+    head, worker = cluster.list_all_nodes()
+    written = Path(cluster.head_node.get_temp_dir_path()) / "ray_current_cluster"  # as `ray start` writes it
+    assert detect_cluster({}, written) == RayTarget(cluster.address, found=str(written))
+    command, env = driver_command(tmp_path, cluster, "--trials", "1", "--max-epochs", "1", "--validate-samples", "1",
+                                  "--name", "joined")
+    command = [arg for arg in command if arg not in ("--ray-address", cluster.address)]
+    env.pop("PRVR_RAY_LOCAL")  # this test's own cluster is the one to find
+    env["RAY_ADDRESS"] = cluster.address
+    joined = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    private = subprocess.Popen([sys.executable, "-c", PRIVATE_SESSION], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # meanwhile, in the same environment
+    out, err = joined.communicate(timeout=420)
+    private_out, private_err = private.communicate(timeout=300)
+    assert joined.returncode == 0, out[-3000:] + err[-3000:]
+    assert (f"ray: attached to the cluster at {cluster.address} (2 nodes, 1 CPU, 0 GPUs); found by RAY_ADDRESS; "
+            "--local runs a private Ray instead") in out.splitlines()
+    (child,) = mlflow_runs(tmp_path, "joined")[1]
+    assert child.data.tags["ray.node_id"] == worker.node_id  # the trial ran on the cluster's worker
+    assert private.returncode == 0, private_err[-3000:]
+    target, address, nodes = private_out.split()
+    assert target == "None" and address != cluster.address and nodes == "1"
+    ray_tmp = tmp_path / "raytmp"
+    (ray_tmp / "ray").mkdir(parents=True)
+    shutil.copy(written, ray_tmp / "ray" / "ray_current_cluster")
+    env = {**env, "RAY_TMPDIR": str(ray_tmp)}
+    del env["RAY_ADDRESS"]
+    found = subprocess.run([sys.executable, "-c", DETECTED_SESSION], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-3000:]
+    sizes, pids = found.stdout.strip().splitlines()[-2:]
+    assert sizes.split() == ["auto", cluster.address, "2"]  # ray.init read the same file
+    # the cluster's own record of its drivers: the joined search and this one, never the private session
+    assert joined.pid in json.loads(pids) and private.pid not in json.loads(pids), pids

@@ -16,6 +16,8 @@ import pytest
 
 from search.ray_session import ray_session
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_local_workers_run_at_the_drivers_priority() -> None:
     import ray
@@ -163,3 +165,123 @@ def _gone(pid: int) -> bool:
         return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return True
+
+
+# Which Ray a search runs on (search/ray_target.py). A listening socket stands in for a cluster's GCS here:
+# detection asks only whether the address accepts a connection (tests/test_cluster.py joins a real cluster).
+
+def _free_port() -> int:
+    """A port nothing listens on (bound once, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("environ", [{"RAY_TMPDIR": "/r", "TMPDIR": "/t"}, {"TMPDIR": "/t"}, {}])
+def test_the_address_file_is_read_where_ray_writes_it(monkeypatch, environ):
+    from ray._common.utils import get_ray_address_file
+
+    from search.ray_target import ray_address_file
+
+    for key in ("RAY_TMPDIR", "TMPDIR"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    assert ray_address_file(environ) == Path(get_ray_address_file(None))
+
+
+def test_a_cluster_is_found_by_ray_address_then_by_this_nodes_address_file(tmp_path):
+    import socket
+
+    from search.ray_target import RayTarget, choose_ray, detect_cluster
+    from trainables.errors import InputError
+
+    with socket.socket() as gcs, socket.socket() as other:
+        for listener in (gcs, other):
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+        live, named = (f"127.0.0.1:{s.getsockname()[1]}" for s in (gcs, other))
+        dead = f"127.0.0.1:{_free_port()}"
+        file = tmp_path / "ray_current_cluster"
+        file.write_text(live + "\n")
+        # a file whose cluster answers: its address (given a file of its own), "auto" when it is Ray's own file
+        assert detect_cluster({}, file) == RayTarget(live, found=str(file))
+        (tmp_path / "ray").mkdir()
+        (tmp_path / "ray" / "ray_current_cluster").write_text(live)
+        assert detect_cluster({"RAY_TMPDIR": str(tmp_path)}) == \
+            RayTarget("auto", found=str(tmp_path / "ray" / "ray_current_cluster"))
+        # RAY_ADDRESS first (a Ray job's driver has it); one that answers nothing is refused, as --ray-address is
+        assert detect_cluster({"RAY_ADDRESS": named}, file) == RayTarget(named, found="RAY_ADDRESS")
+        with pytest.raises(InputError, match=f"^RAY_ADDRESS {dead}: no Ray cluster answers there"):
+            detect_cluster({"RAY_ADDRESS": dead}, file)
+        job_server = detect_cluster({"RAY_ADDRESS": "http://127.0.0.1:8265"}, file)
+        assert job_server.address is None and "is a Ray job server's address, not a cluster's" in job_server.note
+        # a stale file (its cluster is gone), an empty one, none: a private Ray; only the stale one says so
+        file.write_text(dead)
+        stale = detect_cluster({}, file)
+        assert stale.address is None and stale.note == (f"{file} names a Ray cluster at {dead} that does not answer "
+                                                        "(stale); running on a private local Ray")
+        file.write_text("")
+        assert detect_cluster({}, file) == RayTarget(None) == detect_cluster({}, tmp_path / "none")
+        # PRVR_RAY_LOCAL=1 and --local: never a cluster; --ray-address: that one, nothing detected
+        file.write_text(live)
+        assert detect_cluster({"PRVR_RAY_LOCAL": "1", "RAY_ADDRESS": named}, file) == RayTarget(None)
+        assert detect_cluster({"PRVR_RAY_LOCAL": "0"}, file).address == live
+        assert choose_ray(True, None, {"RAY_ADDRESS": named}, file) == RayTarget(None)
+        assert choose_ray(False, dead, {"RAY_ADDRESS": named}, file) == RayTarget(dead)
+        assert choose_ray(False, None, {}, file) == RayTarget(live, found=str(file))
+
+
+def test_the_test_suite_never_detects_a_cluster(tmp_path):
+    """tests/conftest.py: no search of the suite joins a cluster it did not start (a live address file and a
+    RAY_ADDRESS are passed over), and its child processes inherit that."""
+    import socket
+
+    from search.ray_target import RayTarget, detect_cluster
+
+    assert "RAY_ADDRESS" not in os.environ
+    with socket.socket() as gcs:
+        gcs.bind(("127.0.0.1", 0))
+        gcs.listen(8)
+        live = f"127.0.0.1:{gcs.getsockname()[1]}"
+        (tmp_path / "ray_current_cluster").write_text(live)
+        assert detect_cluster(None, tmp_path / "ray_current_cluster") == RayTarget(None)
+        assert detect_cluster({**os.environ, "RAY_ADDRESS": live}) == RayTarget(None)
+        code = ("import pathlib; from search.ray_target import detect_cluster; "
+                f"print(detect_cluster(None, pathlib.Path({str(tmp_path / 'ray_current_cluster')!r})))")
+        child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ}, capture_output=True,
+                               text=True, timeout=60)
+        assert child.stdout.strip() == "RayTarget(address=None, found=None, note=None)", child.stderr[-2000:]
+
+
+@pytest.mark.parametrize("entry", ["run", "ablate"])
+def test_local_and_ray_address_together_are_one_line_and_exit_2(tmp_path, run_cli_without_ray, entry):
+    import importlib
+
+    main = importlib.import_module(f"search.{entry}").main
+    args = ["--base", "base.yaml", "--components", "ral"] if entry == "ablate" else []
+    result = run_cli_without_ray(main, *args, "--local", "--ray-address", "127.0.0.1:1", cwd=tmp_path)
+    assert result.code == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: --local and --ray-address 127.0.0.1:1 exclude each other: --local runs a private local Ray, "
+        "--ray-address joins a cluster"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_address_file_is_a_note_and_the_search_goes_on(tmp_path, monkeypatch, run_cli_without_ray):
+    """A search on a node whose address file names a cluster that is gone: one note line, then the search goes
+    on (here to its first input check; tests/test_search.py runs searches on a private Ray)."""
+    from search.run import main
+
+    (tmp_path / "ray").mkdir()
+    dead = f"127.0.0.1:{_free_port()}"
+    (tmp_path / "ray" / "ray_current_cluster").write_text(dead)
+    monkeypatch.delenv("PRVR_RAY_LOCAL")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    result = run_cli_without_ray(main, "--trials", "0", cwd=tmp_path)
+    assert result.code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"note: {tmp_path}/ray/ray_current_cluster names a Ray cluster at {dead} that does not answer (stale); "
+        "running on a private local Ray", "error: --trials is out of range: 0"]
