@@ -12,7 +12,10 @@ trial's resolved config (``config.yaml``, which rebuilds the model without the s
 (``weights.safetensors``), the input protocol, the metrics it was selected on and its provenance (search,
 trial, how it was selected with the seed statistics, checkpoint, data manifest hash, git commit). It is then
 registered as a new version of ``prvr-<name>`` in the MLflow Model
-Registry (a pyfunc that ranks videos for queries) with the alias ``champion``; load it with
+Registry (a pyfunc that ranks videos for queries, with a signature and an input example) with the alias
+``champion``, a description (backbone, plugins, val and test SumR, the champion's seed mean +- sd, the
+search) and tags (search, trial, backbone, plugins, SumRs, the champion's statistics); its source run is
+the trial's own MLflow child run. Load it with
 ``trainables.export.load_exported("models:/prvr-<name>@champion")`` or ``mlflow.pyfunc.load_model``.
 
 The dims and input protocol come from the trial's dataset manifest: the one the search's MLflow parent
@@ -35,9 +38,22 @@ from search.cli import run_main
 from tracking.storage import check_name
 from trainables.data.s3 import StorageSettings, is_s3
 from trainables.errors import InputError
-from trainables.trial_report import BEST_EPOCH, BEST_VAL, METRIC, MODE, STOPPED_EARLY, TEST, TIME_ATTR, TRIAL_ERROR, VAL
+from trainables.trial_report import (
+    BEST_EPOCH,
+    BEST_VAL,
+    METRIC,
+    MODE,
+    STOPPED_EARLY,
+    TEST,
+    TIME_ATTR,
+    TRIAL_ERROR,
+    VAL,
+    metric_key,
+)
 
 METRIC_PREFIXES = (f"{BEST_VAL}_", f"{VAL}_", f"{TEST}_")
+#: the best epoch's val SumR and its test SumR in a trial's final report
+BEST_VAL_SUMR, TEST_SUMR = metric_key(BEST_VAL, "SumR"), metric_key(TEST, "SumR")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -184,6 +200,49 @@ def trial_metrics(trial: Any) -> dict[str, Any]:
                         and isinstance(v, (int, float)) and not isinstance(v, bool)}}
 
 
+def _plugins(config: Any) -> str:
+    return ", ".join(sorted(config.plugins)) or "none"
+
+
+def model_description(search: str, trial_id: str, config: Any, metrics: dict[str, Any], how: dict[str, Any]) -> str:
+    """One paragraph for the registered version: backbone and plugins (``config``: the trial's TrainConfig),
+    its val and test SumR, and for a champion its config's seed mean +- sd over the confirmation stage."""
+    values = metrics["metrics"]
+    text = (f"PRVR ranking model: backbone {config.backbone}, plugins {_plugins(config)}; trial {trial_id} of "
+            f"search {search}. This run: best val SumR {values[BEST_VAL_SUMR]:.1f} (epoch "
+            f"{metrics['best_epoch']}), test SumR {values[TEST_SUMR]:.1f}.")
+    if "champion" in how:
+        champion = how["configs"][0]
+        val, test = champion["val_sumr"], champion["test_sumr"]
+        text += (f" Champion of the confirmation stage: over {val['n']} training seeds its config "
+                 f"has val SumR {val['mean']:.1f} +- {val['std']:.1f} and test SumR {test['mean']:.1f} +- "
+                 f"{test['std']:.1f} (seed mean +- sd); this run is its best-val seed.")
+    elif how["by"] == "--trial":
+        text += " Exported by trial id (--trial), not selected."
+    else:
+        text += " The search's best single run (it had no confirmation stage)."
+    return text
+
+
+def version_tags(config: Any, metrics: dict[str, Any], how: dict[str, Any]) -> dict[str, Any]:
+    """The version's tags besides search and trial: backbone, plugins, SumRs, how it was selected and, for a
+    champion, its config's statistics over seeds."""
+    values = metrics["metrics"]
+    tags: dict[str, Any] = {"backbone": config.backbone, "plugins": _plugins(config),
+                            "val_sumr": values.get(BEST_VAL_SUMR), "test_sumr": values.get(TEST_SUMR),
+                            "selection": "champion" if "champion" in how else
+                            ("trial" if how["by"] == "--trial" else "best single run")}
+    if "champion" in how:
+        champion = how["configs"][0]
+        tags.update({"champion.config_trial": how["champion"], "champion.trials": ",".join(champion["trials"]),
+                     "champion.seeds": ",".join(map(str, champion["seeds"])),
+                     "champion.val_sumr_mean": champion["val_sumr"]["mean"],
+                     "champion.val_sumr_std": champion["val_sumr"]["std"],
+                     "champion.test_sumr_mean": champion["test_sumr"]["mean"],
+                     "champion.test_sumr_std": champion["test_sumr"]["std"]})
+    return tags
+
+
 def code_provenance(parent: Any | None) -> dict[str, str]:
     """The search's git commit and dirtiness from its parent run's tags, else this working tree's."""
     from tracking.mlflow_runs import code_version
@@ -201,7 +260,7 @@ def code_provenance(parent: Any | None) -> dict[str, str]:
 
 def export(args: argparse.Namespace) -> int:
     from tracking.mlflow_runs import default_tracking_uri
-    from tracking.registry import champion_uri, check_registered_name, register_export
+    from tracking.registry import champion_uri, check_registered_name, register_export, trial_run_id
     from tracking.search_results import load_search
     from trainables.data.protocol import Protocol
     from trainables.export import Export, check_target, pin_dims, write_export
@@ -239,24 +298,33 @@ def export(args: argparse.Namespace) -> int:
                     weights=best_weights, protocol=Protocol(l2_normalize=manifest.l2_normalize),
                     metrics=metrics, provenance=provenance)
     folder = write_export(export, out)
-    test_sumr = metrics["metrics"].get("test_sumr")
+    test_sumr = metrics["metrics"].get(TEST_SUMR)
     champion = f" (the champion {how['champion']}'s best seed)" if "champion" in how else ""
     print(f"exported trial {trial.trial_id}{champion} of search {args.name} (best val SumR "
           f"{metrics['selection']['value']}, test SumR {test_sumr}) to {folder}")
     if not register:
         return 0
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
+    parent_run_id = parent.info.run_id if parent is not None else None
+    config = export.train_config()
     try:
+        trial_run = trial_run_id(MlflowClient(tracking_uri=tracking_uri), args.experiment, parent_run_id,
+                                 trial.trial_id)
         registered = register_export(
             folder, registered_name, tracking_uri, args.experiment, search=args.name, trial_id=trial.trial_id,
-            parent_run_id=parent.info.run_id if parent is not None else None,
-            tags={"test_sumr": test_sumr, "data_manifest_sha256": state["manifest_sha256"],
+            parent_run_id=parent_run_id, source_run_id=trial_run,
+            description=model_description(args.name, trial.trial_id, config, metrics, how),
+            tags={**version_tags(config, metrics, how), "data_manifest_sha256": state["manifest_sha256"],
                   "git_commit": provenance["code"]["git_commit"], "git_dirty": provenance["code"]["git_dirty"]})
     except MlflowException as exc:
         raise InputError(f"exported to {folder}, but registering {registered_name} at {tracking_uri} failed: "
                          f"{str(exc.message).splitlines()[0]}") from None
-    print(f"registered {registered.name} version {registered.version} (alias champion) at {tracking_uri}")
+    source = f"trial {trial.trial_id}'s run" if trial_run is not None else \
+        f"a new export run (the store has no run of trial {trial.trial_id})"
+    print(f"registered {registered.name} version {registered.version} (alias champion) at {tracking_uri}, "
+          f"source run {registered.run_id} ({source})")
     print(f"load it: {champion_uri(registered.name)}")
     return 0
 

@@ -205,7 +205,7 @@ def test_training_losses(tokens: int) -> None:
     batch = make_batch(tokens=tokens)
     torch.manual_seed(3)
     terms = model.training_losses(batch, context())
-    assert set(terms) == {"clip_nce", "moment_div", "moment_rel"}
+    assert set(terms) == {"clip_nce", "moment.div", "moment.rel"}
     assert all(torch.isfinite(v) and v.dim() == 0 for v in terms.values())
     sum(terms.values()).backward()
     for param in model.block.anchors.anchors.parameters():
@@ -231,8 +231,8 @@ def test_training_losses_match_definitions() -> None:
         labels = batch["text_labels"]
         expected = {
             "clip_nce": c.nce_weight * clip_nce(raw, labels),
-            "moment_div": c.div_weight * moment_diversity(videos["moment_masks"], c.div_target),
-            "moment_rel": c.rel_weight * moment_relevance(q, videos["global"], videos["moments"], labels, c.rel_margin),
+            "moment.div": c.div_weight * moment_diversity(videos["moment_masks"], c.div_target),
+            "moment.rel": c.rel_weight * moment_relevance(q, videos["global"], videos["moments"], labels, c.rel_margin),
         }
     for name, value in expected.items():
         assert terms[name].item() == pytest.approx(value.item(), rel=1e-5)

@@ -1,8 +1,11 @@
 """Export of a search's trial (search/export.py, trainables/export.py, tracking/registry.py): a real search
-made once with ``python search/run.py``, exported by the CLI into a folder and registered in MLflow; the
-folder loader, the ``models:/<name>@champion`` loader and the registered pyfunc model all reproduce the
-trial's test metrics exactly on the same test split (and the pyfunc's ranked ids put each query's video at
-the rank the evaluator computed); bad inputs are one ``error:`` line before anything is written."""
+with a confirmation stage made once with ``python search/run.py``, its champion exported by the CLI into a
+folder and registered in MLflow; the folder loader, the ``models:/<name>@champion`` loader and the
+registered pyfunc model all reproduce the trial's test metrics exactly on the same test split (and the
+pyfunc's ranked ids put each query's video at the rank the evaluator computed); the registered version has
+a signature and an input example that predicts, a description and tags with the champion's seed
+statistics, and the trial's own child run as its source run; bad inputs are one ``error:`` line before
+anything is written."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -47,13 +51,23 @@ class Search:
     def dataset(self) -> Path:
         return self.base / "data" / "synthetic-tiny"
 
+    def trial_dir(self, trial_id: str) -> Path:
+        """The folder of a search trial or of a confirmation trial."""
+        search_trial = self.storage / NAME / f"trial_{trial_id}"
+        return search_trial if search_trial.is_dir() else self.storage / NAME / "confirmation" / f"trial_{trial_id}"
+
     def final(self, trial_id: str) -> dict:
         """The trial's final report (its last line of result.json)."""
-        lines = (self.storage / NAME / f"trial_{trial_id}" / "result.json").read_text().splitlines()
-        return json.loads(lines[-1])
+        return json.loads((self.trial_dir(trial_id) / "result.json").read_text().splitlines()[-1])
+
+    def config(self, trial_id: str) -> dict:
+        return json.loads((self.trial_dir(trial_id) / "params.json").read_text())
 
     def trial_ids(self) -> list[str]:
         return sorted(p.name[len("trial_"):] for p in (self.storage / NAME).glob("trial_*"))
+
+    def confirmation_ids(self) -> list[str]:
+        return sorted(p.name[len("trial_"):] for p in (self.storage / NAME / "confirmation").glob("trial_*"))
 
     def export(self, *args: str) -> subprocess.CompletedProcess:
         """search/export.py in a subprocess, from the search's folder."""
@@ -73,30 +87,46 @@ class Exported:
 
 @pytest.fixture(scope="module")
 def search(tmp_path_factory: pytest.TempPathFactory) -> Search:
-    """A finished search of 2 trials x 3 epochs (no scheduler: both finish), run from its own folder so
-    MLflow's artifacts land there."""
+    """A finished search of 2 trials x 3 epochs (no scheduler: both finish) and a confirmation stage that
+    retrains the best one with 1 more seed, run from its own folder so MLflow's artifacts land there."""
     base = tmp_path_factory.mktemp("export")
     command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--space", "base", "--backbones",
                "mssl", "--trials", "2", "--max-epochs", "3", "--scheduler", "none", "--set", "hidden_size=16",
                "n_heads=2", "--validate-samples", "20", "--storage", str(base / "results"),
-               "--tracking-uri", f"sqlite:///{base / 'm.db'}", "--name", NAME, "--confirm-top", "0"]
+               "--tracking-uri", f"sqlite:///{base / 'm.db'}", "--name", NAME, "--confirm-top", "1",
+               "--confirm-seeds", "1"]
     done = subprocess.run(command, cwd=base, env=_env(base), capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return Search(base)
 
 
 def _best(search: Search) -> str:
-    """The best trial by an independent reading of the final reports: finished, highest best val SumR."""
+    """The best search trial by an independent reading of the final reports: finished, highest best val SumR."""
     finals = {t: search.final(t) for t in search.trial_ids()}
     finished = {t: f for t, f in finals.items() if f.get("finished") and "trial_error" not in f}
     assert len(finished) == 2, finals
     return max(finished, key=lambda t: finished[t]["best_val_sumr"])
 
 
+def _champion_runs(search: Search) -> list[str]:
+    """The confirmed config's runs (the best search trial and its confirmation trial), read independently."""
+    best = _best(search)
+    confirmations = search.confirmation_ids()
+    assert [search.config(t)["tag.confirmation_of"] for t in confirmations] == [best]
+    assert all(search.final(t).get("finished") for t in confirmations)
+    return [best, *confirmations]
+
+
+def _champion(search: Search) -> str:
+    """The run an export of the champion takes: of the confirmed config's runs, the best val SumR (ties: the
+    smaller trial id)."""
+    return min(_champion_runs(search), key=lambda t: (-search.final(t)["best_val_sumr"], t))
+
+
 @pytest.fixture(scope="module")
 def first(search: Search) -> Exported:
-    """The CLI's export of the best trial (default --trial), registered as version 1 of prvr-s."""
-    best = _best(search)
+    """The CLI's export of the champion (default --trial), registered as version 1 of prvr-s."""
+    best = _champion(search)
     out = search.base / "exports" / "best"
     done = search.export("--out", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -128,7 +158,7 @@ def _client(search: Search):
 def _checkpoint(search: Search, trial_id: str) -> dict:
     from trainables.training.checkpoint import load_checkpoint
 
-    folders = sorted((search.storage / NAME / f"trial_{trial_id}").glob("checkpoint_*"))
+    folders = sorted(search.trial_dir(trial_id).glob("checkpoint_*"))
     return load_checkpoint(folders[-1])
 
 
@@ -169,8 +199,9 @@ def _versions(search: Search) -> list[str]:
 # ---------------------------------------------------------------- the folder
 
 
-def test_cli_prints_folder_version_and_uri(first):
-    assert first.stdout.splitlines()[0].startswith(f"exported trial {first.trial_id} of search {NAME} ")
+def test_cli_prints_folder_version_and_uri(search, first):
+    champion = f" (the champion {_best(search)}'s best seed)"
+    assert first.stdout.splitlines()[0].startswith(f"exported trial {first.trial_id}{champion} of search {NAME} ")
     assert first.stdout.splitlines()[0].endswith(f" to {first.folder}")
     assert f"registered {REGISTERED} version 1 (alias champion)" in first.stdout
     assert f"models:/{REGISTERED}@champion" in first.stdout
@@ -219,7 +250,7 @@ def test_folder_holds_config_best_weights_metrics_provenance(search, first):
 def test_folder_loader_reproduces_test_sumr(search, first, test_split):
     from trainables.export import load_exported
 
-    model, config = load_exported(first.folder)
+    model, config = load_exported(first.folder)  # it still unpacks as the (model, config) it returned before
     _assert_reproduces(search, first.trial_id, model, config, test_split.test)
 
 
@@ -296,6 +327,125 @@ def test_rank_videos_rejects_bad_requests(first):
         assert str(error.value) == message
 
 
+# ---------------------------------------------------------------- the registered version
+
+
+def _child_runs(search: Search) -> dict[str, str]:
+    """{trial id: run id} of the search's trial child runs (search and confirmation trials), from MLflow."""
+    client = _client(search)
+    experiment = client.get_experiment_by_name("prvr").experiment_id
+    runs = client.search_runs([experiment], "tags.`prvr.kind` = 'child'")
+    return {r.data.tags["prvr.trial_id"]: r.info.run_id for r in runs}
+
+
+def test_version_source_run_is_the_trials_own_child_run(search, first, second):
+    """Each version's source run (and its logged model's) is the exported trial's child run, which stays
+    FINISHED; no export run is added among the trials."""
+    client = _client(search)
+    children = _child_runs(search)
+    assert set(children) == set(search.trial_ids() + search.confirmation_ids())
+    for exported in (first, second):
+        version = client.get_model_version(REGISTERED, exported.version)
+        assert version.run_id == children[exported.trial_id]
+        assert version.source.startswith("models:/m-")  # the logged model (MLflow 3), not an export run's path
+        logged = client.get_logged_model(version.source[len("models:/"):])
+        run = client.get_run(children[exported.trial_id])
+        assert (logged.source_run_id, logged.experiment_id) == (run.info.run_id, run.info.experiment_id)
+        assert logged.params["backbone"] == "mssl"  # the trial's config, as its run's params
+        assert run.info.status == "FINISHED" and run.data.tags["registered_model"] == f"{REGISTERED}/{exported.version}"
+        assert f"source run {children[exported.trial_id]} (trial {exported.trial_id}'s run)" in exported.stdout
+    experiment = client.get_experiment_by_name("prvr").experiment_id
+    assert client.search_runs([experiment], "tags.`prvr.kind` = 'export'") == []
+    parent = client.search_runs([experiment], "tags.`prvr.kind` = 'parent'")[0].info.run_id
+    nested = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(r.info.run_id for r in nested) == sorted(children.values())
+
+
+def test_version_has_a_signature_and_an_input_example_that_predicts(search, first):
+    import mlflow
+
+    from trainables.export import load_exported
+
+    config = yaml.safe_load((first.folder / "config.yaml").read_text())
+    protocol = json.loads((first.folder / "protocol.json").read_text())
+    uri = f"models:/{REGISTERED}/{first.version}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(search.tracking_uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(uri)
+        signature, example = pyfunc.metadata.signature, pyfunc.input_example
+        predicted = pyfunc.predict(example)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    inputs = {c.name: c for c in signature.inputs.inputs}
+    assert list(inputs) == ["query_tokens", "video_frames", "video_ids", "top_k"]
+    assert [inputs[k].required for k in inputs] == [True, True, True, False]
+    assert str(inputs["query_tokens"].type) == str(inputs["video_frames"].type) == "Array(Array(Array(double)))"
+    assert str(inputs["video_ids"].type) == "Array(string)" and str(signature.outputs.inputs[0].type) == "Array(string)"
+    # the example: a few queries and videos of the dataset's dims, within the protocol's caps
+    queries, videos = np.array(example["query_tokens"]), np.array(example["video_frames"])
+    assert queries.shape[0] >= 2 and queries.shape[2] == config["query_dim"]
+    assert 1 <= queries.shape[1] <= protocol["max_tokens"]
+    assert videos.shape[0] >= 2 and videos.shape[2] == config["video_dim"]
+    assert 1 <= videos.shape[1] <= protocol["max_frames"]
+    assert len(example["video_ids"]) == videos.shape[0] == len(set(example["video_ids"]))
+    # it predicts, through MLflow's schema check, what the model ranks in-process
+    assert predicted == load_exported(first.folder).rank(**example)
+    assert len(predicted) == queries.shape[0] and all(len(r) == example["top_k"] for r in predicted)
+
+
+def test_version_description_and_tags_hold_the_champions_statistics(search, first, second):
+    """The numbers in the description and tags equal those computed here from the stored final reports:
+    this run's val/test SumR, and its config's seed mean +- sd over its search and confirmation runs."""
+    client = _client(search)
+    version = client.get_model_version(REGISTERED, first.version)
+    runs = _champion_runs(search)
+    val = [search.final(t)["best_val_sumr"] for t in runs]
+    test = [search.final(t)["test_sumr"] for t in runs]
+    final = search.final(first.trial_id)
+    text = version.description
+    for part in (f"backbone mssl, plugins none; trial {first.trial_id} of search {NAME}.",
+                 f"best val SumR {final['best_val_sumr']:.1f} (epoch {final['best_epoch']})",
+                 f"test SumR {final['test_sumr']:.1f}.", f"over {len(runs)} training seeds",
+                 f"val SumR {statistics.mean(val):.1f} +- {statistics.stdev(val):.1f}",
+                 f"test SumR {statistics.mean(test):.1f} +- {statistics.stdev(test):.1f} (seed mean +- sd)"):
+        assert part in text, (part, text)
+    assert "\n" not in text
+    tags = version.tags
+    assert (tags["prvr.search"], tags["prvr.trial_id"], tags["backbone"], tags["plugins"], tags["selection"]) == \
+        (NAME, first.trial_id, "mssl", "none", "champion")
+    assert (float(tags["val_sumr"]), float(tags["test_sumr"])) == (final["best_val_sumr"], final["test_sumr"])
+    assert tags["champion.config_trial"] == _best(search) and tags["champion.trials"] == ",".join(runs)
+    assert tags["champion.seeds"] == ",".join(str(search.config(t)["seed"]) for t in runs)
+    for key, values, stat in (("val_sumr_mean", val, statistics.mean), ("val_sumr_std", val, statistics.stdev),
+                              ("test_sumr_mean", test, statistics.mean), ("test_sumr_std", test, statistics.stdev)):
+        assert float(tags[f"champion.{key}"]) == pytest.approx(stat(values), rel=1e-12, abs=1e-12), key
+    # a trial exported by id: its own numbers, no champion statistics
+    other = client.get_model_version(REGISTERED, second.version)
+    final = search.final(second.trial_id)
+    assert f"best val SumR {final['best_val_sumr']:.1f}" in other.description
+    assert "Exported by trial id (--trial)" in other.description and "+-" not in other.description
+    assert other.tags["selection"] == "trial" and not any(k.startswith("champion.") for k in other.tags)
+
+
+def test_loaded_export_ranks_with_its_own_protocol(search, first, test_split):
+    """What load_exported returns ranks a request alone: its protocol is the folder's, and its ranking
+    equals rank_videos given the model, config and protocol read separately."""
+    from trainables.data.protocol import Protocol
+    from trainables.data.store import FeatureStore
+    from trainables.export import load_exported, load_folder, rank_videos
+
+    loaded = load_exported(f"models:/{REGISTERED}/{first.version}", tracking_uri=search.tracking_uri)
+    assert loaded.protocol == Protocol(**json.loads((first.folder / "protocol.json").read_text()))
+    raw = FeatureStore(search.dataset).load_split("test")
+    request = ([raw.query_tokens(i) for i in range(raw.num_queries)],
+               [raw.video_frames(i) for i in range(raw.num_videos)], list(raw.video_ids))
+    separate = load_folder(first.folder)
+    expected = rank_videos(separate.model, separate.config, separate.protocol, *request)
+    assert loaded.rank(*request) == expected
+    assert loaded.rank(*request, top_k=2) == [r[:2] for r in expected]
+
+
 # ---------------------------------------------------------------- a second export, bad inputs
 
 
@@ -353,7 +503,7 @@ def test_bad_inputs_are_one_line_before_any_write(search, first, tmp_path, capsy
         (["--name", NAME, "--storage", str(tmp_path / "nowhere")],
          f"error: no search '{NAME}' in {tmp_path / 'nowhere'}"),
         (["--name", NAME, "--trial", "zzz"], f"error: search '{NAME}' has no trial 'zzz' (trials: "
-                                             f"{', '.join(search.trial_ids())})"),
+                                             f"{', '.join(search.trial_ids() + search.confirmation_ids())})"),
         (["--name", "f"], "error: search 'f' has no finished trial"),
         (["--name", "f", "--trial", trials["failed"]],
          f"error: trial {trials['failed']} of search 'f' failed (NonFiniteLoss: epoch 1, batch 1: loss term 'nce' "
@@ -427,8 +577,7 @@ def test_export_from_s3_storage(search, first, tmp_path, capsys, monkeypatch, te
         for key, value in s3_env(s3.endpoint).items():
             monkeypatch.setenv(key, value)
         bucket = s3.make_bucket("exports")
-        trial = search.storage / NAME / f"trial_{first.trial_id}"
-        for path in trial.rglob("*"):
+        for path in (search.storage / NAME).rglob("*"):  # every trial's: the champion is chosen among them
             if path.is_file() and (path.name in ("params.json", "result.json") or path.suffix == ".pt"):
                 s3.client().put_object(Bucket=bucket, Key=f"prvr/{path.relative_to(search.storage)}",
                                        Body=path.read_bytes())
@@ -437,9 +586,27 @@ def test_export_from_s3_storage(search, first, tmp_path, capsys, monkeypatch, te
                                "--tracking-uri", search.tracking_uri, "--no-register", "--out", str(out)])
         assert code == 0, capsys.readouterr().err
     provenance = json.loads((out / "provenance.json").read_text())
-    assert provenance["checkpoint"].startswith(f"s3://{bucket}/prvr/{NAME}/trial_{first.trial_id}/checkpoint_")
+    trial = search.trial_dir(first.trial_id).relative_to(search.storage)
+    assert provenance["checkpoint"].startswith(f"s3://{bucket}/prvr/{trial}/checkpoint_")
     for path in out.iterdir():
         blob = path.read_bytes()
         assert TEST_SECRET_KEY.encode() not in blob and TEST_ACCESS_KEY.encode() not in blob
     model, config = load_exported(out)
     _assert_reproduces(search, first.trial_id, model, config, test_split.test)
+
+
+def test_without_the_trials_run_the_version_gets_an_export_run(search, first):
+    """A store with no run of the trial (here: no source run given): the model is logged into a new
+    ``export-<trial>`` run nested under the parent, which is the version's source run and ends FINISHED."""
+    from tracking.registry import register_export
+
+    client = _client(search)
+    experiment = client.get_experiment_by_name("prvr").experiment_id
+    parent = client.search_runs([experiment], "tags.`prvr.kind` = 'parent'")[0].info.run_id
+    registered = register_export(first.folder, "prvr-fallback", search.tracking_uri, "prvr", search=NAME,
+                                 trial_id=first.trial_id, parent_run_id=parent, description="d")
+    run = client.get_run(registered.run_id)
+    assert client.get_model_version("prvr-fallback", registered.version).run_id == run.info.run_id
+    assert run.info.run_name == f"export-{first.trial_id}" and run.info.status == "FINISHED"
+    assert (run.data.tags["prvr.kind"], run.data.tags["mlflow.parentRunId"]) == ("export", parent)
+    assert run.info.run_id not in _child_runs(search).values()

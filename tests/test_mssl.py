@@ -217,9 +217,9 @@ def reference_losses(model: MSSL, batch: dict[str, torch.Tensor], ctx: LossConte
     nce = frame_nce if c.resolved_frame_nce == "joint" else two_way_nce
     return {
         "clip_nce": c.clip_nce_weight * clip_nce(clip_raw, labels),
-        "clip_trip": clip_triplet(clip_cos, labels, c.margin, ctx.hard_negatives, ctx.hard_pool_size, ctx.generator),
+        "clip_triplet": clip_triplet(clip_cos, labels, c.margin, ctx.hard_negatives, ctx.hard_pool_size, ctx.generator),
         "frame_nce": c.resolved_frame_nce_weight * nce(q @ vectors.t()),
-        "frame_trip": diagonal_triplet(frame_cos, c.margin, ctx.hard_negatives, ctx.hard_pool_size, ctx.generator),
+        "frame_triplet": diagonal_triplet(frame_cos, c.margin, ctx.hard_negatives, ctx.hard_pool_size, ctx.generator),
     }
 
 
@@ -231,7 +231,7 @@ def test_training_losses_equal_plain_reference(cluster_num: int | None, hard: bo
     batch = tiny_batch()
     losses = model.training_losses(batch, context(hard, seed=3))
     expected = reference_losses(model, batch, context(hard, seed=3))
-    assert set(losses) == {"clip_nce", "clip_trip", "frame_nce", "frame_trip"}
+    assert set(losses) == {"clip_nce", "clip_triplet", "frame_nce", "frame_triplet"}
     for name in losses:
         torch.testing.assert_close(losses[name], expected[name], atol=1e-5, rtol=1e-4)
 
@@ -393,7 +393,7 @@ def test_meanpool_scores_are_cosines_of_pooled_vectors():
 def test_meanpool_losses_finite_with_gradients():
     model = create_backbone("meanpool", TINY, pooling="attention", **TINY_OPTS).train()
     losses = model.training_losses(tiny_batch(), context(hard=True))
-    assert set(losses) == {"nce", "trip"} and all(torch.isfinite(v) for v in losses.values())
+    assert set(losses) == {"frame_nce", "frame_triplet"} and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 

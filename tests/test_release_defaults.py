@@ -216,11 +216,11 @@ def test_amdnet_terms_are_the_release_weights_times_the_losses(monkeypatch):
         terms = model.training_losses(make_batch(num_videos=4, per_video=3), context())
     (raw, labels), _, _ = nce[0]
     assert terms["clip_nce"].item() == pytest.approx(0.04 * naive_nce(raw, labels), rel=REL)
-    assert terms["moment_div"].item() == pytest.approx(1.0 * naive_diversity(div[0][0][0], 0.15), rel=REL)
+    assert terms["moment.div"].item() == pytest.approx(1.0 * naive_diversity(div[0][0][0], 0.15), rel=REL)
     q, global_video, moments, rel_labels = rel[0][0][:4]
     expected = naive_relevance(q, global_video, moments, rel_labels, 0.02)
     assert expected != pytest.approx(naive_relevance(q, global_video, moments, rel_labels, 0.2), rel=1e-3)
-    assert terms["moment_rel"].item() == pytest.approx(25.0 * expected, rel=REL, abs=1e-7)
+    assert terms["moment.rel"].item() == pytest.approx(25.0 * expected, rel=REL, abs=1e-7)
 
 
 # --------------------------------------------------------------------------- plugins

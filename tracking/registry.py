@@ -2,9 +2,12 @@
 
 The registered model is an MLflow ``pyfunc`` whose one artifact is the export folder
 (``trainables/export.py``). It is logged as "models from code" (MLflow runs a three-line file that
-builds :class:`RankerModel`; nothing of the model is pickled) into an ``export-<trial>`` run of the
-search's experiment, nested under the search's parent run when there is one, registered under a name,
-and the new version gets the alias ``champion`` (stages are deprecated in MLflow 3).
+builds :class:`RankerModel`; nothing of the model is pickled) under the exported trial's own child run
+(the version's source run, :func:`trial_run_id`; only when the store has no such run, into a new
+``export-<trial>`` run nested under the search's parent run), with a signature and an input example
+(:func:`trainables.export.input_example`, the signature inferred from it and the model's output on it),
+registered under a name with a description and tags, and the new version gets the alias ``champion``
+(stages are deprecated in MLflow 3).
 
 The pyfunc ranks videos for queries::
 
@@ -17,7 +20,10 @@ The pyfunc ranks videos for queries::
 
 Raw features go through the dataset's input protocol (clips, frame cap, L2 norms, token cap) and the
 evaluator's encode/score code, so a request holding a split's videos and queries ranks them exactly as
-the trial's evaluation did. Loading needs this project importable (``pip install -e .``).
+the trial's evaluation did. Loading needs this project importable (``pip install -e .``). MLflow checks a
+request against the signature (in Python, row by row: for large requests ``trainables.export.
+load_exported(...).rank(...)`` skips that), and its REST server cannot parse ragged arrays: there, a
+request's queries need equal token counts and its videos equal frame counts.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +41,7 @@ import mlflow
 from mlflow.pyfunc import PythonModel  # mypy sees ``mlflow.pyfunc`` as mlflow's LazyLoader, not the module
 from mlflow.tracking import MlflowClient
 
-from tracking.mlflow_runs import TAG_KIND, TAG_SEARCH, TAG_TRIAL, scrub
+from tracking.mlflow_runs import CHILD, TAG_KIND, TAG_SEARCH, TAG_TRIAL, scrub
 from trainables.errors import InputError
 
 CHAMPION = "champion"
@@ -80,12 +87,19 @@ class RankerModel(PythonModel):
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 (see above)
         """Per query of ``model_input``, the ranked video ids (``list[list[str]]``)."""
-        from trainables.export import rank_videos
-
         request = _request(model_input)
-        loaded = self.loaded
-        return rank_videos(loaded.model, loaded.config, loaded.protocol, request["query_tokens"],
-                           request["video_frames"], request["video_ids"], request.get("top_k"))
+        return self.loaded.rank(request["query_tokens"], request["video_frames"], request["video_ids"],
+                                _top_k(request.get("top_k")))
+
+
+def _top_k(value: Any) -> Any:
+    """A request's ``top_k``: absent, or NaN / None where MLflow's DataFrame conversion filled the optional
+    column, is None (every video); a one-value array (MLflow's REST parser) is its value."""
+    if getattr(value, "shape", None) in ((), (1,)):
+        value = value.reshape(-1)[0].item()
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value
 
 
 def _request(model_input: Any) -> dict[str, Any]:
@@ -111,7 +125,7 @@ class Registered:
 
     name: str
     version: str
-    run_id: str
+    run_id: str  # the version's source run: the trial's child run, or the export run made for it
     uri: str  # models:/<name>@champion
 
 
@@ -140,39 +154,93 @@ def _tracking(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
+def trial_run_id(client: MlflowClient, experiment: str, parent_run_id: str | None, trial_id: str) -> str | None:
+    """The MLflow child run of trial ``trial_id`` under the search's parent run (a search trial or a
+    confirmation trial: both are children of it), or None when the store has none."""
+    if parent_run_id is None:
+        return None
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], f"tags.`{TAG_KIND}` = '{CHILD}' and "
+                              f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=5000)
+    matching = [r for r in runs if r.data.tags.get(TAG_TRIAL) == trial_id]  # compared here: ids may hold quotes
+    return matching[0].info.run_id if matching else None
+
+
+def model_signature(folder: str | Path) -> tuple[Any, dict[str, Any]]:
+    """(signature, input example) of the exported model in ``folder``: the example is
+    :func:`trainables.export.input_example`, the signature MLflow's inference from it and the model's own
+    ranking of it, with ``top_k`` optional (without it a request ranks every video)."""
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import ColSpec, Schema
+
+    from trainables.export import input_example, load_folder
+
+    loaded = load_folder(folder)
+    example = input_example(loaded.config, loaded.protocol)
+    with warnings.catch_warnings():  # top_k is a whole number by design, not a column that may miss values
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+        signature = infer_signature(example, loaded.rank(**example))
+    assert signature.inputs is not None  # inferred from a non-empty dict
+    signature.inputs = Schema([ColSpec(c.type, c.name, required=False) if c.name == "top_k" else c
+                               for c in signature.inputs.inputs])
+    return signature, example
+
+
 def register_export(folder: str | Path, registered_name: str, tracking_uri: str, experiment: str, *,
                     search: str, trial_id: str, parent_run_id: str | None = None,
-                    tags: dict[str, Any] | None = None) -> Registered:
-    """Log ``folder`` as a pyfunc model in a new run of ``experiment`` (child of ``parent_run_id`` if
-    given), register it as a new version of ``registered_name`` and point the alias champion at it."""
+                    tags: dict[str, Any] | None = None, description: str | None = None,
+                    source_run_id: str | None = None) -> Registered:
+    """Log ``folder`` as a pyfunc model (signature and input example: :func:`model_signature`) under the
+    trial's run ``source_run_id`` (its status and end time untouched), or, without one, in a new run of
+    ``experiment`` (child of ``parent_run_id`` if given); register it as a new version of
+    ``registered_name`` with ``description`` and ``tags`` and point the alias champion at it."""
+    from mlflow.models import Model
+
     check_registered_name(registered_name)
     client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
-    run_tags = {TAG_KIND: EXPORT_KIND, TAG_SEARCH: search, TAG_TRIAL: trial_id, **scrub(tags or {})}
-    if parent_run_id is not None:
-        run_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, run_name=f"export-{trial_id}", tags=run_tags)
-    run_id = run.info.run_id
+    signature, example = model_signature(folder)
+    made_run = source_run_id is None
+    if source_run_id is None:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+        run_tags = {TAG_KIND: EXPORT_KIND, TAG_SEARCH: search, TAG_TRIAL: trial_id, **scrub(tags or {})}
+        if parent_run_id is not None:
+            run_tags["mlflow.parentRunId"] = parent_run_id
+        source_run_id = client.create_run(experiment_id, run_name=f"export-{trial_id}", tags=run_tags).info.run_id
     try:
         with tempfile.TemporaryDirectory(prefix="prvr-model-code-") as scratch, _tracking(tracking_uri):
             code = Path(scratch) / "prvr_ranker.py"
             code.write_text(MODEL_CODE)
-            with mlflow.start_run(run_id=run_id):
-                info = mlflow.pyfunc.log_model(
-                    name=MODEL_NAME, python_model=str(code), artifacts={ARTIFACT_KEY: str(folder)},
-                    registered_model_name=registered_name, pip_requirements=_requirements(),
-                    model_config={"device": "cpu"})
+            # the logged model made here, in the run's experiment (Model.log would put it in the fluent
+            # API's default experiment) with the run's params (the trial's config); then Model.log with
+            # run_id (what mlflow.pyfunc.log_model calls, without run_id): the model becomes the run's
+            # output and the version's source run, and the run is not reopened (a finished trial's run
+            # keeps its status and end time); no model_config (it would log params to the run)
+            run = client.get_run(source_run_id)
+            logged = mlflow.initialize_logged_model(
+                name=MODEL_NAME, source_run_id=source_run_id, experiment_id=run.info.experiment_id,
+                params=dict(run.data.params))
+            info = Model.log(
+                artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=source_run_id,
+                model_id=logged.model_id, python_model=str(code), artifacts={ARTIFACT_KEY: str(folder)},
+                registered_model_name=registered_name, pip_requirements=_requirements(), signature=signature,
+                input_example=example)
         version = str(info.registered_model_version)
+        if description is not None:
+            client.update_model_version(registered_name, version, description=description)
         client.set_registered_model_alias(registered_name, CHAMPION, version)
         for key, value in {TAG_SEARCH: search, TAG_TRIAL: trial_id, **scrub(tags or {})}.items():
             client.set_model_version_tag(registered_name, version, key, value)
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        if made_run:
+            client.set_terminated(source_run_id, "FAILED")
         raise
-    client.set_tag(run_id, "registered_model", f"{registered_name}/{version}")
-    client.set_terminated(run_id, "FINISHED")
-    return Registered(registered_name, version, run_id, champion_uri(registered_name))
+    client.set_tag(source_run_id, "registered_model", f"{registered_name}/{version}")
+    if made_run:
+        client.set_terminated(source_run_id, "FINISHED")
+    return Registered(registered_name, version, source_run_id, champion_uri(registered_name))
 
 
 @contextlib.contextmanager
@@ -200,4 +268,4 @@ def downloaded_export(uri: str, tracking_uri: str | None = None) -> Iterator[Pat
 
 
 __all__ = ["CHAMPION", "RankerModel", "Registered", "champion_uri", "check_registered_name", "downloaded_export",
-           "register_export"]
+           "model_signature", "register_export", "trial_run_id"]

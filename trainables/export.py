@@ -15,8 +15,10 @@ Layout (every file written by :func:`write_export`, all plain text except the we
 The folder is written under a temporary name next to the target and renamed at the end, so a target
 either does not exist or is complete; an existing target is refused before anything is written.
 :func:`load_exported` rebuilds the model (eval mode) from a folder or from ``models:/<name>@<alias>``
-(MLflow Model Registry, see ``tracking/registry.py``); :func:`rank_videos` is the inference path the
-registered pyfunc model serves, the evaluator's own encode/score code on a request's features.
+(MLflow Model Registry, see ``tracking/registry.py``) with what inference needs besides it (config, input
+protocol): ``load_exported(...).rank(query_tokens, video_frames, video_ids)``. :func:`rank_videos` is that
+inference path, the one the registered pyfunc model serves: the evaluator's own encode/score code on a
+request's features. :func:`input_example` is a small valid request (the registered model's example).
 """
 
 from __future__ import annotations
@@ -188,12 +190,24 @@ def _read_json(path: Path) -> Any:
 
 @dataclass
 class LoadedModel:
-    """A rebuilt exported model with what inference needs besides it."""
+    """A rebuilt exported model with what inference needs besides it: ``rank`` ranks a request's videos.
+
+    It unpacks as ``model, config = load_exported(...)``, the pair :func:`load_exported` returned before
+    it returned this (existing callers keep working)."""
 
     model: Backbone
     config: TrainConfig
     protocol: Protocol
     export: Export
+
+    def rank(self, query_tokens: Sequence[Any], video_frames: Sequence[Any], video_ids: Sequence[str],
+             top_k: int | None = None) -> list[list[str]]:
+        """Per query, the ids of ``video_ids`` from best to worst (:func:`rank_videos` with this model's
+        config and protocol)."""
+        return rank_videos(self.model, self.config, self.protocol, query_tokens, video_frames, video_ids, top_k)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.config))
 
 
 def load_folder(folder: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -204,17 +218,16 @@ def load_folder(folder: str | Path, device: torch.device | str = "cpu") -> Loade
 
 
 def load_exported(source: str | Path, *, tracking_uri: str | None = None,
-                  device: torch.device | str = "cpu") -> tuple[Backbone, TrainConfig]:
-    """(model in eval mode, its config) from an export folder or a registered model
-    ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` (``tracking_uri``: MLflow's default if None)."""
+                  device: torch.device | str = "cpu") -> LoadedModel:
+    """The model (eval mode) with its config and input protocol, from an export folder or a registered
+    model ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` (``tracking_uri``: MLflow's default if
+    None); ``.rank(...)`` ranks videos, and it unpacks as ``model, config`` (see :class:`LoadedModel`)."""
     if str(source).startswith(MODELS_SCHEME):
         from tracking.registry import downloaded_export
 
         with downloaded_export(str(source), tracking_uri) as folder:
-            loaded = load_folder(folder, device)
-    else:
-        loaded = load_folder(source, device)
-    return loaded.model, loaded.config
+            return load_folder(folder, device)
+    return load_folder(source, device)
 
 
 # -------------------------------------------------------------------------------------- inference
@@ -226,7 +239,7 @@ def request_split(query_tokens: Sequence[Any], video_frames: Sequence[Any], vide
     query become exactly the model inputs they were in evaluation)."""
     if len(video_frames) != len(video_ids):
         raise InputError(f"video_frames has {len(video_frames)} videos but video_ids has {len(video_ids)} ids")
-    if not video_ids or not len(query_tokens):
+    if len(video_ids) == 0 or len(query_tokens) == 0:  # sequences or arrays (MLflow's REST parser makes arrays)
         raise InputError("a request needs at least one query and one video")
     ids = [str(v) for v in video_ids]
     if len(set(ids)) != len(ids):
@@ -285,6 +298,26 @@ def rank_videos(model: Backbone, config: TrainConfig, protocol: Protocol, query_
     return ranked
 
 
+#: the input example's size: queries, videos, and at most this many tokens per query and frames per video
+EXAMPLE_QUERIES, EXAMPLE_VIDEOS, EXAMPLE_TOKENS, EXAMPLE_FRAMES = 2, 3, 4, 8
+
+
+def input_example(config: TrainConfig, protocol: Protocol, seed: int = 0) -> dict[str, Any]:
+    """A small valid request of ``config``'s dims (nested lists, as JSON carries it): 2 queries of up to 4
+    tokens and 3 videos of up to 8 frames (within the protocol's token and frame caps), every query the
+    same length and every video too (MLflow's REST input parser takes no ragged arrays), ``top_k`` 2."""
+    assert config.video_dim is not None and config.query_dim is not None  # an export's config pins them
+    rng = np.random.default_rng(seed)
+    tokens, frames = min(EXAMPLE_TOKENS, protocol.max_tokens), min(EXAMPLE_FRAMES, protocol.max_frames)
+
+    def matrix(rows: int, dim: int) -> list[list[float]]:
+        return np.round(rng.standard_normal((rows, dim)), 3).tolist()
+
+    return {"query_tokens": [matrix(tokens, config.query_dim) for _ in range(EXAMPLE_QUERIES)],
+            "video_frames": [matrix(frames, config.video_dim) for _ in range(EXAMPLE_VIDEOS)],
+            "video_ids": [f"video-{i}" for i in range(EXAMPLE_VIDEOS)], "top_k": EXAMPLE_VIDEOS - 1}
+
+
 __all__ = ["CONFIG", "EXPORT_FILES", "METRICS", "PROTOCOL", "PROVENANCE", "WEIGHTS", "Export", "LoadedModel",
-           "build_model", "check_target", "config_from_dict", "load_exported", "load_folder", "pin_dims",
-           "rank_videos", "read_export", "request_split", "write_export"]
+           "build_model", "check_target", "config_from_dict", "input_example", "load_exported", "load_folder",
+           "pin_dims", "rank_videos", "read_export", "request_split", "write_export"]

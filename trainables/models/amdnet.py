@@ -40,6 +40,7 @@ from torch import nn
 from trainables.errors import InputError
 from trainables.losses.moment import moment_diversity, moment_relevance
 from trainables.losses.ranking import clip_nce
+from trainables.losses.terms import CLIP_NCE, MOMENT_DIVERSITY, MOMENT_RELEVANCE
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import (
     AttentionPooling,
@@ -221,5 +222,6 @@ class AMDNet(Backbone):
             if c.rel_independent_dropout and self.training else query
         rel = moment_relevance(rel_query.float(), videos["global"].float(), videos["moments"].float(), labels,
                                c.rel_margin)
-        terms = {"clip_nce": c.nce_weight * nce, "moment_div": c.div_weight * div, "moment_rel": c.rel_weight * rel}
+        terms = {CLIP_NCE: c.nce_weight * nce, MOMENT_DIVERSITY: c.div_weight * div,
+                 MOMENT_RELEVANCE: c.rel_weight * rel}
         return terms, {**videos, **queries}

@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet
+from trainables.losses.terms import CLIP_NCE, CLIP_TRIPLET, FRAME_NCE, FRAME_TRIPLET
 from trainables.models.base import LossContext, Tensors
 
 MASK_VALUE = -1e4  # additive mask of padded keys in attention, as released
@@ -255,10 +256,12 @@ def ranking_terms(raw: Tensors, cos: Tensors, labels: torch.Tensor, nce_weights:
                   context: LossContext) -> Tensors:
     """Weighted clip-form NCE (raw scores) and triplet (cosines) of the clip and frame branches, as released."""
     terms: Tensors = {}
+    names = {"clip": (CLIP_NCE, CLIP_TRIPLET), "frame": (FRAME_NCE, FRAME_TRIPLET)}
     for branch, weight in zip(("clip", "frame"), nce_weights):
-        terms[f"{branch}_nce"] = weight * clip_nce(raw[branch], labels)
-        terms[f"{branch}_triplet"] = clip_triplet(cos[branch], labels, margin, context.hard_negatives,
-                                                  context.hard_pool_size, context.generator)
+        nce_name, triplet_name = names[branch]
+        terms[nce_name] = weight * clip_nce(raw[branch], labels)
+        terms[triplet_name] = clip_triplet(cos[branch], labels, margin, context.hard_negatives,
+                                           context.hard_pool_size, context.generator)
     return terms
 
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from trainables.errors import InputError
 from trainables.losses.diversity import query_diverse_loss
+from trainables.losses.terms import QUERY_DIVERSITY
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
 from trainables.models.components import (
     AttentionPooling,
@@ -191,7 +192,7 @@ class GMMFormer(Backbone):
         terms = ranking_terms(raw, cos, labels, cfg.loss_factor[:2], cfg.margin, context)
         diverse = self._encode_queries(batch["text_feat"], batch["text_mask"])["query"] if cfg.second_query_pass \
             else query
-        terms["qdl"] = cfg.loss_factor[2] * query_diverse_loss(diverse, labels, alpha=cfg.qdl_alpha,
+        terms[QUERY_DIVERSITY] = cfg.loss_factor[2] * query_diverse_loss(diverse, labels, alpha=cfg.qdl_alpha,
                                                                 delta=cfg.qdl_delta)
         return terms, {**videos, **queries}
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from trainables.errors import InputError
 from trainables.losses.diversity import optimal_matching_loss, revamped_query_diverse_loss
+from trainables.losses.terms import OPTIMAL_MATCHING, QUERY_DIVERSITY
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
 from trainables.models.components import (
     AttentionPooling,
@@ -202,9 +203,9 @@ class GMMFormerV2(Backbone):
         terms = ranking_terms(raw, cos, labels, cfg.loss_factor[:2], cfg.margin, context)
         diverse = self._encode_queries(batch["text_feat"], batch["text_mask"])["query"] if cfg.second_query_pass \
             else query
-        terms["qdl"] = cfg.loss_factor[2] * revamped_query_diverse_loss(
+        terms[QUERY_DIVERSITY] = cfg.loss_factor[2] * revamped_query_diverse_loss(
             diverse, labels, alpha=cfg.qdl_alpha, delta=cfg.qdl_delta, gamma=cfg.qdl_gamma)
-        terms["om"] = cfg.loss_factor[3] * optimal_matching_loss(diverse, clips, labels)
+        terms[OPTIMAL_MATCHING] = cfg.loss_factor[3] * optimal_matching_loss(diverse, clips, labels)
         return terms, {**videos, **queries}
 
 

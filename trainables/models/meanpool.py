@@ -6,10 +6,12 @@ The reference point for the PRVR backbones (it ignores that a query matches only
   over the valid frames (``pooling="mean"``) or attention pooling (``pooling="attention"``) -> v.
 * **Query**: TokenEncoder + attention pooling -> q, as in MS-SL.
 * **Score**: cos(q, v); ``score`` returns it as ``fused`` (the only branch).
-* **Loss**: ``trip`` = the MS-SL clip-scale triplet loss on the cosine scores (random, then hard
-  negatives) and ``nce`` = nce_weight (0.02) x the multi-positive InfoNCE on the raw dot products q . v,
-  i.e. exactly MS-SL's clip-branch objective with the 528 proposals replaced by one whole-video
-  vector, so differences to MS-SL measure the multi-scale/partial-relevance modelling alone.
+* **Loss**: ``frame_triplet`` = the MS-SL clip-scale triplet loss on the cosine scores (random, then hard
+  negatives) and ``frame_nce`` = nce_weight (0.02) x the multi-positive InfoNCE on the raw dot products
+  q . v, i.e. exactly MS-SL's clip-branch objective with the 528 proposals replaced by one whole-video
+  vector, so differences to MS-SL measure the multi-scale/partial-relevance modelling alone. They are
+  named as frame-scale terms (``trainables.losses.terms``): v is pooled from the frame tokens, as
+  GMMFormer v1's frame-branch vector, whose losses have the same form.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet
+from trainables.losses.terms import FRAME_NCE, FRAME_TRIPLET
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, register
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
 from trainables.models.mssl import MSSL
@@ -91,11 +94,11 @@ class MeanPool(Backbone):
 
     def _training_losses(self, batch: Tensors, context: LossContext, hooks: TrainingHooks
                          ) -> tuple[Tensors, Tensors]:
-        """{"nce", "trip"} weighted loss terms of one batch."""
+        """{"frame_nce", "frame_triplet"} weighted loss terms of one batch."""
         tokens, v = self._tokens(batch["frame_video_features"], batch["videos_mask"])
         queries = hooks.encode_queries(batch["text_feat"], batch["text_mask"])
         q, labels = queries["query"], batch["text_labels"]
         trip = clip_triplet(cosine(q, v), labels, self.config.margin, context.hard_negatives,
                             context.hard_pool_size, context.generator)
-        terms = {"nce": self.config.nce_weight * clip_nce(q @ v.t(), labels), "trip": trip}
+        terms = {FRAME_NCE: self.config.nce_weight * clip_nce(q @ v.t(), labels), FRAME_TRIPLET: trip}
         return terms, {**queries, "frame_tokens": tokens, "frame_mask": batch["videos_mask"], "global": v}

@@ -33,10 +33,12 @@ clip cosine scores (Nq x B) and key clips as above; the frame vector is computed
 from its own video, guided by its key clip, and scored against every query (Nq x Nq, diagonal =
 positives). Loss terms (weights as released):
 
-* ``clip_nce``   = clip_nce_weight (0.02) x multi-positive InfoNCE on max-over-proposals raw dot products,
-* ``clip_trip``  = MS-SL triplet loss on the clip cosine scores,
-* ``frame_nce``  = frame_nce_weight x diagonal InfoNCE on raw q . v_f (MS-SL 0.04, MS-SL++ 0.03),
-* ``frame_trip`` = diagonal triplet loss on the frame cosine scores.
+* ``clip_nce``      = clip_nce_weight (0.02) x multi-positive InfoNCE on max-over-proposals raw dot products,
+* ``clip_triplet``  = MS-SL triplet loss on the clip cosine scores,
+* ``frame_nce``     = frame_nce_weight x diagonal InfoNCE on raw q . v_f (MS-SL 0.04, MS-SL++ 0.03),
+* ``frame_triplet`` = diagonal triplet loss on the frame cosine scores
+
+(the names of ``trainables.losses.terms``, shared with the other backbones).
 
 Release behaviours kept by default, with options for the clean variant:
 
@@ -67,6 +69,7 @@ from torch import nn
 
 from trainables.errors import InputError
 from trainables.losses.ranking import clip_nce, clip_triplet, diagonal_triplet, frame_nce
+from trainables.losses.terms import CLIP_NCE, CLIP_TRIPLET, FRAME_NCE, FRAME_TRIPLET
 from trainables.models.base import Backbone, BackboneConfig, Dims, LossContext, Tensors, VideoInputs, fuse, register
 from trainables.models.components import AttentionPooling, TokenEncoder, cosine, init_weights
 from trainables.models.kmedoids import batch_kmedoids, batch_kmedoids_gram
@@ -386,7 +389,7 @@ class MSSL(Backbone):
 
     def _training_losses(self, batch: Tensors, context: LossContext, hooks: TrainingHooks
                          ) -> tuple[Tensors, Tensors]:
-        """{"clip_nce", "clip_trip", "frame_nce", "frame_trip"} weighted loss terms of one batch."""
+        """{"clip_nce", "clip_triplet", "frame_nce", "frame_triplet"} weighted loss terms of one batch."""
         c = self.config
         labels = batch["text_labels"]
         c_tokens = self._clips(batch["clip_video_features"], batch.get("clip_key_bias"))
@@ -407,15 +410,15 @@ class MSSL(Backbone):
 
         hard, pool, gen = context.hard_negatives, context.hard_pool_size, context.generator
         terms = {
-            "clip_nce": c.clip_nce_weight * clip_nce(clip_raw, labels),
-            "clip_trip": clip_triplet(clip_cos, labels, c.margin, hard, pool, gen),
+            CLIP_NCE: c.clip_nce_weight * clip_nce(clip_raw, labels),
+            CLIP_TRIPLET: clip_triplet(clip_cos, labels, c.margin, hard, pool, gen),
         }
         replaced = hooks.frame_score(queries, features, normalize=False)
         if replaced is not None:  # a plugin's (query x video) frame score: the clip-form losses
-            terms["frame_nce"] = c.resolved_frame_nce_weight * clip_nce(replaced, labels)
+            terms[FRAME_NCE] = c.resolved_frame_nce_weight * clip_nce(replaced, labels)
             normalized = hooks.frame_score(queries, features)
             assert normalized is not None  # the plugin that gave ``replaced`` scores this too
-            terms["frame_trip"] = clip_triplet(normalized, labels, c.margin, hard, pool, gen)
+            terms[FRAME_TRIPLET] = clip_triplet(normalized, labels, c.margin, hard, pool, gen)
             return terms, features
 
         rows = torch.arange(q.shape[0], device=q.device)
@@ -424,8 +427,8 @@ class MSSL(Backbone):
         frame_cos = cosine(q, frame_vec)  # (Nq, Nq), diagonal = positive pairs
         frame_raw = q @ frame_vec.t()
         nce = frame_nce if c.resolved_frame_nce == "joint" else two_way_nce
-        terms["frame_nce"] = c.resolved_frame_nce_weight * nce(frame_raw)
-        terms["frame_trip"] = diagonal_triplet(frame_cos, c.margin, hard, pool, gen)
+        terms[FRAME_NCE] = c.resolved_frame_nce_weight * nce(frame_raw)
+        terms[FRAME_TRIPLET] = diagonal_triplet(frame_cos, c.margin, hard, pool, gen)
         return terms, features
 
 

@@ -41,6 +41,7 @@ import torch
 
 from trainables.errors import InputError
 from trainables.losses.moment import moment_diversity, moment_relevance
+from trainables.losses.terms import MOMENT_DIVERSITY, MOMENT_RELEVANCE, term_in_plugin
 from trainables.models.amdnet import SpanAnchors, gaussian_moment_masks
 from trainables.models.base import BackboneConfig, Dims, LossContext, Tensors
 from trainables.models.components import init_weights
@@ -161,11 +162,11 @@ class MomentPlugin(Plugin):
         terms: Tensors = {}
         if c.div:
             assert masks is not None  # need_moments holds with div
-            terms["div"] = c.div_weight * moment_diversity(masks, c.div_target)
+            terms[term_in_plugin(MOMENT_DIVERSITY)] = c.div_weight * moment_diversity(masks, c.div_target)
         if c.rel:
             candidates = moments if c.rel_moments == "anchors" else features["clip_tokens"].float()
             assert candidates is not None  # need_moments holds with rel_moments == "anchors"
-            terms["rel"] = c.rel_weight * moment_relevance(
+            terms[term_in_plugin(MOMENT_RELEVANCE)] = c.rel_weight * moment_relevance(
                 features["query"].float(), self.global_vector(features), candidates, features["text_labels"],
                 c.rel_margin)
         return terms

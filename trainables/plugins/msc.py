@@ -77,6 +77,7 @@ from trainables.data.protocol import L2_EPS
 from trainables.errors import InputError
 from trainables.losses.cbva import NO_MERGE, cbva_terms, segment_counts
 from trainables.losses.rkd import ANGLE_BLOCK, rkd_angle, rkd_distance
+from trainables.losses.terms import MSC_CBVA, MSC_RKD_ANGLE, MSC_RKD_DISTANCE, term_in_plugin
 from trainables.models.base import BackboneConfig, Dims, LossContext, Tensors, VideoInputs
 from trainables.models.components import init_weights
 from trainables.plugins.base import Plugin, PluginConfig, check_choice, check_range, register_plugin
@@ -264,10 +265,10 @@ class MSC(Plugin):
             student, teacher = features["query"], self.teacher(batch)
             if teacher.shape[0] != student.shape[0]:
                 raise InputError(f"msc: {teacher.shape[0]} teacher sentence features for {student.shape[0]} queries")
-            terms["rkd_distance"] = c.alpha_d * rkd_distance(student, teacher)
-            terms["rkd_angle"] = c.alpha_a * rkd_angle(student, teacher, c.angle_block)
+            terms[term_in_plugin(MSC_RKD_DISTANCE)] = c.alpha_d * rkd_distance(student, teacher)
+            terms[term_in_plugin(MSC_RKD_ANGLE)] = c.alpha_a * rkd_angle(student, teacher, c.angle_block)
         if c.cbva:
-            terms["cbva"] = c.cbva_weight * self.cbva(features, batch)
+            terms[term_in_plugin(MSC_CBVA)] = c.cbva_weight * self.cbva(features, batch)
         return terms
 
     def teacher(self, batch: Tensors) -> torch.Tensor:

@@ -93,6 +93,7 @@ from trainables.losses.probabilistic import (
     proxy_matching_loss,
     sample_proxies,
 )
+from trainables.losses.terms import RAL_DISTRIBUTION_ALIGNMENT, RAL_PROXY_MATCHING, term_in_plugin
 from trainables.models.base import BackboneConfig, Dims, LossContext, Tensors
 from trainables.models.components import LinearLayer, PostLNLayer, TrainablePositionalEncoding, init_weights
 from trainables.plugins.base import Plugin, PluginConfig, check_choice, check_range, register_plugin
@@ -453,10 +454,10 @@ class RAL(Plugin):
             video_proxies = sample_proxies(video_mu, video_ls, c.k, context.generator)
             text_proxies = sample_proxies(text_mu, text_ls, c.k, context.generator)
             if c.pm_weight > 0:
-                terms["pm"] = c.pm_weight * proxy_matching_loss(video_proxies, text_proxies, text_video,
-                                                                temperature=c.pm_temperature, cosine=c.pm_cosine)
+                terms[term_in_plugin(RAL_PROXY_MATCHING)] = c.pm_weight * proxy_matching_loss(
+                    video_proxies, text_proxies, text_video, temperature=c.pm_temperature, cosine=c.pm_cosine)
             if c.da_weight > 0:
-                terms["da"] = c.da_weight * distribution_alignment_loss(
+                terms[term_in_plugin(RAL_DISTRIBUTION_ALIGNMENT)] = c.da_weight * distribution_alignment_loss(
                     video_mu, video_ls, video_proxies, text_mu, text_ls, text_proxies, text_video,
                     variant=c.da_variant, prior=c.da_prior, cross=c.da_cross)
         return terms
