@@ -20,18 +20,18 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from search.cli import run_main
+from search.cli import cluster_options, parser, program, resource_options, run_main
 from search.ray_session import LOCAL_RAY_ENV
-from search.ray_target import add_local_option, ray_target
+from search.ray_target import ray_target
 from spaces.ablation import DESIGNS, Cell, design, parse_component
 from tracking.storage import check_name
 from trainables.data.s3 import StorageSettings
@@ -42,35 +42,39 @@ COLUMNS = ("R@1", "R@5", "R@10", "R@100", "SumR")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="search/ablate.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    base = p.add_mutually_exclusive_group(required=True)
+    p = parser(program("search/ablate.py"), __doc__)
+    ablation, data = p.add_argument_group("ablation"), p.add_argument_group("data")
+    resources, storage = p.add_argument_group("resources"), p.add_argument_group("storage/tracking")
+    cluster = p.add_argument_group("cluster")
+    base = ablation.add_mutually_exclusive_group(required=True)
     base.add_argument("--base", type=Path, help="YAML file of the base config (flat keys, as a trial's config)")
     base.add_argument("--from-search", metavar="NAME", help="the config of search NAME in --storage: its champion "
                       "over seeds (search/run.py's confirmation stage), else its best finished trial")
     base.add_argument("--preset", metavar="NAME", help="a release preset (trainables/presets.py) as the base config")
-    p.add_argument("--components", nargs="+", required=True, metavar="C",
+    ablation.add_argument("--components", nargs="+", required=True, metavar="C",
                    help="plugin or boolean setting (ral, ral.csa) or key=off,on (ral.k=1,6)")
-    p.add_argument("--design", default="one-at-a-time", choices=DESIGNS)
-    p.add_argument("--backbones", nargs="+", default=None, help="default: the base config's backbone")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every cell")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base values")
-    p.add_argument("--data", default="small", help="synthetic preset, dataset folder or s3:// manifest URI")
-    p.add_argument("--name", default=None, help="ablation name (default: ablation-<date>-<time>)")
-    p.add_argument("--storage", default="prvr-results", help="a local folder or s3://bucket/prefix")
-    p.add_argument("--s3-endpoint", default=None)
-    p.add_argument("--out", type=Path, default=None, help="folder of the tables and chart (default: ./<name>)")
-    p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
-    p.add_argument("--max-failures", type=int, default=2)
-    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: RAY_ADDRESS's, else the "
-                   "cluster running on this node, else a private local Ray)")
-    add_local_option(p)
-    p.add_argument("--tracking-uri", default=None)
-    p.add_argument("--experiment", default="prvr")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test queries")
-    p.add_argument(ALLOW_FLAG, action="store_true",
+    ablation.add_argument("--design", default="one-at-a-time", choices=DESIGNS,
+                          help="the cells: one-at-a-time is the base, each component on alone, all on, and all but "
+                          "each one; factorial is every combination")
+    ablation.add_argument("--backbones", nargs="+", default=None,
+                          help="backbones to ablate on (default: the base config's backbone)")
+    ablation.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every cell")
+    ablation.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base values")
+    data.add_argument("--data", default="small", help="synthetic preset, dataset folder or s3:// manifest URI")
+    ablation.add_argument("--name", default=None, help="ablation name (default: ablation-<date>-<time>)")
+    storage.add_argument("--storage", default="prvr-results",
+                         help="where results and checkpoints go: a local folder or s3://bucket/prefix")
+    storage.add_argument("--s3-endpoint", default=None,
+                         help="an S3-compatible endpoint (http://host:port) instead of AWS, for s3:// storage and data")
+    ablation.add_argument("--out", type=Path, default=None, help="folder of the tables and chart (default: ./<name>)")
+    resource_options(resources)  # --concurrency, --cpus-per-trial, --gpus-per-trial, --max-failures
+    cluster_options(cluster)  # --ray-address
+    storage.add_argument("--tracking-uri", default=None,
+                         help="MLflow tracking URI (default: sqlite:///<working folder>/mlflow.db); http://host:port "
+                         "for a server")
+    storage.add_argument("--experiment", default="prvr", help="MLflow experiment of the ablation's runs")
+    ablation.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test queries")
+    data.add_argument(ALLOW_FLAG, action="store_true",
                    help="accept a val split that shares queries or videos with test (a paper's protocol; the MLflow "
                    "parent run is tagged prvr.val_test_overlap)")
     return p
@@ -145,13 +149,15 @@ def plan(base: dict[str, Any], cells: list[Cell], backbones: list[str], seeds: i
 
 
 def _fmt(value: float, digits: int = 1) -> str:
-    return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def tables(runs: list[dict[str, Any]], cells: list[Cell], backbones: list[str], resamples: int
            ) -> tuple[str, list[dict[str, Any]]]:
     """The Markdown tables (one per backbone) and the CSV rows of an ablation's finished runs; each run:
     backbone, cell, seed, test metrics (``R@1``..``SumR``) and per-query ``ranks``."""
+    import numpy as np  # numpy, torch, Ray and MLflow inside the functions: --help imports none of them
+
     from search.ablation_stats import bootstrap_difference, per_query_metric, seed_difference, summarize
 
     lines, rows = [], []
@@ -235,6 +241,8 @@ def _collect(results: Any, tracking: Any) -> list[dict[str, Any]]:
     """Each finished trial's backbone, cell, seed, test metrics and per-query ranks (from its child run)."""
     import json
     import tempfile
+
+    import numpy as np
 
     from tracking.mlflow_runs import children
     from trainables.trial_report import TEST_RANKS, is_finished, metric_key
@@ -335,6 +343,11 @@ def ablate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return ablate(_parser().parse_args(argv))
+
+
+def entry() -> int:
+    """The console script ``prvr-ablate``: ``main`` as ``python search/ablate.py`` runs it (one-line errors)."""
+    return run_main(main)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from search.cli import run_main
+from search.cli import HelpFormatter, program, run_main
+from search.cli import parser as cli_parser
 from trainables.data.importers import LAYOUTS, export_msrl
 from trainables.data.manifest import Manifest, read_manifest
 from trainables.data.s3 import StorageSettings, is_s3
@@ -29,51 +30,52 @@ from trainables.errors import InputError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="search/dataset.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_parser(program("search/dataset.py"), __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    synth = sub.add_parser("synth", help="generate a synthetic PRVR benchmark",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    synth.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+    synth = command("synth", "generate a synthetic PRVR benchmark")
+    synth.add_argument("--preset", choices=sorted(PRESETS), default="small", help="the benchmark's size and seed")
     synth.add_argument("--out", type=Path, help="output folder (default: the preset's cache folder)")
     synth.add_argument("--seed", type=int, help="override the preset's seed")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
 
-    convert = sub.add_parser("convert", help="convert a release layout into shards",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    convert.add_argument("--layout", choices=sorted(LAYOUTS), required=True,
+    convert = command("convert", "convert a release layout into shards")
+    release, out = convert.add_argument_group("release (input)"), convert.add_argument_group("dataset (output)")
+    release.add_argument("--layout", choices=sorted(LAYOUTS), required=True,
                          help="msrl: MS-SL/GMMFormer release (RoBERTa HDF5 + BigFile); amdnet: AMDNet CLIP HDF5")
-    convert.add_argument("--root", type=Path, required=True, help="folder that holds <collection>/")
-    convert.add_argument("--collection", required=True, help="e.g. tvr, activitynet, charades")
-    convert.add_argument("--visual-feature", help="msrl only: FeatureData/<name>, e.g. i3d_resnet")
-    convert.add_argument("--out", type=Path, required=True)
-    convert.add_argument("--splits", nargs="+", default=["train", "val", "test"])
-    convert.add_argument("--dtype", choices=["float16", "float32"], default="float32")
-    convert.add_argument("--videos-per-shard", type=int, default=1000)
-    convert.add_argument("--queries-per-shard", type=int, default=5000)
-    convert.add_argument("--overwrite", action="store_true")
-    convert.add_argument("--val-from-train", type=float, default=None, metavar="FRACTION",
-                         help="carve a video-disjoint val split from this fraction of train's videos (each with "
-                         "all its queries) instead of reading the release's val file, which is often the test set")
-    convert.add_argument("--val-seed", type=int, default=0, help="seed of the videos --val-from-train picks")
+    release.add_argument("--root", type=Path, required=True, help="folder that holds <collection>/")
+    release.add_argument("--collection", required=True, help="e.g. tvr, activitynet, charades")
+    release.add_argument("--visual-feature", help="msrl only: FeatureData/<name>, e.g. i3d_resnet")
+    out.add_argument("--out", type=Path, required=True, help="the dataset folder to write")
+    release.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="the splits to convert")
+    out.add_argument("--dtype", choices=["float16", "float32"], default="float32", help="the features' dtype")
+    out.add_argument("--videos-per-shard", type=int, default=1000, help="videos in each HDF5 file")
+    out.add_argument("--queries-per-shard", type=int, default=5000, help="queries in each HDF5 file")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    out.add_argument("--val-from-train", type=float, default=None, metavar="FRACTION",
+                     help="carve a video-disjoint val split from this fraction of train's videos (each with "
+                     "all its queries) instead of reading the release's val file, which is often the test set")
+    out.add_argument("--val-seed", type=int, default=0, help="seed of the videos --val-from-train picks")
 
-    export = sub.add_parser("export-msrl", help="write a dataset in the MS-SL release layout (parity runs)")
-    export.add_argument("--dataset", type=Path, required=True)
-    export.add_argument("--root", type=Path, required=True)
-    export.add_argument("--collection", required=True)
-    export.add_argument("--visual-feature", default="synthetic")
+    export = command("export-msrl", "write a dataset in the MS-SL release layout (parity runs)")
+    export.add_argument("--dataset", type=Path, required=True, help="the dataset folder to export")
+    export.add_argument("--root", type=Path, required=True, help="folder to write <collection>/ into")
+    export.add_argument("--collection", required=True, help="the release's collection name")
+    export.add_argument("--visual-feature", default="synthetic", help="its FeatureData/<name>")
 
-    verify = sub.add_parser("verify", help="check every shard's size and sha256 against the manifest "
-                            "(an s3:// dataset is fetched into this node's cache, which checks every file)")
+    verify = command("verify", "check every shard's size and sha256 against the manifest "
+                     "(an s3:// dataset is fetched into this node's cache, which checks every file)")
     verify.add_argument("dataset", help="a dataset folder or s3://bucket/prefix")
     _s3_options(verify)
 
-    info = sub.add_parser("info", help="print a dataset's manifest summary")
+    info = command("info", "print a dataset's manifest summary")
     info.add_argument("dataset", help="a dataset folder or s3://bucket/prefix")
     _s3_options(info)
 
-    upload = sub.add_parser("upload", help="upload a dataset to s3://bucket/prefix (shards first, manifest last)")
+    upload = command("upload", "upload a dataset to s3://bucket/prefix (shards first, manifest last)")
     upload.add_argument("dataset", type=Path, help="the local dataset folder")
     upload.add_argument("uri", help="s3://bucket/prefix")
     _s3_options(upload)
@@ -81,11 +83,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _s3_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--s3-endpoint", default=None, metavar="URL",
-                        help="an S3-compatible endpoint (http://host:port) "
-                        "instead of AWS (default: $AWS_ENDPOINT_URL_S3 or AWS)")
-    parser.add_argument("--region", default=None, metavar="R",
-                        help="S3 region (default: $AWS_REGION or the AWS default)")
+    storage = parser.add_argument_group("storage")
+    storage.add_argument("--s3-endpoint", default=None, metavar="URL",
+                         help="an S3-compatible endpoint (http://host:port) "
+                         "instead of AWS (default: $AWS_ENDPOINT_URL_S3 or AWS)")
+    storage.add_argument("--region", default=None, metavar="R",
+                         help="S3 region (default: $AWS_REGION or the AWS default)")
 
 
 def _settings(args: argparse.Namespace) -> StorageSettings:
@@ -174,6 +177,11 @@ def _upload(args: argparse.Namespace) -> None:
     print(f"uploaded {manifest.name} ({len(manifest.shards)} files, {size / 1e6:.1f} MB) to {settings.describe()}\n"
           f"manifest: {uri}\n"
           f"use it:   python search/run.py --data {uri}{endpoint} ...")
+
+
+def entry() -> int:
+    """The console script ``prvr-dataset``: ``main`` as ``python search/dataset.py`` runs it (one-line errors)."""
+    return run_main(main)
 
 
 if __name__ == "__main__":

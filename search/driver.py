@@ -126,15 +126,18 @@ class DriverSession:
         """Run (or restore and continue) the session's Tuner over ``tune_config``; returns its ResultGrid.
         ``stage``: a further Tune run of the session after the search's (the confirmation stage), named by
         its folder in the search's folder; its trials have the same trainable, resources and retries. A Ctrl-C
-        stops the Tune run gracefully (its state saved for ``--resume``) and sets ``interrupted``."""
+        stops the Tune run gracefully (its state saved for ``--resume``) and sets ``interrupted``. Each epoch a
+        trial reports is a progress line (``search/progress.py``), besides ``callbacks``."""
         from search import tuning
+        from search.progress import SearchProgress
 
         trainable = tuning.trainable(self.data, self.cpus_per_trial, self.gpus_per_trial,
                                      self.inputs.allow_val_test_overlap)
         with tuning.watching_interrupts():
             try:
                 return tuning.fit(trainable, tune_config, stage or self.inputs.name, self.storage(stage),
-                                  self.tracking, self.max_failures, resume=resume, callbacks=callbacks, stage=stage,
+                                  self.tracking, self.max_failures, resume=resume, stage=stage,
+                                  callbacks=[*SearchProgress.for_config(tune_config), *(callbacks or [])],
                                   trust_storage=self.trust_storage)
             finally:
                 self.interrupted = self.interrupted or tuning.interrupt_received()

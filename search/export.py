@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from search.cli import run_main
+from search.cli import parser, program, run_main
 from tracking.storage import check_name
 from trainables.data.s3 import StorageSettings, is_s3
 from trainables.errors import InputError
@@ -57,23 +57,25 @@ BEST_VAL_SUMR, TEST_SUMR = metric_key(BEST_VAL, "SumR"), metric_key(TEST, "SumR"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="search/export.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True, help="the search's name")
-    p.add_argument("--trial", default=None, help="the trial id to export, of the search or its confirmation stage "
-                   "(default: the champion's best run; without a confirmation stage, the best trial)")
-    p.add_argument("--storage", default="prvr-results",
-                   help="where the search's results are: a local folder or s3://bucket/prefix (default: %(default)s)")
-    p.add_argument("--s3-endpoint", default=None, help="an S3-compatible endpoint (http://host:port) instead of AWS")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI of the search (default: sqlite:///<working folder>/mlflow.db)")
-    p.add_argument("--experiment", default="prvr", help="MLflow experiment of the search (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=None, help="the export folder, must not exist "
-                   "(default: exports/<name>-<trial>)")
-    p.add_argument("--registered-name", default=None, help="registered model name (default: prvr-<name>)")
-    p.add_argument("--no-register", action="store_true", help="write the folder only, register nothing")
-    p.add_argument("--data", default=None, help="the trial's dataset (folder, synthetic preset or s3:// URI) "
-                   "when the search's MLflow parent run is not there to name it")
+    p = parser(program("search/export.py"), __doc__)
+    what, data = p.add_argument_group("export"), p.add_argument_group("data")
+    storage = p.add_argument_group("storage/tracking")
+    what.add_argument("--name", required=True, help="the search's name")
+    what.add_argument("--trial", default=None, help="the trial id to export, of the search or its confirmation "
+                      "stage (default: the champion's best run; without a confirmation stage, the best trial)")
+    storage.add_argument("--storage", default="prvr-results",
+                         help="where the search's results are: a local folder or s3://bucket/prefix")
+    storage.add_argument("--s3-endpoint", default=None,
+                         help="an S3-compatible endpoint (http://host:port) instead of AWS")
+    storage.add_argument("--tracking-uri", default=None,
+                         help="MLflow tracking URI of the search (default: sqlite:///<working folder>/mlflow.db)")
+    storage.add_argument("--experiment", default="prvr", help="MLflow experiment of the search")
+    what.add_argument("--out", type=Path, default=None,
+                      help="the export folder, must not exist (default: exports/<name>-<trial>)")
+    what.add_argument("--registered-name", default=None, help="registered model name (default: prvr-<name>)")
+    what.add_argument("--no-register", action="store_true", help="write the folder only, register nothing")
+    data.add_argument("--data", default=None, help="the trial's dataset (folder, synthetic preset or s3:// URI) "
+                      "when the search's MLflow parent run is not there to name it")
     return p
 
 
@@ -333,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     return export(_parser().parse_args(argv))
 
 
-if __name__ == "__main__":
+def entry() -> int:
+    """The console script ``prvr-export``: ``main`` as ``python search/export.py`` runs it (one-line errors)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the output
-    sys.exit(run_main(main))
+    return run_main(main)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

@@ -114,8 +114,8 @@ def ray_target(args: argparse.Namespace) -> RayTarget:
     return target
 
 
-def add_local_option(parser: argparse.ArgumentParser) -> None:
-    """An entry point's ``--local`` (next to its ``--ray-address``)."""
+def add_local_option(parser: argparse._ActionsContainer) -> None:
+    """An entry point's ``--local`` (next to its ``--ray-address``, in a parser or an option group)."""
     parser.add_argument("--local", action="store_true",
                         help="a private local Ray on 127.0.0.1 even when a Ray cluster runs on this node or "
                              f"{ADDRESS_ENV_VAR} is set (also {LOCAL_ENV_VAR}=1)")

@@ -16,25 +16,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from search.cli import run_main
+from search.cli import parser, program, run_main
 from tracking.storage import check_name
 from trainables.data.s3 import StorageSettings, is_s3
 from trainables.errors import InputError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="search/report.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True, help="the search's name")
-    p.add_argument("--storage", default="prvr-results",
-                   help="where the search's results are: a local folder or s3://bucket/prefix (default: %(default)s)")
-    p.add_argument("--s3-endpoint", default=None, help="an S3-compatible endpoint (http://host:port) instead of AWS")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI of the search (default: sqlite:///<working folder>/mlflow.db)")
-    p.add_argument("--experiment", default="prvr", help="MLflow experiment of the search (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=None, help="folder of the report (default: ./report-<name>)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out folder that is not empty (the files of an earlier report are replaced)")
+    p = parser(program("search/report.py"), __doc__)
+    what, storage = p.add_argument_group("report"), p.add_argument_group("storage/tracking")
+    what.add_argument("--name", required=True, help="the search's name")
+    storage.add_argument("--storage", default="prvr-results",
+                         help="where the search's results are: a local folder or s3://bucket/prefix")
+    storage.add_argument("--s3-endpoint", default=None,
+                         help="an S3-compatible endpoint (http://host:port) instead of AWS")
+    storage.add_argument("--tracking-uri", default=None,
+                         help="MLflow tracking URI of the search (default: sqlite:///<working folder>/mlflow.db)")
+    storage.add_argument("--experiment", default="prvr", help="MLflow experiment of the search")
+    what.add_argument("--out", type=Path, default=None, help="folder of the report (default: ./report-<name>)")
+    what.add_argument("--overwrite", action="store_true",
+                      help="write into an --out folder that is not empty (the files of an earlier report are replaced)")
     return p
 
 
@@ -91,6 +92,11 @@ def report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return report(_parser().parse_args(argv))
+
+
+def entry() -> int:
+    """The console script ``prvr-report``: ``main`` as ``python search/report.py`` runs it (one-line errors)."""
+    return run_main(main)
 
 
 if __name__ == "__main__":

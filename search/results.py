@@ -60,7 +60,8 @@ def last_failure(trial: Trial) -> str:
 
 
 class TrialStatus(Callback):
-    """Prints :func:`status_line` when a trial completes or errors (on top of Ray's own progress) and
+    """Prints :func:`status_line` when a trial completes or errors (after its epochs' progress lines,
+    ``search/progress.py``; Ray's own output is off, ``search/tuning.py``) and
     ends its MLflow child run (a trial the scheduler stopped cannot end its own)."""
 
     def __init__(self, tracking: Tracking | None = None) -> None:

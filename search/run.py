@@ -29,18 +29,16 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from search import ray_version
-from search.cli import EXIT_INTERRUPTED, run_main
+from search.cli import EXIT_INTERRUPTED, cluster_options, parser, program, resource_options, run_main
 from search.ray_session import LOCAL_RAY_ENV
-from search.ray_target import add_local_option, ray_target
+from search.ray_target import ray_target
 from search.trusted_state import TRUST_FLAG
-from spaces import build_space, space_names
 from tracking.storage import check_name
 from trainables.data.split_overlap import ALLOW_FLAG
 from trainables.errors import InputError
-from trainables.models.base import Dims
-from trainables.training.config import parse_assignments
 
-# Ray is imported inside ``search`` only: a local Ray reads its loopback setting when ray is imported
+# Ray is imported inside ``search`` only: a local Ray reads its loopback setting when ray is imported; torch
+# (spaces/, trainables.models, trainables.training) inside the functions that need it, so --help is fast
 
 SCHEDULERS = ("asha", "hyperband", "none")  # search/schedulers.py
 SAMPLERS = ("random", "tpe", "cmaes")  # search/searcher.py (which imports Ray: not imported before the checks)
@@ -51,61 +49,60 @@ CONFIRM_TOP, CONFIRM_SEEDS = 2, 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="search/run.py", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--space", default="base", help=f"search space: {', '.join(space_names())} (base, one per plugin "
-                   "with ranges, full)")
-    p.add_argument("--backbones", nargs="+", default=None,
+    p = parser(program("search/run.py"), __doc__)
+    data, space, search = p.add_argument_group("data"), p.add_argument_group("space"), p.add_argument_group("search")
+    resources, storage = p.add_argument_group("resources"), p.add_argument_group("storage/tracking")
+    cluster = p.add_argument_group("cluster")
+    space.add_argument("--space", default="base", help="search space: base (no plugin), a plugin with ranges in "
+                       "spaces/ranges.yaml (ral, msc, moment, ...: its settings searched), or full (every plugin "
+                       "searched, on and off); an unknown name lists them")
+    space.add_argument("--backbones", nargs="+", default=None,
                    help="backbones to search over (default: the ranges' choices that can run the space's plugin)")
-    p.add_argument("--overrides", default=None, help="YAML file of range overrides (layout of spaces/ranges.yaml)")
-    p.add_argument("--preset", default=None, metavar="NAME",
+    space.add_argument("--overrides", default=None, help="YAML file of range overrides (layout of spaces/ranges.yaml)")
+    space.add_argument("--preset", default=None, metavar="NAME",
                    help="a release preset (trainables/presets.py) as the fixed base of every trial: the space's "
                         "sampled settings, --max-epochs/--patience/--seed and --set override it; its backbone is "
                         "the default of --backbones")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    space.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config values held fixed in every trial, e.g. hidden_size=128 ral.k=6")
-    p.add_argument("--data", default="small", help="synthetic preset (tiny, small, ci, ...), a dataset folder, "
+    data.add_argument("--data", default="small", help="synthetic preset (tiny, small, ci, ...), a dataset folder, "
                    "or the s3:// URI of an uploaded dataset (search/dataset.py upload)")
-    p.add_argument("--trials", type=int, default=6, help="number of trials")
-    p.add_argument("--max-epochs", type=int, default=2, help="epochs of a trial that is never stopped early")
-    p.add_argument("--patience", type=int, default=10, help="early stopping on val SumR within a trial")
-    p.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many seconds")
-    p.add_argument("--scheduler", default="asha", choices=SCHEDULERS)
-    p.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
-    p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/this of the trials per rung")
-    p.add_argument("--sampler", default="random",
+    search.add_argument("--trials", type=int, default=6, help="number of trials")
+    search.add_argument("--max-epochs", type=int, default=2, help="epochs of a trial that is never stopped early")
+    search.add_argument("--patience", type=int, default=10, help="early stopping on val SumR within a trial")
+    search.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many seconds")
+    search.add_argument("--scheduler", default="asha", choices=SCHEDULERS,
+                        help="stops unpromising trials early (search/schedulers.py); none runs every trial to the end")
+    search.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+    search.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/this of the trials per rung")
+    search.add_argument("--sampler", default="random",
                    help="random (default: the best measured with ASHA, docs/benchmarks.md), tpe, "
                         "or cmaes (CMA-ES on the continuous settings)")
-    p.add_argument("--concurrency", type=int, default=2, help="trials running at once")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="e.g. 0.25 packs four trials on a GPU")
-    p.add_argument("--storage", default="prvr-results",
+    resource_options(resources)  # --concurrency, --cpus-per-trial, --gpus-per-trial, --max-failures
+    storage.add_argument("--storage", default="prvr-results",
                    help="where results and checkpoints go: a local folder or s3://bucket/prefix")
-    p.add_argument("--s3-endpoint", default=None,
+    storage.add_argument("--s3-endpoint", default=None,
                    help="an S3-compatible endpoint (http://host:port) instead of AWS, for s3:// storage and data")
-    p.add_argument("--name", default=None, help="search name (default: <space>-<date>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted search --name in --storage")
-    p.add_argument(TRUST_FLAG, action="store_true",
+    search.add_argument("--name", default=None, help="search name (default: <space>-<date>-<time>)")
+    search.add_argument("--resume", action="store_true", help="continue the interrupted search --name in --storage")
+    storage.add_argument(TRUST_FLAG, action="store_true",
                    help="with --resume: load a Tune state that the search's MLflow parent run does not record "
                         "(unpickling it runs any code planted in it); only for a storage only trusted people write")
-    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: RAY_ADDRESS's, else the "
-                   "cluster running on this node, else a private local Ray)")
-    add_local_option(p)
-    p.add_argument("--tracking-uri", default=None,
+    cluster_options(cluster)  # --ray-address
+    storage.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: sqlite:///<working folder>/mlflow.db); http://host:port for a "
                         "server")
-    p.add_argument("--experiment", default="prvr", help="MLflow experiment of the search's runs")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
-    p.add_argument("--confirm-top", type=int, default=CONFIRM_TOP,
+    storage.add_argument("--experiment", default="prvr", help="MLflow experiment of the search's runs")
+    search.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
+    search.add_argument("--confirm-top", type=int, default=CONFIRM_TOP,
                    help="configs the confirmation stage retrains with more seeds (0: no confirmation stage; the "
                    "best single run is then the search's pick)")
-    p.add_argument("--confirm-seeds", type=int, default=CONFIRM_SEEDS,
+    search.add_argument("--confirm-seeds", type=int, default=CONFIRM_SEEDS,
                    help="training seeds each confirmed config runs with besides the search's (--seed + 1, ...)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose node or worker was lost")
-    p.add_argument(ALLOW_FLAG, action="store_true",
+    data.add_argument(ALLOW_FLAG, action="store_true",
                    help="accept a val split that shares queries or videos with test (a paper's protocol; the MLflow "
                    "parent run is tagged prvr.val_test_overlap)")
-    p.add_argument("--validate-samples", type=int, default=200, help="configs sampled to validate the space")
+    space.add_argument("--validate-samples", type=int, default=200, help="configs sampled to validate the space")
     return p
 
 
@@ -202,6 +199,8 @@ OWNED_BY_OPTIONS = {"epochs": "--max-epochs", "patience": "--patience", "seed": 
 def held_fixed(args: argparse.Namespace) -> dict[str, Any]:
     """The ``--set`` values, each checked to take effect: a key an option owns is refused, and
     ``backbone=B`` is ``--backbones B`` (refused beside a different ``--backbones``)."""
+    from trainables.training.config import parse_assignments
+
     values = parse_assignments(args.set)
     for key, flag in OWNED_BY_OPTIONS.items():
         if key in values:
@@ -237,6 +236,8 @@ def build_preset_space(args: argparse.Namespace, fixed: dict[str, Any]) -> Any:
     """The space of ``--space``; with ``--preset`` its fixed values are the preset's values that the space
     does not sample, under ``fixed`` (the budget flags and ``--set``, which win). Precedence, lowest first:
     preset < sampled settings < --max-epochs/--patience/--seed < --set."""
+    from spaces import build_space
+
     backbones = args.backbones
     values: dict[str, Any] = {}
     if args.preset is not None:
@@ -273,6 +274,7 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
         ui_command,
     )
     from tracking.search_results import CONFIRMATION, load_search
+    from trainables.models.base import Dims
     from trainables.trial_report import METRIC, MODE, TIME_ATTR
 
     _check_args(args)
@@ -383,6 +385,11 @@ def _interrupted(results: Any) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     return search(_parser().parse_args(argv), given_options(_parser(), argv))
+
+
+def entry() -> int:
+    """The console script ``prvr-search``: ``main`` as ``python search/run.py`` runs it (one-line errors)."""
+    return run_main(main)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """What every Ray Tune run of the project shares (a search, an ablation): the trainable with its data,
 tracking, resources and checkpoint fallback, the run config (storage, retries, one kept checkpoint,
-status lines), the local Ray's size, and fitting or restoring the Tuner."""
+status lines, Ray's own output off), the local Ray's size, and fitting or restoring the Tuner."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,12 @@ from trainables.errors import InputError
 #: importing torch and the trainable (a trial after the first on a node starts its first epoch in about
 #: 1 s instead of 3-4 s; benchmarks/overhead.py)
 REUSE_ACTORS = True
+
+#: Ray Tune's output engine: "0" is the one whose ``verbose=0`` prints nothing. Ray's default engine prints,
+#: even silent, a TensorBoard hint at a driver staging folder that is deleted when the run ends; the
+#: search's own lines (search/progress.py, search/results.py) say what a person needs. Set it to 1 to
+#: get Ray's engine back (``fit`` only sets it when it is unset).
+RAY_OUTPUT_ENV, RAY_QUIET_OUTPUT = "RAY_AIR_NEW_OUTPUT", "0"
 
 
 def _second_interrupt(signum: int, frame: Any) -> None:
@@ -126,11 +133,12 @@ def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tra
     else:
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=tune.RunConfig(
             name=name, storage_path=storage.storage_path, storage_filesystem=storage.filesystem,
-            callbacks=[*trial_callbacks(tracking, storage), *(callbacks or [])], verbose=1,
+            callbacks=[*trial_callbacks(tracking, storage), *(callbacks or [])], verbose=0,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         recorder.record(trusted_state.stored_digests(storage))  # tuner.pkl, written by the Tuner to the storage
     trusted_state.current = recorder.record
+    os.environ.setdefault(RAY_OUTPUT_ENV, RAY_QUIET_OUTPUT)  # read by Tuner.fit, on this driver
     try:
         return tuner.fit()
     finally:

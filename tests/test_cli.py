@@ -102,3 +102,121 @@ def test_only_an_input_error_is_one_line_and_a_bug_shows_its_traceback(capsys):
         assert capsys.readouterr().err == f"error: {error}\n"
     with pytest.raises(ValueError, match="could not be broadcast"):
         run_main(failing(ValueError("operands could not be broadcast together")), [])
+
+
+# ------------------------------------------------------------------------------ --help and console scripts
+
+#: each console script (pyproject.toml [project.scripts]) and the file it runs as ``python search/<x>.py``
+SCRIPTS = {"prvr-search": "run", "prvr-ablate": "ablate", "prvr-export": "export", "prvr-report": "report",
+           "prvr-dataset": "dataset"}
+HEAVY = ("torch", "ray", "mlflow")
+
+
+def _help(*command: str) -> str:
+    """The ``--help`` of an entry point, wide enough that no option's text is wrapped into another's."""
+    result = subprocess.run([*command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _option_blocks(text: str) -> dict[str, str]:
+    """{an option's first flag: its help text} of a ``--help`` output."""
+    import re
+
+    blocks: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        match = re.match(r"^  (-[-\w]+|[a-z][-\w]*)\b", line)
+        if match:
+            current = match.group(1)
+            blocks[current] = line
+        elif current is not None and line.startswith("    "):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    return blocks
+
+
+def test_every_console_script_is_installed_and_runs_its_entry_point():
+    from importlib.metadata import entry_points
+
+    installed = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("prvr-")}
+    assert installed == {name: f"search.{module}:entry" for name, module in SCRIPTS.items()}
+    for name in SCRIPTS:
+        assert (Path(sys.executable).parent / name).is_file(), name
+    out = _help(str(Path(sys.executable).parent / "prvr-search"))
+    assert out.startswith("usage: prvr-search ")
+    for group in ("data", "space", "search", "resources", "storage/tracking", "cluster"):
+        assert f"\n{group}:\n" in out, group
+    # an error from the console script is the same one line and exit code as from python search/run.py
+    bad = subprocess.run([str(Path(sys.executable).parent / "prvr-search"), "--trials", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert_one_line_error(bad, "--trials is out of range: 0")
+
+
+def test_help_imports_neither_torch_nor_ray_nor_mlflow():
+    """``--help`` of each entry point, as a file (``python search/x.py``) and as the console script's module,
+    in a fresh interpreter: which heavy packages it imported."""
+    probe = ("import runpy, sys\n"
+             "how, target, *args = sys.argv[1:]\n"
+             "sys.argv = [target, *args, '--help']\n"
+             "try:\n"
+             "    if how == 'file':\n"
+             "        runpy.run_path(target, run_name='__main__')\n"
+             "    else:\n"
+             "        import importlib; importlib.import_module(target).entry()\n"
+             "except SystemExit as exc:\n"
+             "    assert exc.code == 0, exc.code\n"
+             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    cases = [("file", f"search/{m}.py") for m in SCRIPTS.values()]
+    cases += [("module", f"search.{m}") for m in SCRIPTS.values()]
+    cases += [("file", "search/dataset.py", command) for command in ("synth", "convert", "info")]
+    for how, target, *args in cases:
+        result = subprocess.run([sys.executable, "-c", probe, how, target, *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "usage:" in result.stdout, result.stdout
+        assert result.stdout.splitlines()[-1] == "[]", (target, args, result.stdout.splitlines()[-1])
+
+
+def test_help_shows_each_default_once_and_keeps_the_examples_on_their_own_lines():
+    import importlib
+
+    commands = [[f"search/{m}.py"] for m in SCRIPTS.values()]
+    commands += [["search/dataset.py", c] for c in ("synth", "convert", "export-msrl", "verify", "info", "upload")]
+    for command in commands:
+        out = _help(sys.executable, *command)
+        blocks = _option_blocks(out)
+        assert blocks, out
+        for option, text in blocks.items():
+            assert text.count("default:") <= 1, (command, option, text)
+        if len(command) == 1:  # the examples of the module's docstring, one a line as written
+            doc = importlib.import_module(f"search.{Path(command[0]).stem}").__doc__
+            examples = [line.strip() for line in doc.splitlines() if line.strip().startswith("python search/")]
+            assert examples and all(f"\n    {e}\n" in out or f"\n    {e} " in out for e in examples), command
+    run = _option_blocks(_help(sys.executable, "search/run.py"))
+    assert run["--trials"].endswith("number of trials (default: 6)")  # a default the text does not say is added
+    assert run["--sampler"].count("(default: the best measured") == 1  # one the text says is not repeated
+
+
+def test_every_option_has_help():
+    import argparse
+    import importlib
+
+    def parsers(parser: argparse.ArgumentParser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {a.dest for a in action._choices_actions if a.help}
+                assert helped == set(action.choices), (parser.prog, set(action.choices) - helped)
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    for module in SCRIPTS.values():
+        for parser in parsers(importlib.import_module(f"search.{module}")._parser()):
+            for action in parser._actions:
+                if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                    continue
+                assert action.help and action.help != argparse.SUPPRESS, (parser.prog, action.option_strings
+                                                                         or action.dest)

@@ -78,6 +78,38 @@ def searcher_state(experiment: Path) -> dict:
     return pickle.loads(path.read_bytes())
 
 
+PROGRESS = re.compile(r"^\[(?P<done>\d+)/(?P<total>\d+) done, (?P<running>\d+) running, ETA (?P<eta>\S+)\] "
+                      r"trial (?P<label>\S+)-(?P<trial>\w+): epoch (?P<epoch>\d+)/(?P<n>\d+), "
+                      r"val SumR (?P<val>[\d.]+), best (?P<best>[\d.]+) \(search best (?P<search_best>[\d.]+)\)$", re.M)
+
+
+def check_progress_lines(out: str, err: str, trials: list[Path], concurrency: int) -> None:
+    """search/progress.py's lines: one per epoch report of each trial (its result.json), with the epoch of N
+    (its config's epochs), that epoch's val SumR and the trial's best; the search best, the running max of
+    the bests printed so far; and no TensorBoard hint of Ray's (at a temp folder deleted at exit)."""
+    lines = [m.groupdict() for m in PROGRESS.finditer(out)]
+    assert lines, out[-3000:]
+    search_best = float("-inf")
+    for line in lines:
+        assert int(line["total"]) == len(trials) and int(line["done"]) < len(trials), line
+        assert 1 <= int(line["running"]) <= concurrency, line
+        search_best = max(search_best, float(line["best"]))
+        assert line["search_best"] == f"{search_best:.1f}", line
+    for trial in trials:
+        config = json.loads((trial / "params.json").read_text())
+        reports = [json.loads(text) for text in (trial / "result.json").read_text().splitlines()]
+        epochs = [r for r in reports if not r.get("finished")]  # the final report is the status line's
+        mine = [line for line in lines if line["trial"] == trial.name[len("trial_"):]]
+        assert [(line["epoch"], line["n"], line["val"], line["best"]) for line in mine] == \
+            [(str(r["epoch"]), str(config["epochs"]), f"{r['val_sumr']:.1f}", f"{r['best_val_sumr']:.1f}")
+             for r in epochs], trial.name
+        plugins = sorted(p for p in ("ral", "msc", "moment") if config.get(p) is True)
+        for line in mine:  # backbone+plugins on
+            backbone, *shown = line["label"].split("+")
+            assert (backbone, sorted(shown)) == (config["backbone"], plugins), (trial.name, line["label"])
+    assert "tensorboard --logdir" not in out + err and "To visualize your results with TensorBoard" not in out + err
+
+
 def test_search_runs_trials_prunes_and_checkpoints(tmp_path):
     result = run_search(tmp_path, "--space", "full", "--backbones", "mssl", "gmmformer", "--trials", "8",
                         "--max-epochs", "3", "--name", "s", *TINY_MODEL)
@@ -108,6 +140,7 @@ def test_search_runs_trials_prunes_and_checkpoints(tmp_path):
     assert stopped, "ASHA stopped no trial"
     assert finished, "no trial ran to the end"
     assert "stopped early by the scheduler" in out
+    check_progress_lines(out, result.stderr, trials, concurrency=2)
 
     parent, children = mlflow_runs(tmp_path, "s")
     assert parent.info.status == "FINISHED" and parent.data.tags["best_trial_id"] in finished

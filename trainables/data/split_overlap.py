@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from trainables.data.errors import DatasetError
 from trainables.errors import InputError
 
@@ -127,6 +125,8 @@ def carve_val(
     if len(videos) < 2:
         raise DatasetError(f"--val-from-train needs at least 2 train videos, train has {len(videos)}")
     count = min(max(1, round(fraction * len(videos))), len(videos) - 1)
+    import numpy as np  # here only: the entry points' --help imports this module for ALLOW_FLAG
+
     picked = np.random.default_rng(seed).choice(len(videos), size=count, replace=False)
     val_videos = {videos[i] for i in picked}
     carved = {name: list(ids) for name, ids in splits.items() if name not in ("train", "val")}
