@@ -76,6 +76,12 @@ def test_only_the_trials_own_metrics_are_logged_not_tunes_fields() -> None:
 LR, MARGIN = 0.0003184392667653311, 70.89999999999999
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow keeps a SQLite store's artifacts in ./mlruns of the working folder: each test works in its own."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _tracking(tmp_path: Path, params: dict | None = None):
     from tracking.mlflow_runs import start_parent
 
