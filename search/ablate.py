@@ -272,6 +272,7 @@ def ablate(args: argparse.Namespace) -> int:
         raise InputError("--seeds and --concurrency must be >= 1 and --bootstrap >= 100")
     from search import tuning
     from search.driver import driver_session, prepare, s3_settings
+    from tracking.mlflow_runs import set_trials_view, ui_lines
 
     resources = tuning.ray_resources(args.ray_address, args.concurrency, args.cpus_per_trial, args.gpus_per_trial)
     name = check_name(f"ablation-{time.strftime('%Y%m%d-%H%M%S')}" if args.name is None else args.name)
@@ -310,6 +311,7 @@ def ablate(args: argparse.Namespace) -> int:
         tracking.client().log_dict(tracking.parent_run_id, {"base": base,
                                                             "cells": {c.name: c.as_dict() for c in cells}},
                                    "ablation.json")
+        set_trials_view(tracking, ["backbone", "seed"], tags=("cell",))
         results = session.fit(
             tune.TuneConfig(search_alg=ConcurrencyLimiter(FixedConfigs(configs), args.concurrency),
                             num_samples=len(configs), trial_dirname_creator=tuning.trial_dirname,
@@ -335,6 +337,7 @@ def ablate(args: argparse.Namespace) -> int:
     failed = len(configs) - len(runs)
     tracking.client().set_terminated(tracking.parent_run_id, "FINISHED" if not failed else "FAILED")
     print(f"\n{markdown}\n\ntables and chart: {out}\nresults and checkpoints: {storage.uri}")
+    print(ui_lines(tracking, args.experiment))
     if failed:
         print(f"error: {failed} of {len(configs)} trials did not finish", file=sys.stderr)
         return 1

@@ -143,8 +143,9 @@ class DriverSession:
                 self.interrupted = self.interrupted or tuning.interrupt_received()
 
     def end_trial_runs(self, *results: Any) -> dict[str, str]:
-        """End every trial's child run with its final status (FAILED on an error, KILLED when stopped
-        early, FINISHED) and delete children of trials Tune no longer knows; ``results``: the ResultGrid
+        """End every trial's child run with its final status (FAILED on an error, FINISHED when it ran to
+        its end or the scheduler stopped it early, KILLED when cut short otherwise) and delete children of
+        trials Tune no longer knows; ``results``: the ResultGrid
         of every Tune run of the session (the search's, its confirmation's). Returns the statuses."""
         from search.results import final_statuses
         from tracking.mlflow_runs import close_children

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from trainables.trial_report import (
     is_failed,
     is_finished,
     metric_key,
+    stop_tags,
+    stopped_by_scheduler,
     trial_status,
 )
 
@@ -62,10 +65,14 @@ def last_failure(trial: Trial) -> str:
 class TrialStatus(Callback):
     """Prints :func:`status_line` when a trial completes or errors (after its epochs' progress lines,
     ``search/progress.py``; Ray's own output is off, ``search/tuning.py``) and
-    ends its MLflow child run (a trial the scheduler stopped cannot end its own)."""
+    ends its MLflow child run (a trial the scheduler stopped cannot end its own): FAILED on an error,
+    KILLED with tag ``interrupted`` on Ctrl-C, else FINISHED (``trial_status``), a trial that ended early
+    tagged how, at which epoch and, stopped by the scheduler, at which of its rungs (``stop_tags``;
+    ``rung_at``: the scheduler's rung at an epoch, e.g. ``LastEpochASHA.rung_at``)."""
 
-    def __init__(self, tracking: Tracking | None = None) -> None:
+    def __init__(self, tracking: Tracking | None = None, rung_at: Callable[[int], int | None] | None = None) -> None:
         self.tracking = tracking
+        self.rung_at = rung_at
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         from search.tuning import interrupt_received
@@ -77,7 +84,9 @@ class TrialStatus(Callback):
             return
         print(status_line(trial.trial_id, trial.last_result), flush=True)
         if self.tracking is not None:
-            end_trial_run(self.tracking, trial.trial_id, trial_status(trial.last_result))
+            last = trial.last_result
+            rung = self.rung_at(int(last.get(TIME_ATTR, 0))) if self.rung_at and stopped_by_scheduler(last) else None
+            end_trial_run(self.tracking, trial.trial_id, trial_status(last), stop_tags(last, rung))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         error = last_failure(trial)
@@ -117,8 +126,9 @@ def rows_of(results: Any) -> list[TrialRow]:
 
 
 def final_statuses(results: Any) -> dict[str, str]:
-    """Each trial's final MLflow status in a ResultGrid (FAILED on an error, else ``trial_status``): what
-    ``close_children`` ends the child runs with at the end of a search, an ablation or a benchmark."""
+    """Each trial's final MLflow status in a ResultGrid (FAILED on an error, else ``trial_status``: a trial the
+    scheduler stopped is FINISHED, its tags set by ``TrialStatus``): what ``close_children`` ends the child runs
+    with at the end of a search, an ablation or a benchmark."""
     return {row.trial_id: "FAILED" if row.error else trial_status(row.metrics) for row in rows_of(results)}
 
 

@@ -167,10 +167,12 @@ def check_resume_options(args: argparse.Namespace, given: AbstractSet[str], pare
     (as its MLflow ``parent`` run recorded it), which Tune would silently ignore."""
     if parent is None:
         return
+    from tracking.mlflow_runs import param_value
+
     recorded = parent.data.params
     for key in RESUME_FIXED:
-        value = getattr(args, key)
-        if key in given and (None if value is None else str(value)) != recorded.get(key):
+        value = getattr(args, key)  # compared as logged (param_value), or as a run logged before that (str)
+        if key in given and recorded.get(key) not in ({None} if value is None else {param_value(value), str(value)}):
             flag = "--" + key.replace("_", "-")
             shown = " ".join(value) if isinstance(value, list) else value
             raise InputError(f"{flag} {shown} differs from search {args.name}'s {recorded.get(key, 'default')}: a "
@@ -271,7 +273,8 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
         default_tracking_uri,
         end_interrupted_children,
         finish_parent,
-        ui_command,
+        set_trials_view,
+        ui_lines,
     )
     from tracking.search_results import CONFIRMATION, load_search
     from trainables.models.base import Dims
@@ -306,6 +309,7 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
         tracking = session.tracking
         tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
                                                             space.groups.items()}, "space.json")
+        set_trials_view(tracking, sorted(sampled_keys(space)))
         searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler,
                                                                                                       args.seed))
         scheduler = make_scheduler(args.scheduler, metric=METRIC, mode=MODE, time_attr=TIME_ATTR,
@@ -344,8 +348,7 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
     print(f"\nresults and checkpoints: {storage.uri}")
     top = ranked(rows)
     best = None if not top else {"trial_id": top[0].trial_id, "config": top[0].config,
-                                 "metrics": {k: v for k, v in top[0].metrics.items()
-                                             if k.startswith(("best_val_", "test_", "val_"))}}
+                                 "metrics": top[0].metrics}  # finish_parent keeps its best_val_* and test_*
     try:  # the report (figures + HTML page) as artifacts report/ of the parent run; it never fails the search
         from tracking.report import report_to_run
 
@@ -360,7 +363,7 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
         end_interrupted_children(tracking)
         tracking.client().set_tag(tracking.parent_run_id, INTERRUPTED_TAG, "SIGINT")
     finish_parent(tracking, best, table, "KILLED" if interrupted else "FINISHED" if top else "FAILED")
-    print(f"MLflow runs (experiment {args.experiment}): {ui_command(tracking_uri)}")
+    print(ui_lines(tracking, args.experiment))
     if interrupted:
         root = storage.uri.rstrip("/").rsplit("/", 1)[0]
         print(f"interrupted: continue with  python search/run.py --storage {root} --name {name} --resume "

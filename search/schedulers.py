@@ -48,6 +48,14 @@ class LastEpochASHA(ASHAScheduler):
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 
+    def rung_at(self, epoch: int) -> int | None:
+        """The rung (0: the first, at the grace epochs) a trial stopped at ``epoch`` was judged at: the highest
+        milestone at or below ``epoch`` (a trial reports every epoch, so the lower rungs judged it before). None
+        before the first rung. The milestones are Ray's own (one bracket, the default)."""
+        milestones = sorted(milestone for milestone, _ in self._brackets[0]._rungs)
+        reached = [rung for rung, milestone in enumerate(milestones) if milestone <= epoch]
+        return reached[-1] if reached else None
+
 
 def _optuna_searcher(search_alg: Any) -> OptunaSearch | None:
     """The ``OptunaSearch`` inside Tune's search algorithm (SearchGenerator, ConcurrencyLimiter, ... wrap it)."""

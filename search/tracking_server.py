@@ -3,12 +3,14 @@
     python search/tracking_server.py                                    # SQLite + artifacts in ./mlartifacts
     python search/tracking_server.py --artifacts s3://bucket/mlflow     # artifacts in S3 (cluster head node)
     python search/tracking_server.py --artifacts s3://bucket/mlflow --s3-endpoint http://127.0.0.1:9000
+    python search/tracking_server.py --backend-store-uri sqlite:///$PWD/mlflow.db  # the UI on a search's local store
 
 The server proxies artifacts, so trials and users need no S3 access of their own; its S3 settings come
 from ``trainables.data.s3.StorageSettings`` (endpoint, region, credentials from the environment or the
 instance role). One worker and no job execution: 2 processes and about 0.5 GB instead of MLflow's
 default 15 processes and 3 GB. Binds 127.0.0.1 unless ``--host`` says otherwise; reach it from another
-machine through an SSH port forward.
+machine through an SSH port forward. A search prints this command for its local store, and links to its
+parent run and its trials table on this server (``tracking.mlflow_runs.ui_lines``).
 """
 
 from __future__ import annotations

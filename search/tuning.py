@@ -91,14 +91,16 @@ def trainable(data: Any, cpus: float, gpus: float, allow_val_test_overlap: bool 
                                {"cpu": cpus, "gpu": gpus})
 
 
-def trial_callbacks(tracking: Tracking, storage: SearchStorage) -> list[Any]:
-    """The Tune callbacks every search has: the trials' result log (Tune's JSON logger, without replayed
-    end reports), their MLflow child runs and their status lines."""
+def trial_callbacks(tracking: Tracking, storage: SearchStorage, scheduler: Any = None) -> list[Any]:
+    """The Tune callbacks every search has: the trials' result log (Tune's JSON logger, without replayed end
+    reports), their MLflow child runs and their status lines (a trial that ``scheduler`` stopped is tagged
+    with its rung when the scheduler has rungs: ``rung_at``)."""
     from search.result_log import ResultLog
     from search.results import TrialStatus
     from tracking.trial_runs import TrialRuns
 
-    return [ResultLog(), TrialRuns(tracking, storage.uri), TrialStatus(tracking)]
+    return [ResultLog(), TrialRuns(tracking, storage.uri),
+            TrialStatus(tracking, getattr(scheduler, "rung_at", None))]
 
 
 def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tracking: Tracking,
@@ -133,7 +135,7 @@ def fit(trainable: Any, tune_config: Any, name: str, storage: SearchStorage, tra
     else:
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=tune.RunConfig(
             name=name, storage_path=storage.storage_path, storage_filesystem=storage.filesystem,
-            callbacks=[*trial_callbacks(tracking, storage), *(callbacks or [])], verbose=0,
+            callbacks=[*trial_callbacks(tracking, storage, tune_config.scheduler), *(callbacks or [])], verbose=0,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         recorder.record(trusted_state.stored_digests(storage))  # tuner.pkl, written by the Tuner to the storage

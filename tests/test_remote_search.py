@@ -123,7 +123,7 @@ def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, 
         for run in children:
             trial = run.data.tags["prvr.trial_id"]
             config = json.loads(objects[f"results/r/trial_{trial}/params.json"])
-            assert run.data.params == {k: str(v) for k, v in config.items()}
+            assert run.data.params == {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in config.items()}
             assert run.data.tags["backbone"] == "mssl" and run.data.tags["space"] == "base"
             assert run.data.tags["seed"] == "0" and run.data.tags["prvr.search"] == "r"
             assert run.data.tags["plugin.ral"] == "false"

@@ -142,21 +142,47 @@ def test_search_runs_trials_prunes_and_checkpoints(tmp_path):
     assert "stopped early by the scheduler" in out
     check_progress_lines(out, result.stderr, trials, concurrency=2)
 
+    from trainables.plugins import list_plugins
+
     parent, children = mlflow_runs(tmp_path, "s")
     assert parent.info.status == "FINISHED" and parent.data.tags["best_trial_id"] in finished
     assert parent.data.params["space"] == "full" and "data_manifest_sha256" in parent.data.tags
+    best = last_result(experiment / f"trial_{parent.data.tags['best_trial_id']}")
+    assert parent.data.metrics == {**{f"search_{k}": v for k, v in best.items() if k.startswith("best_val_")},
+                                   **{f"search_best_{k}": v for k, v in best.items() if k.startswith("test_")}}
     by_trial = {run.data.tags["prvr.trial_id"]: run for run in children}
     assert sorted(by_trial) == sorted(finished + stopped)  # exactly one child run per trial
     for trial in trials:
-        run = by_trial[trial.name[len("trial_"):]]
+        trial_id = trial.name[len("trial_"):]
+        run = by_trial[trial_id]
         config = json.loads((trial / "params.json").read_text())
-        assert run.info.status == ("FINISHED" if trial.name[len("trial_"):] in finished else "KILLED")
-        assert {k: v for k, v in run.data.params.items()} == {k: str(v) for k, v in config.items()}
+        assert run.info.status == "FINISHED"  # stopped by ASHA too: a normal end, told apart by its tags
+        on = [p for p in list_plugins() if config.get(p) is True]  # in the registry's order
+        assert run.info.run_name == "+".join([config["backbone"], *on]) + f"-{trial_id}"
+        assert run.data.params == {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in config.items()}
         for plugin in ("ral", "msc", "moment"):
             assert run.data.tags[f"plugin.{plugin}"] == str(bool(config.get(plugin))).lower()
         assert run.data.tags["backbone"] == config["backbone"]
-        assert run.data.metrics["epoch"] == last_result(trial)["epoch"]
-    assert "MLflow runs (experiment prvr): mlflow ui --backend-store-uri sqlite:///" in out
+        epoch = last_result(trial)["epoch"]
+        assert run.data.metrics["epoch"] == epoch
+        if trial_id in stopped:  # ASHA's rungs at grace 1 x factor 2: epochs 1, 2, 4, ...
+            assert {k: v for k, v in run.data.tags.items() if k.startswith("stopped_")} == \
+                {"stopped_early": "scheduler", "stopped_at_epoch": str(epoch),
+                 "stopped_at_rung": str(epoch.bit_length() - 1)}
+        else:
+            assert run.data.tags.get("stopped_early") in (None, "patience")
+    experiment_id = parent.info.experiment_id
+    assert (f"MLflow runs (experiment prvr): python {ROOT / 'search/tracking_server.py'} --backend-store-uri "
+            f"sqlite:///") in out
+    assert (f"parent run: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{parent.info.run_id}"
+            f"?workflowType=machine_learning") in out
+    from mlflow.tracking import MlflowClient
+
+    kept = MlflowClient(tracking_uri=tracking_uri(tmp_path)).get_experiment(experiment_id).tags
+    assert kept["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(kept[f"mlflow.sharedViewState.{parent.info.run_id}"])
+    assert {"params.`lr`", "params.`ral`", "metrics.`test_sumr`"} <= set(view["selectedColumns"])
+    assert f"viewStateShareKey={parent.info.run_id}" in out
     # the embedded default keeps artifacts beside the store, in the working folder
     assert list((tmp_path / "mlruns").rglob("report.html")) and list((tmp_path / "mlruns").rglob("config.json"))
 

@@ -23,6 +23,8 @@ from trainables.trial_report import (
     is_failed,
     is_finished,
     split_tags,
+    stop_tags,
+    stopped_by_scheduler,
     trial_status,
 )
 
@@ -44,8 +46,15 @@ def test_each_report_reads_back_as_what_it_says():
     epoch = epoch_report(3, VAL, {"clip_triplet": 0.5}, best_epoch=2, best_score=190.0)
     final = final_report(7, VAL, BEST, TEST, best_epoch=5, stopped_early=True)
     error = error_report("NonFiniteLoss: epoch 2")
-    assert [trial_status(r) for r in (epoch, final, error, None)] == ["KILLED", "FINISHED", "FAILED", "KILLED"]
-    assert trial_status(final, error=True) == "FAILED"
+    stopped = {**epoch, "done": True}  # Tune's mark on the last report of a trial the scheduler stopped
+    assert [trial_status(r) for r in (epoch, final, error, None, stopped)] == \
+        ["KILLED", "FINISHED", "FAILED", "KILLED", "FINISHED"]
+    assert trial_status(final, error=True) == "FAILED" and trial_status(stopped, error=True) == "FAILED"
+    assert [stopped_by_scheduler(r) for r in (epoch, final, error, None, stopped)] == [False] * 4 + [True]
+    assert stop_tags(stopped, 1) == {"stopped_early": "scheduler", "stopped_at_epoch": "3", "stopped_at_rung": "1"}
+    assert stop_tags(stopped) == {"stopped_early": "scheduler", "stopped_at_epoch": "3"}  # a scheduler without rungs
+    assert stop_tags(final) == {"stopped_early": "patience", "stopped_at_epoch": "7"}
+    assert stop_tags({**final, "stopped_early": False}) == stop_tags(epoch) == stop_tags(error) == {}
     assert [is_finished(r) for r in (epoch, final, error)] == [False, True, False]
     assert [is_failed(r) for r in (epoch, final, error, None)] == [False, False, True, False]
     assert epoch_metrics(epoch) == {TIME_ATTR: 3, METRIC: 190.0, "best_epoch": 2, "loss_clip_triplet": 0.5,

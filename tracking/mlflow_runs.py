@@ -2,10 +2,18 @@
 
 Both are written by the search's driver: the parent when the search starts, each child from its trial's
 reports (``tracking/trial_runs.py``; a trial's process never imports MLflow). A child is tagged
-``mlflow.parentRunId``, so the UI shows the search as one expandable row, and is found again by its trial
-id when Ray restarts the trial or the search is resumed: a trial keeps exactly one child run. The driver
-ends every child (FINISHED, KILLED when the scheduler stopped it, FAILED on an error) so none stays
-RUNNING, and deletes the children of trials Ray re-suggested under new ids after a driver was killed.
+``mlflow.parentRunId``, so the UI shows the search as one expandable row, is named by what the trial is
+(``mssl+ral-19a671ab``: ``tracking.search_results.trial_label``) and is found again by its trial id when Ray
+restarts the trial or the search is resumed: a trial keeps exactly one child run. The driver ends every child
+(FINISHED, also when the scheduler stopped it early, then tagged ``stopped_early``; FAILED on an error; KILLED
+on a Ctrl-C) so none stays RUNNING, and deletes the children of trials Ray re-suggested under new ids after a
+driver was killed. Params are logged readable (floats to 4 significant digits, ``param_value``); a child's
+exact config is its artifact ``config.json``.
+
+The experiment is tagged as a model-training one (``EXPERIMENT_KIND``), and each search records a view of
+its trials' table (``set_trials_view``: the swept settings and val/test SumR, best first), which the
+printed links open (``ui_lines``). MLflow 3.17's UI decides between its GenAI pages and its model-training
+pages by the ``workflowType`` of the URL (else the toggle the browser remembers), so the links carry it.
 
 Everything goes through ``MlflowClient`` with explicit run ids (no global active run), against a local
 SQLite store or a tracking server.
@@ -13,6 +21,7 @@ SQLite store or a tracking server.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -24,6 +33,16 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 PARENT, CHILD = "parent", "child"
+#: MLflow's experiment kind tag and its model-training value (what the UI's experiment-type selector writes)
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+#: the UI's query parameter choosing its model-training pages over the GenAI ones (MLflow 3.17 reads this first)
+WORKFLOW_QUERY = "workflowType=machine_learning"
+#: experiment tags holding a view of the runs table (MLflow's "share view"), opened by ``?viewStateShareKey=<key>``
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+#: where ``search/tracking_server.py`` serves by default
+LEAN_SERVER = "http://127.0.0.1:5000"
+#: the significant digits of a float param (the exact value is in the run's config.json)
+PARAM_DIGITS = 4
 TAG_KIND, TAG_SEARCH, TAG_TRIAL = "prvr.kind", "prvr.search", "prvr.trial_id"
 #: tag of a parent run or a trial's child run that a Ctrl-C ended (KILLED): what stopped it
 INTERRUPTED_TAG = "interrupted"
@@ -33,18 +52,84 @@ MAX_PARAM = 6000
 
 
 def default_tracking_uri() -> str:
-    """The embedded default: a SQLite store in the working folder (``mlflow ui --backend-store-uri`` it)."""
+    """The embedded default: a SQLite store in the working folder (``ui_command`` serves its UI)."""
     return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def ui_command(tracking_uri: str) -> str:
-    """The one command that opens the MLflow UI on ``tracking_uri`` (credentials masked)."""
+    """The one command that serves the MLflow UI on ``tracking_uri`` (credentials masked): the project's lean
+    server (1 worker, no job runner) on a local store; ``open <uri>`` for a tracking server."""
     from tracking.redact import redact_uri
 
     tracking_uri = redact_uri(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    return f"python {_server_script()} --backend-store-uri {tracking_uri}"
+
+
+def _server_script() -> str:
+    """``search/tracking_server.py`` as the user can type it: relative to the working folder when under it."""
+    script = Path(__file__).resolve().parents[1] / "search" / "tracking_server.py"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The UI's address: the tracking server's, or the lean server's default for a local store."""
+    from tracking.redact import redact_uri
+
+    tracking_uri = redact_uri(tracking_uri)
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LEAN_SERVER
+
+
+def run_url(tracking: Tracking, run_id: str | None = None) -> str:
+    """The UI page of ``run_id`` (default: the search's parent run), on the model-training pages."""
+    run_id = run_id or tracking.parent_run_id
+    return f"{ui_base(tracking.uri)}/#/experiments/{tracking.experiment_id}/runs/{run_id}?{WORKFLOW_QUERY}"
+
+
+def trials_url(tracking: Tracking) -> str:
+    """The UI's runs table opened on the search's trials view (``set_trials_view``)."""
+    return (f"{ui_base(tracking.uri)}/#/experiments/{tracking.experiment_id}/runs?{WORKFLOW_QUERY}"
+            f"&viewStateShareKey={tracking.parent_run_id}")
+
+
+def ui_lines(tracking: Tracking, experiment: str) -> str:
+    """What a search or an ablation prints about its MLflow runs: how to serve the UI and the two links."""
+    return (f"MLflow runs (experiment {experiment}): {ui_command(tracking.uri)}\n"
+            f"  parent run: {run_url(tracking)}\n"
+            f"  trials table: {trials_url(tracking)}")
+
+
+def set_trials_view(tracking: Tracking, params: list[str], tags: tuple[str, ...] = ()) -> None:
+    """Record the view of the search's trials table in the experiment (tag ``VIEW_TAG_PREFIX`` + the parent
+    run's id, what the UI's "share view" writes): the search's child runs, best val SumR first, with the
+    columns ``params`` (the swept settings), ``tags`` (e.g. an ablation's cell), how a trial ended early and
+    its val/test SumR. A run's settings are always in its page and its config.json."""
+    from trainables.trial_report import METRIC, STOPPED_AT_EPOCH, STOPPED_AT_RUNG, STOPPED_EARLY_TAG, TIME_ATTR
+
+    columns = ([f"params.`{p}`" for p in params]
+               + [f"tags.`{t}`" for t in (*tags, STOPPED_EARLY_TAG, STOPPED_AT_EPOCH, STOPPED_AT_RUNG)]
+               + [f"metrics.`{m}`" for m in (METRIC, "test_sumr", TIME_ATTR)])
+    view = {"searchFilter": f"tags.`mlflow.parentRunId` = '{tracking.parent_run_id}'",
+            "orderByKey": f"metrics.`{METRIC}`", "orderByAsc": False, "selectedColumns": columns}
+    tracking.client().set_experiment_tag(tracking.experiment_id, VIEW_TAG_PREFIX + tracking.parent_run_id,
+                                         json.dumps(view))
+
+
+def param_value(value: Any) -> str:
+    """A param as MLflow shows it: a float to ``PARAM_DIGITS`` significant digits (``70.9``, ``0.0003184``),
+    anything else as ``str``."""
+    if isinstance(value, float):
+        return f"{value:.{PARAM_DIGITS}g}"
+    return str(value)
+
+
+def params_of(values: dict[str, Any]) -> list[Param]:
+    """``values`` as MLflow params: readable (``param_value``), secrets dropped, long values cut (``scrub``)."""
+    return [Param(k, v) for k, v in scrub({k: param_value(v) for k, v in values.items() if v is not None}).items()]
 
 
 def scrub(values: dict[str, Any]) -> dict[str, str]:
@@ -94,6 +179,8 @@ def start_parent(uri: str, experiment: str, search: str, space: str, params: dic
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    if found is None or found.tags.get(EXPERIMENT_KIND) is None:  # a kind someone chose in the UI is kept
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     existing = parent_runs(client, experiment_id, search)
     if existing and resume:
         run_id = existing[0].info.run_id
@@ -102,7 +189,7 @@ def start_parent(uri: str, experiment: str, search: str, space: str, params: dic
         run = client.create_run(experiment_id, run_name=search,
                                 tags={TAG_KIND: PARENT, TAG_SEARCH: search, "space": space, **scrub(tags)})
         run_id = run.info.run_id
-        client.log_batch(run_id, params=[Param(k, v) for k, v in scrub(params).items()])
+        client.log_batch(run_id, params=params_of(params))
     return Tracking(uri, experiment_id, run_id, search, space)
 
 
@@ -135,9 +222,12 @@ def children(tracking: Tracking, trial_id: str | None = None) -> list[Any]:
 
 def child_run(tracking: Tracking, trial_id: str, config: dict[str, Any], plugins: list[str],
               extra_tags: dict[str, Any] | None = None) -> str:
-    """The trial's child run: found by trial id (a restarted trial continues it) or created with the
-    config as params (plugin settings only when on: they are only in the config then) and filterable tags
-    (``extra_tags``: e.g. an ablation's cell)."""
+    """The trial's child run: found by trial id (a restarted trial continues it) or created, named by what the
+    trial is (``trial_label``), with the config as params (``params_of``; plugin settings only when on: they are
+    only in the config then), the exact config as artifact ``config.json`` and filterable tags (``extra_tags``:
+    e.g. an ablation's cell)."""
+    from tracking.search_results import trial_label
+
     client = tracking.client()
     found = children(tracking, trial_id)
     if found:
@@ -148,9 +238,9 @@ def child_run(tracking: Tracking, trial_id: str, config: dict[str, Any], plugins
             "mlflow.parentRunId": tracking.parent_run_id, "backbone": str(config.get("backbone")),
             "seed": str(config.get("seed")), **{f"plugin.{p}": str(bool(config.get(p))).lower() for p in plugins},
             **scrub(extra_tags or {})}
-    run = client.create_run(tracking.experiment_id, run_name=trial_id, tags=tags)
+    run = client.create_run(tracking.experiment_id, run_name=trial_label(config, trial_id, plugins), tags=tags)
     run_id = run.info.run_id
-    client.log_batch(run_id, params=[Param(k, v) for k, v in scrub(config).items()])
+    client.log_batch(run_id, params=params_of(config))
     client.log_dict(run_id, config, "config.json")
     return run_id
 
@@ -208,11 +298,25 @@ def close_children(tracking: Tracking, statuses: dict[str, str]) -> None:
             client.set_terminated(run.info.run_id, statuses[trial_id])
 
 
+def search_summary(metrics: dict[str, Any]) -> dict[str, float]:
+    """The parent run's summary metrics from its best trial's ``metrics``: ``search_best_val_*`` (the trial's
+    best epoch's val metrics; only the running best val SumR for a trial the scheduler stopped) and
+    ``search_best_test_*`` (that epoch's test metrics). Named apart from a trial's own ``best_val_*``, so the
+    summary does not plot among the trials' curves."""
+    from trainables.trial_report import BEST_VAL, TEST
+
+    return {f"search_{k}" if k.startswith(f"{BEST_VAL}_") else f"search_best_{k}": float(v) for k, v in metrics.items()
+            if k.startswith((f"{BEST_VAL}_", f"{TEST}_")) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def finish_parent(tracking: Tracking, best: dict[str, Any] | None, table: str, status: str) -> None:
+    """End the parent run with ``status``, its best trial (``best``: trial id, config, metrics) as tag
+    ``best_trial_id``, the summary metrics (``search_summary``) and artifact ``best_config.json``, and the
+    printed table as ``best_trials.txt``."""
     client = tracking.client()
     if best is not None:
         client.log_batch(tracking.parent_run_id, tags=[RunTag("best_trial_id", str(best["trial_id"]))],
-                         metrics=[Metric(f"best_{k}", float(v), 0, 0) for k, v in best["metrics"].items()])
+                         metrics=[Metric(k, v, 0, 0) for k, v in search_summary(best["metrics"]).items()])
         client.log_dict(tracking.parent_run_id, best["config"], "best_config.json")
     client.log_text(tracking.parent_run_id, table, "best_trials.txt")
     client.set_terminated(tracking.parent_run_id, status)
@@ -242,7 +346,8 @@ def fail_parent(tracking: Tracking, exc: BaseException) -> bool:
         return False
 
 
-__all__ = ["INTERRUPTED_TAG", "Tracking", "child_run", "close_children", "code_version", "default_tracking_uri",
-           "end_run", "log_dict",
-           "end_interrupted_children", "end_trial_run", "fail_parent", "finish_parent", "log_metrics", "set_tags",
-           "start_parent", "ui_command"]
+__all__ = ["EXPERIMENT_KIND", "INTERRUPTED_TAG", "MODEL_TRAINING", "Tracking", "child_run", "close_children",
+           "code_version", "default_tracking_uri", "end_run", "log_dict",
+           "end_interrupted_children", "end_trial_run", "fail_parent", "finish_parent", "log_metrics", "param_value",
+           "params_of", "run_url", "search_summary", "set_tags", "set_trials_view", "start_parent", "trials_url",
+           "ui_base", "ui_command", "ui_lines"]

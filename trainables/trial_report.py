@@ -18,7 +18,9 @@ trial started again although it had ended (a driver killed after the report reac
 its experiment snapshot recorded the trial as ended) reports that stored report again, marked
 ``REPLAYED``, instead of training again; the driver's result log does not repeat it (``search/result_log.py``).
 
-``trial_status`` reads any of them into the MLflow status of the trial's child run.
+A trial the scheduler stops (ASHA) gets no final report: Tune marks its last epoch's report ``DONE``.
+``trial_status`` reads any of them into the MLflow status of the trial's child run, and ``stop_tags`` into
+the tags that say how it ended early (by the scheduler, or on patience).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ BEST_EPOCH = "best_epoch"
 FINISHED = "finished"  # True in the report of a trial that ended on its own (or on its own error)
 STOPPED_EARLY = "stopped_early"  # True when it ended by early stopping on patience
 TRIAL_ERROR = "trial_error"  # the trial's own error, as "Type: first line"
+#: Tune's own key: True in the last report of a trial Tune stopped on the scheduler's word (and in a final report)
+DONE = "done"
+#: tags of the child run of a trial that ended early: how (``scheduler`` or ``patience``), at which epoch, and for
+#: a scheduler's stop the rung (0: the first, at the grace epochs) when the scheduler has rungs (ASHA)
+STOPPED_EARLY_TAG, STOPPED_AT_EPOCH, STOPPED_AT_RUNG = "stopped_early", "stopped_at_epoch", "stopped_at_rung"
 #: where the trial runs (node, process, resources): tags of its MLflow run
 PLACEMENT = "placement"
 #: a resumed trial's earlier epochs' reports: the driver logs those MLflow lacks (a killed driver never did)
@@ -96,12 +103,34 @@ def is_finished(result: Mapping[str, Any] | None) -> bool:
     return bool(result and result.get(FINISHED)) and not is_failed(result)
 
 
+def stopped_by_scheduler(result: Mapping[str, Any] | None) -> bool:
+    """Whether a trial's last report is an epoch's report that Tune stopped the trial after (the scheduler's
+    decision: Tune marks it ``DONE``), not its final report nor its error. A trial stopped otherwise (Ctrl-C, a
+    time budget) or never started has no such mark."""
+    return bool(result and result.get(DONE) is True) and not is_finished(result) and not is_failed(result)
+
+
 def trial_status(result: Mapping[str, Any] | None, error: bool = False) -> str:
-    """The MLflow status of a trial that ended with ``result``: FINISHED when it ran to its end, FAILED
-    on its own error (or, ``error``, a crash), KILLED when the scheduler stopped it."""
+    """The MLflow status of a trial that ended with ``result``: FAILED on its own error (or, ``error``, a
+    crash); FINISHED when it ran to its end or the scheduler stopped it early (a normal outcome of a search:
+    ``stop_tags`` tells the two apart); KILLED when something else stopped it (Ctrl-C, a time budget, a trial
+    that never reported)."""
     if error or is_failed(result):
         return "FAILED"
-    return "FINISHED" if is_finished(result) else "KILLED"
+    return "FINISHED" if is_finished(result) or stopped_by_scheduler(result) else "KILLED"
+
+
+def stop_tags(result: Mapping[str, Any] | None, rung: int | None = None) -> dict[str, str]:
+    """The tags of a trial that ended early: ``STOPPED_EARLY_TAG`` (``scheduler``, or ``patience`` for its own
+    early stopping) and ``STOPPED_AT_EPOCH`` (its last epoch); for a scheduler's stop also ``STOPPED_AT_RUNG``
+    (``rung``: the scheduler's rung at that epoch, when it has rungs). None for any other trial."""
+    if stopped_by_scheduler(result):
+        assert result is not None
+        tags = {STOPPED_EARLY_TAG: "scheduler", STOPPED_AT_EPOCH: str(result.get(TIME_ATTR, 0))}
+        return tags if rung is None else {**tags, STOPPED_AT_RUNG: str(rung)}
+    if is_finished(result) and result is not None and result.get(STOPPED_EARLY):
+        return {STOPPED_EARLY_TAG: "patience", STOPPED_AT_EPOCH: str(result.get(TIME_ATTR, 0))}
+    return {}
 
 
 def _numeric(result: Mapping[str, Any], keep: Any) -> dict[str, float]:
@@ -130,8 +159,9 @@ def split_tags(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
             {k[len(TAG_PREFIX):]: v for k, v in config.items() if k.startswith(TAG_PREFIX)})
 
 
-__all__ = ["BEST_EPOCH", "BEST_VAL", "COLUMNS", "EARLIER_EPOCHS", "END_REPORT", "FINISHED", "LOSS", "METRIC", "MODE",
-           "PLACEMENT", "RECALL_KS", "REPLAYED", "STOPPED_EARLY", "TAG_PREFIX", "TEST", "TEST_RANKS", "TIME_ATTR",
-           "TRIAL_DIR_PREFIX", "TRIAL_ERROR", "VAL", "epoch_metrics", "epoch_report", "error_report", "final_metrics",
-           "final_report", "flat_metrics", "is_failed", "is_finished", "metric_key", "split_tags", "trial_dirname",
-           "trial_status"]
+__all__ = ["BEST_EPOCH", "BEST_VAL", "COLUMNS", "DONE", "EARLIER_EPOCHS", "END_REPORT", "FINISHED", "LOSS", "METRIC",
+           "MODE", "PLACEMENT", "RECALL_KS", "REPLAYED", "STOPPED_AT_EPOCH", "STOPPED_AT_RUNG", "STOPPED_EARLY",
+           "STOPPED_EARLY_TAG", "TAG_PREFIX", "TEST", "TEST_RANKS", "TIME_ATTR", "TRIAL_DIR_PREFIX", "TRIAL_ERROR",
+           "VAL", "epoch_metrics", "epoch_report", "error_report", "final_metrics", "final_report", "flat_metrics",
+           "is_failed", "is_finished", "metric_key", "split_tags", "stop_tags", "stopped_by_scheduler",
+           "trial_dirname", "trial_status"]
