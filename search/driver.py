@@ -110,6 +110,7 @@ class DriverSession:
     max_failures: int
     trust_storage: bool = False  # resume a Tune state the parent run does not record (search/trusted_state.py)
     interrupted: bool = False  # a Tune run of the session was stopped by Ctrl-C (SIGINT)
+    live_report: bool = False  # rewrite the search's report as its trials end (search/live_report.py)
 
     def storage(self, stage: str | None = None) -> SearchStorage:
         """Where the search's Tune run (or its further run ``stage``, a folder of the search's) is kept."""
@@ -126,8 +127,14 @@ class DriverSession:
         """Run (or restore and continue) the session's Tuner over ``tune_config``; returns its ResultGrid.
         ``stage``: a further Tune run of the session after the search's (the confirmation stage), named by
         its folder in the search's folder; its trials have the same trainable, resources and retries. A Ctrl-C
-        stops the Tune run gracefully (its state saved for ``--resume``) and sets ``interrupted``."""
+        stops the Tune run gracefully (its state saved for ``--resume``) and sets ``interrupted``. With
+        ``live_report``, the search's own run (not a ``stage``) rewrites its report as its trials end."""
         from search import tuning
+
+        if self.live_report and stage is None:
+            from search.live_report import LiveReport
+
+            callbacks = [*(callbacks or []), LiveReport(self.tracking, self.inputs.storage.uri)]
 
         trainable = tuning.trainable(self.data, self.cpus_per_trial, self.gpus_per_trial,
                                      self.inputs.allow_val_test_overlap)
@@ -155,13 +162,14 @@ class DriverSession:
 def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, resources: dict[str, Any],
                    tracking_uri: str | None, experiment: str, params: dict[str, Any], tags: dict[str, Any],
                    cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool = False,
-                   trust_storage: bool = False) -> Iterator[DriverSession]:
+                   trust_storage: bool = False, live_report: bool = False) -> Iterator[DriverSession]:
     """Ray, the loaded data and the MLflow parent run (``kind``: the space's name, or "ablation") of one
     search or ablation. The parent run records the command, ``params``, the data, the storage, the
     manifest's hash, the git commit and ``tags``. Ray is shut down on leaving; the parent run is left
     for the caller to finish, since what it records at the end differs, except when an exception leaves
     the session: then it is ended FAILED with the error as tag ``error`` (KILLED on Ctrl-C). With
-    ``resume`` the Tune state is restored, only if the parent run recorded it or ``trust_storage``."""
+    ``resume`` the Tune state is restored, only if the parent run recorded it or ``trust_storage``. With
+    ``live_report`` (a search) the report is rewritten as trials end (``search/live_report.py``)."""
     from search.ray_session import on_cluster, ray_session
     from tracking.mlflow_runs import code_version, default_tracking_uri, fail_parent, start_parent
     from tracking.redact import redact_text, use_tracking_uri
@@ -184,7 +192,8 @@ def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, 
             raise InputError(f"MLflow tracking URI {uri}: {str(exc).splitlines()[0]}") from None
         OPEN_PARENTS.append(tracking)
         try:
-            yield DriverSession(inputs, tracking, data, cpus_per_trial, gpus_per_trial, max_failures, trust_storage)
+            yield DriverSession(inputs, tracking, data, cpus_per_trial, gpus_per_trial, max_failures, trust_storage,
+                                live_report=live_report)
         except BaseException as exc:  # the parent run exists: it must not stay RUNNING
             fail_parent(tracking, exc)
             raise

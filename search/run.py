@@ -293,8 +293,8 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
     with driver_session(inputs, kind=space.name, ray_address=args.ray_address, resources=resources,
                         tracking_uri=tracking_uri, experiment=args.experiment, params=vars(args), tags={},
                         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                        max_failures=args.max_failures, resume=args.resume, trust_storage=args.trust_storage
-                        ) as session:
+                        max_failures=args.max_failures, resume=args.resume, trust_storage=args.trust_storage,
+                        live_report=True) as session:
         tracking = session.tracking
         tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
                                                             space.groups.items()}, "space.json")
@@ -339,12 +339,13 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
                                  "metrics": {k: v for k, v in top[0].metrics.items()
                                              if k.startswith(("best_val_", "test_", "val_"))}}
     try:  # the report (figures + HTML page) as artifacts report/ of the parent run; it never fails the search
-        from tracking.report import report_to_run
+        from tracking.report import report_location, report_to_run
 
         if stored is None:
             raise InputError("its results could not be read")
         report_to_run(stored, tracking.uri, tracking.parent_run_id)
-        print("report (figures and report.html): artifacts report/ of the search's MLflow parent run")
+        print(f"report (figures and report.html, artifacts report/ of the search's MLflow parent run): "
+              f"{report_location(tracking.uri, tracking.parent_run_id)}")
     except Exception as exc:
         print(f"warning: no report for search {name}: {(str(exc) or type(exc).__name__).splitlines()[0]}",
               file=sys.stderr)
