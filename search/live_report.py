@@ -9,10 +9,10 @@ reported epochs but neither ended in Tune nor sent their final report are marked
 epochs so far would otherwise read as a trial stopped early), a trial Tune ended on an error as failed.
 
 It must never fail nor slow the search: the report is made in one background thread (the driver's event
-loop only takes a snapshot of the trials), refreshes are at least ``min_interval_s`` apart (trials that
-end in a burst make one refresh, of the newest snapshot), any error is one warning line, printed once,
-and ``on_experiment_end`` drops a refresh not yet started and waits for one under way, so it never races
-the search's final report (``search/run.py``).
+loop only takes a snapshot of the trials), a refresh starts at least ``min_interval_s`` after the last
+one ended (trials that end in a burst make one refresh, of the newest snapshot), any error is one
+warning line, printed once, and ``on_experiment_end`` drops a refresh not yet started and waits for one
+under way, so it never races the search's final report (``search/run.py``).
 The first refresh prints where the report is (``tracking.report.report_location``). Only the search's
 own Tune run has it (``search.driver.DriverSession.fit``), not its confirmation stage, whose champion
 is meaningless until the stage ends.
@@ -35,7 +35,8 @@ from ray.tune.experiment import Trial
 from tracking.mlflow_runs import Tracking
 from trainables.trial_report import FINISHED
 
-#: seconds between two refreshes at least (report + upload take 2-5 s on a 2-core machine)
+#: seconds from the end of a refresh to the start of the next at least (a refresh, report and upload, took
+#: 2-10 s on a shared 2-core machine)
 MIN_INTERVAL_S = 10.0
 RESULT_FILE = "result.json"  # what Tune's JsonLoggerCallback writes in a trial's staging folder
 ENDED = (Trial.TERMINATED, Trial.ERROR)
@@ -175,6 +176,10 @@ class LiveReport(Callback):
 
     def _work(self) -> None:
         while True:
+            with self._lock:  # nothing asked for since the last refresh: done (no idle wait)
+                if self._pending is None or self._closed.is_set():
+                    self._thread = None
+                    return
             delay = self._last + self.min_interval_s - time.monotonic()
             if delay > 0:
                 self._closed.wait(delay)
@@ -183,11 +188,11 @@ class LiveReport(Callback):
                 if seen is None or self._closed.is_set():
                     self._thread = None
                     return
-            self._last = time.monotonic()
             try:
                 self.refresh(seen)
             except Exception as exc:  # a broken store, a full disk: warn once, keep searching
                 self._warn(exc)
+            self._last = time.monotonic()  # the pause counts from the end: a slow refresh never runs back to back
 
     def refresh(self, seen: list[Seen]) -> bool:
         """Write the report of ``seen`` and log it to the parent run; False when no trial has finished yet
