@@ -110,6 +110,7 @@ class DriverSession:
     max_failures: int
     trust_storage: bool = False  # resume a Tune state the parent run does not record (search/trusted_state.py)
     interrupted: bool = False  # a Tune run of the session was stopped by Ctrl-C (SIGINT)
+    live_report: bool = False  # rewrite the search's report as its trials end (search/live_report.py)
 
     def storage(self, stage: str | None = None) -> SearchStorage:
         """Where the search's Tune run (or its further run ``stage``, a folder of the search's) is kept."""
@@ -127,9 +128,15 @@ class DriverSession:
         ``stage``: a further Tune run of the session after the search's (the confirmation stage), named by
         its folder in the search's folder; its trials have the same trainable, resources and retries. A Ctrl-C
         stops the Tune run gracefully (its state saved for ``--resume``) and sets ``interrupted``. Each epoch a
-        trial reports is a progress line (``search/progress.py``), besides ``callbacks``."""
+        trial reports is a progress line (``search/progress.py``), besides ``callbacks``. With
+        ``live_report``, the search's own run (not a ``stage``) rewrites its report as its trials end."""
         from search import tuning
         from search.progress import SearchProgress
+
+        if self.live_report and stage is None:
+            from search.live_report import LiveReport
+
+            callbacks = [*(callbacks or []), LiveReport(self.tracking, self.inputs.storage.uri)]
 
         trainable = tuning.trainable(self.data, self.cpus_per_trial, self.gpus_per_trial,
                                      self.inputs.allow_val_test_overlap)
@@ -159,7 +166,8 @@ class DriverSession:
 def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, resources: dict[str, Any],
                    tracking_uri: str | None, experiment: str, params: dict[str, Any], tags: dict[str, Any],
                    cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool = False,
-                   trust_storage: bool = False, ray_found: str | None = None) -> Iterator[DriverSession]:
+                   trust_storage: bool = False, ray_found: str | None = None,
+                   live_report: bool = False) -> Iterator[DriverSession]:
     """Ray, the loaded data and the MLflow parent run (``kind``: the space's name, or "ablation") of one
     search or ablation. The parent run records the command, ``params``, the data, the storage, the
     manifest's hash, the git commit and ``tags``. Ray is shut down on leaving; the parent run is left
@@ -167,7 +175,8 @@ def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, 
     the session: then it is ended FAILED with the error as tag ``error`` (KILLED on Ctrl-C). With
     ``resume`` the Tune state is restored, only if the parent run recorded it or ``trust_storage``. On a
     cluster it prints one line (its address, nodes, CPUs and GPUs; ``ray_found``: where the address was
-    found when it was not given, ``search/ray_target.py``)."""
+    found when it was not given, ``search/ray_target.py``). With ``live_report`` (a search) the report is
+    rewritten as trials end (``search/live_report.py``)."""
     from search.ray_session import on_cluster, ray_session
     from search.ray_target import attached_line
     from tracking.mlflow_runs import code_version, default_tracking_uri, fail_parent, start_parent
@@ -194,7 +203,8 @@ def driver_session(inputs: DriverInputs, *, kind: str, ray_address: str | None, 
             raise InputError(f"MLflow tracking URI {uri}: {str(exc).splitlines()[0]}") from None
         OPEN_PARENTS.append(tracking)
         try:
-            yield DriverSession(inputs, tracking, data, cpus_per_trial, gpus_per_trial, max_failures, trust_storage)
+            yield DriverSession(inputs, tracking, data, cpus_per_trial, gpus_per_trial, max_failures, trust_storage,
+                                live_report=live_report)
         except BaseException as exc:  # the parent run exists: it must not stay RUNNING
             fail_parent(tracking, exc)
             raise

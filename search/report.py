@@ -1,7 +1,8 @@
-"""The report of a finished search: parameter importances, optimisation history, parallel coordinates of
-the top trials and learning curves of the best ones (PNG), and one self-contained HTML page with them and
-the best-trials table; written into --out and logged as artifacts ``report/`` of the search's MLflow parent
-run. ``search/run.py`` makes the same report when a search ends; this remakes it on demand.
+"""The report of a finished search: parameter importances (a note below 10 finished trials), optimisation
+history, parallel coordinates and slice plots over the settings that varied, and learning curves of the
+best trials (PNG), and one self-contained HTML page with them, the trial counts and the best-trials table;
+written into --out and logged as artifacts ``report/`` of the search's MLflow parent run. ``search/run.py``
+makes the same report as its trials end and when it ends; this remakes it on demand.
 
     python search/report.py --name ral-1
     python search/report.py --name ral-1 --storage s3://bucket/prvr --s3-endpoint http://127.0.0.1:9000
@@ -71,7 +72,7 @@ def _out_dir(out: Path, overwrite: bool) -> Path:
 
 def report(args: argparse.Namespace) -> int:
     from tracking.mlflow_runs import default_tracking_uri
-    from tracking.report import log_report, write_report
+    from tracking.report import log_report, report_location, write_report
     from tracking.search_results import load_search
 
     check_name(args.name)  # it names the default --out folder
@@ -87,6 +88,7 @@ def report(args: argparse.Namespace) -> int:
     print(f"report of search {args.name}: {out / paths[-1].name}")
     print(f"figures: {', '.join(p.name for p in paths[:-1])} in {out}")
     print(f"logged as artifacts report/ of MLflow run {run_id} (experiment {args.experiment}, {tracking_uri})")
+    print(f"logged report: {report_location(tracking_uri, run_id)}")
     return 0
 
 

@@ -305,7 +305,7 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
                         tracking_uri=tracking_uri, experiment=args.experiment, params=vars(args), tags={},
                         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                         max_failures=args.max_failures, resume=args.resume, trust_storage=args.trust_storage,
-                        ray_found=target.found) as session:
+                        ray_found=target.found, live_report=True) as session:
         tracking = session.tracking
         tracking.client().log_dict(tracking.parent_run_id, {g: dataclasses.asdict(group) for g, group in
                                                             space.groups.items()}, "space.json")
@@ -350,12 +350,13 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
     best = None if not top else {"trial_id": top[0].trial_id, "config": top[0].config,
                                  "metrics": top[0].metrics}  # finish_parent keeps its best_val_* and test_*
     try:  # the report (figures + HTML page) as artifacts report/ of the parent run; it never fails the search
-        from tracking.report import report_to_run
+        from tracking.report import report_location, report_to_run
 
         if stored is None:
             raise InputError("its results could not be read")
         report_to_run(stored, tracking.uri, tracking.parent_run_id)
-        print("report (figures and report.html): artifacts report/ of the search's MLflow parent run")
+        print(f"report (figures and report.html, artifacts report/ of the search's MLflow parent run): "
+              f"{report_location(tracking.uri, tracking.parent_run_id)}")
     except Exception as exc:
         print(f"warning: no report for search {name}: {(str(exc) or type(exc).__name__).splitlines()[0]}",
               file=sys.stderr)

@@ -5,14 +5,17 @@ Ranges are data, not code: ``spaces/ranges.yaml`` holds every searched setting b
 entry is ``{type: float|int, low, high[, log][, step]}``, ``{type: categorical, choices}`` or
 ``{type: fixed, value}``, optionally with ``when: <switch>`` (sampled only when that switch of the group
 is true). A group may name ``_at_least_one: [a, b, c]``: switches of which one must be on (the last is
-forced on when the others are off, instead of being sampled).
+forced on when the others are off, instead of being sampled). An int entry with ``below: epochs`` counts
+epochs: ``tie_to_run`` clips its ``high`` to the run's epochs - 1, so a search never samples a value that
+cannot act within its ``--max-epochs`` (``hard_negative_start_epoch``: 0-30 becomes 0-2 in a 3-epoch run).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -24,6 +27,8 @@ from trainables.errors import InputError
 DEFAULT_RANGES = Path(__file__).with_name("ranges.yaml")
 KINDS = ("float", "int", "categorical", "fixed")
 AT_LEAST_ONE = "_at_least_one"
+#: what ``below`` may name: a setting of the run's length, and the option that sets it (``search/run.py``)
+BELOW = {"epochs": "--max-epochs"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Entry:
     choices: tuple[Any, ...] = ()
     value: Any = None
     when: str | None = None
+    below: str | None = None  # an int range of epochs: clipped to this run setting - 1 (``tie_to_run``)
 
     def suggest(self, trial: optuna.Trial, key: str) -> Any:
         """Sample this entry under the Optuna parameter name ``key``."""
@@ -72,7 +78,7 @@ def _entry(group: str, name: str, raw: Any) -> Entry:
     if not isinstance(raw, dict) or raw.get("type") not in KINDS:
         raise InputError(f"range {where}: needs a mapping with type one of {', '.join(KINDS)}, got {raw!r}")
     kind = raw["type"]
-    allowed = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
+    allowed = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step", "below"},
                "categorical": {"choices"}, "fixed": {"value"}}[kind] | {"type", "when"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -92,7 +98,11 @@ def _entry(group: str, name: str, raw: Any) -> Entry:
             raise InputError(f"range {where}: low {low} is above high {high}")
         if raw.get("log") and low <= 0:
             raise InputError(f"range {where}: a log range needs low > 0, got {low}")
-        return Entry(name, kind, low=low, high=high, log=bool(raw.get("log", False)), step=raw.get("step"), when=when)
+        below = raw.get("below")
+        if below is not None and below not in BELOW:
+            raise InputError(f"range {where}: below must name {' or '.join(BELOW)}, got {below!r}")
+        return Entry(name, kind, low=low, high=high, log=bool(raw.get("log", False)), step=raw.get("step"), when=when,
+                     below=below)
     if kind == "categorical":
         choices = raw.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -122,7 +132,7 @@ def _at_least_one(group: str, raw: Any, names: set[str]) -> tuple[str, ...]:
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
     """``base`` with ``overrides``' entries; a group for a registered plugin the defaults have no ranges
-    for is a new group (that plugin's space)."""
+    for is a new group (that plugin's space). An int entry replacing one with ``below`` keeps it."""
     from trainables.plugins import list_plugins
 
     merged = copy.deepcopy(base)
@@ -140,6 +150,10 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any], source: str) -> dict
             if name not in merged[group]:
                 raise InputError(f"{source}: unknown setting {group}.{name} "
                                  f"(known: {', '.join(k for k in merged[group] if k != AT_LEAST_ONE)})")
+            base_entry = merged[group][name]
+            if (isinstance(raw, dict) and raw.get("type") == "int" and "below" not in raw
+                    and isinstance(base_entry, dict) and "below" in base_entry):
+                raw = {**raw, "below": base_entry["below"]}  # still counted in epochs (``below: null`` opts out)
             merged[group][name] = raw
     return merged
 
@@ -166,3 +180,29 @@ def load_ranges(overrides: str | Path | None = None) -> dict[str, Group]:
                 raise InputError(f"range {group}.{entry.name}: when {entry.when!r} is not a setting of {group}")
         groups[group] = Group(group, parsed, at_least_one)
     return groups
+
+
+def tie_to_run(groups: dict[str, Group], run: Mapping[str, Any]) -> dict[str, Group]:
+    """``groups`` with every ``below: <key>`` range clipped to the run's ``run[key] - 1`` (on its step grid),
+    so no sampled value lies where it cannot act (a hard-negative start at or after the last epoch). A
+    range left empty is one InputError line; without ``run[key]`` (a run on the backbone's own epochs) the
+    range stays as written."""
+    tied = {}
+    for name, group in groups.items():
+        entries = []
+        for entry in group.entries:
+            length = run.get(entry.below) if entry.below is not None else None
+            if entry.below is not None and isinstance(length, int) and not isinstance(length, bool):
+                assert entry.low is not None and entry.high is not None  # an int range (_entry)
+                step = int(entry.step or 1)
+                cap = min(int(entry.high), length - 1)
+                cap -= (cap - int(entry.low)) % step  # on the grid low, low + step, ...
+                if cap < entry.low:
+                    raise InputError(
+                        f"range {name}.{entry.name}: low {entry.low:g} is not below {entry.below} {length} "
+                        f"({BELOW[entry.below]} {length}): it could never act in so short a run; lower its low or "
+                        f"raise {BELOW[entry.below]}")
+                entry = replace(entry, high=cap)
+            entries.append(entry)
+        tied[name] = replace(group, entries=tuple(entries))
+    return tied

@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 
-from spaces.ranges import Group, load_ranges
+from spaces.ranges import Group, load_ranges, tie_to_run
 from trainables.errors import InputError
 from trainables.models.base import Dims, list_backbones
 from trainables.plugins import list_plugins
@@ -148,8 +148,9 @@ def space_names(overrides: str | None = None) -> tuple[str, ...]:
 def build_space(name: str, *, backbones: Sequence[str] | None = None, overrides: str | None = None,
                 fixed: dict[str, Any] | None = None) -> Space:
     """The space ``name`` over ``backbones`` (default: the ranges' backbone choices) with the ranges of
-    ``spaces/ranges.yaml`` and a user's ``overrides`` file applied."""
-    groups = load_ranges(overrides)
+    ``spaces/ranges.yaml`` and a user's ``overrides`` file applied, and the ranges counted in epochs
+    (``below: epochs``) clipped to ``fixed["epochs"]`` - 1 (``spaces.ranges.tie_to_run``)."""
+    groups = tie_to_run(load_ranges(overrides), fixed or {})
     names = space_names(overrides)
     if name not in names:
         raise InputError(f"unknown space {name!r} (available: {', '.join(names)})")

@@ -21,7 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "s"
-FIGURES = {"importances.png", "history.png", "parallel.png", "curves.png"}
+#: the figures of the module's search: 4 finished trials are too few for importances (a note instead)
+FIGURES = {"history.png", "parallel.png", "slices.png", "curves.png"}
 CHROMIUM_TIMEOUT = 90
 
 
@@ -149,8 +150,14 @@ def test_the_search_logs_its_report_to_the_parent_run(search, tmp_path):
     page = Page((folder / "report.html").read_text())
     assert set(embedded_pngs(page)) == FIGURES
     assert {p.name: p.read_bytes() for p in folder.glob("*.png")} == embedded_pngs(page)
-    assert "warning: no report" not in search.output
-    assert "report (figures and report.html): artifacts report/ of the search's MLflow parent run" in search.output
+    assert "warning: no report" not in search.output and "warning: the live report" not in search.output
+    from tracking.report import report_location
+
+    where = report_location(search.tracking_uri, parent.info.run_id)
+    assert Path(where).read_text() == (folder / "report.html").read_text()  # the printed path is the artifact
+    assert (f"report (figures and report.html, artifacts report/ of the search's MLflow parent run): {where}"
+            in search.output)
+    assert f"report of search {NAME} (rewritten as trials end): {where}" in search.output  # a live refresh
 
 
 def test_report_cli_rewrites_the_report_and_logs_it(search, tmp_path):
@@ -164,10 +171,15 @@ def test_report_cli_rewrites_the_report_and_logs_it(search, tmp_path):
     # self-contained: PNGs inline and byte-equal to the files, no external resource of any kind
     assert embedded_pngs(page) == {name: (out / name).read_bytes() for name in FIGURES}
     assert not page.tags & {"link", "script", "iframe", "object"} and "http://" not in text and "https://" not in text
-    assert page.tables["best-trials"] and page.tables["importances"]
+    assert page.tables["best-trials"] and "importances" not in page.tables  # 4 finished trials: a note
+    assert "too few trials (4 finished; importances need ~10)" in text
 
     client, parent = parent_run(search)
     assert parent.info.run_id in done.stdout
+    from tracking.report import report_location
+
+    where = report_location(search.tracking_uri, parent.info.run_id)
+    assert f"logged report: {where}\n" in done.stdout and Path(where).read_text() == text
     logged = Path(client.download_artifacts(parent.info.run_id, "report/report.html", str(tmp_path / "dl")))
     assert logged.read_text() == text  # the artifacts are this run's files
 
@@ -231,7 +243,7 @@ def test_importances_are_optunas_fanova_over_the_varying_settings(search, tmp_pa
     from tracking.report import write_report
     from tracking.search_results import load_search
 
-    write_report(load_search(str(search.storage), NAME), tmp_path)
+    write_report(load_search(str(search.storage), NAME), tmp_path, importance_min=2)  # 4 trials: ranked anyway
     rows = Page((tmp_path / "report.html").read_text()).tables["importances"][1:]
     shown = {name: float(value) for name, value in rows}
     study, varying = _independent_study(search)
@@ -347,10 +359,13 @@ def test_study_of_conditional_mixed_and_failed_trials(tmp_path):
     assert by_id["t4"].params["mixed"] == "True" and "ral.k" not in by_id["t2"].params
     assert by_id["t8"].intermediate_values == {1: 157.0, 2: 158.0, 3: 159.0}
     # fANOVA over the settings every finished trial has: the plugin's own settings and "mixed" are not
-    assert set(param_importances(study).values) == {"backbone", "lr", "batch_size", "ral"}
+    assert set(param_importances(study, minimum=2).values) == {"backbone", "lr", "batch_size", "ral"}
+    assert param_importances(study).values == {}  # 5 finished trials: too few for the default
 
     paths = write_report(search, tmp_path / "out")
-    assert [p.name for p in paths] == ["importances.png", "history.png", "parallel.png", "curves.png", "report.html"]
+    assert [p.name for p in paths] == ["history.png", "parallel.png", "slices.png", "curves.png", "report.html"]
+    paths = write_report(search, tmp_path / "out", importance_min=5)
+    assert [p.name for p in paths][0] == "importances.png"
 
 
 def test_report_of_a_search_in_s3(search, tmp_path, capsys, monkeypatch):
@@ -387,6 +402,385 @@ def test_report_cli_bad_inputs_are_one_line(search, tmp_path, capsys):
         code, err = cli(search, capsys, *args, "--out", str(tmp_path / "out"))
         assert (code, err.strip().splitlines()) == (2, [message])
     assert not (tmp_path / "out").exists() and not (tmp_path / "no.db").exists()
+
+
+# ---------------------------------------------------------------- planted results: counts, importances, figures
+
+
+def epoch_lines(epochs: int, score: float, start: float) -> list[dict]:
+    """A trial's per-epoch reports (as trainables.trial_report.epoch_report and Tune's fields)."""
+    return [{"epoch": e, "val_sumr": score - epochs + e, "best_val_sumr": score - epochs + e,
+             "timestamp": start + e, "time_this_iter_s": 1.0} for e in range(1, epochs + 1)]
+
+
+def planted_lines(kind: str, score: float, start: float, epochs: int = 3) -> list[dict]:
+    """The result.json of a trial that ended as ``kind``: finished (max epochs or, ``patience``, early
+    stopping on patience: a final report), ``stopped`` by the scheduler (epochs, no final report), ``failed``
+    (its own error report), ``waiting`` (nothing)."""
+    if kind == "waiting":
+        return []
+    if kind == "failed":
+        return epoch_lines(1, score, start) + [{"trial_error": "NonFiniteLoss: loss is nan", "finished": True,
+                                                 "best_val_sumr": float("-inf")}]
+    if kind == "stopped":
+        return epoch_lines(1, score, start)
+    ran = epochs - 1 if kind == "patience" else epochs
+    return epoch_lines(ran, score, start) + [{"epoch": ran, "best_val_sumr": score, "best_val_sumr_epoch": ran,
+                                              "finished": True, "stopped_early": kind == "patience",
+                                              "test_sumr": score - 10.0}]
+
+
+def plant(storage: Path, name: str, trials: list[tuple[dict, list[dict]]]) -> Path:
+    """Trial folders as Tune leaves them (params.json, result.json) in ``storage/name``."""
+    for i, (config, lines) in enumerate(trials):
+        folder = storage / name / f"trial_{i:05d}"
+        folder.mkdir(parents=True)
+        (folder / "params.json").write_text(json.dumps(config))
+        if lines:
+            (folder / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return storage / name
+
+
+def counted(folder: Path) -> dict[str, int]:
+    """How the planted trials ended, from their files (the rules of trainables/trial_report.py)."""
+    counts = dict.fromkeys(("finished", "patience", "stopped", "failed", "waiting"), 0)
+    for trial in sorted(folder.glob("trial_*")):
+        lines = results(trial) if (trial / "result.json").exists() else []
+        if not lines:
+            counts["waiting"] += 1
+        elif "trial_error" in lines[-1]:
+            counts["failed"] += 1
+        elif lines[-1].get("finished"):
+            counts["finished"] += 1
+            counts["patience"] += lines[-1]["stopped_early"]
+        else:
+            counts["stopped"] += 1
+    return counts
+
+
+def test_the_summary_counts_finished_stopped_and_failed_trials(tmp_path):
+    from tracking.report import trial_counts, write_report
+    from tracking.search_results import load_search
+
+    kinds = ["finished", "stopped", "patience", "failed", "stopped", "finished", "waiting", "stopped", "finished",
+             "patience", "failed"]
+    folder = plant(tmp_path, "mix", [({"lr": 1e-4 * (i + 1), "seed": 0}, planted_lines(kind, 100.0 + i, 10.0 * i))
+                                     for i, kind in enumerate(kinds)])
+    c = counted(folder)
+    assert c == {"finished": 5, "patience": 2, "stopped": 3, "failed": 2, "waiting": 1}  # the plant as meant
+    search = load_search(str(tmp_path), "mix")
+    got = trial_counts(search)
+    assert (got.total, got.finished, got.patience, got.stopped, got.failed, got.running, got.waiting) == (
+        len(kinds), c["finished"], c["patience"], c["stopped"], c["failed"], 0, c["waiting"])
+    write_report(search, tmp_path / "out")
+    text = (tmp_path / "out" / "report.html").read_text()
+    summary = text.split('<span id="summary">', 1)[1].split("</span>", 1)[0]
+    assert summary == (f"{len(kinds)} trials: {c['finished']} finished ({c['patience']} on patience), {c['stopped']} "
+                       f"stopped early by the scheduler, {c['failed']} failed, {c['waiting']} without a finished epoch")
+    # the issue's example: no patience, nothing waiting
+    plant(tmp_path, "six", [({"lr": 1e-4 * (i + 1)}, planted_lines(k, 100.0 + i, i))
+                            for i, k in enumerate(["finished", "stopped"] * 3)])
+    write_report(load_search(str(tmp_path), "six"), tmp_path / "six-out")
+    assert ('<span id="summary">6 trials: 3 finished, 3 stopped early by the scheduler, 0 failed</span>'
+            in (tmp_path / "six-out" / "report.html").read_text())
+
+
+def test_importances_are_a_note_below_ten_finished_trials(tmp_path):
+    """9 finished trials (and stopped ones): the "too few trials" note, no bars nor ranking; 10: the bars."""
+    from tracking.report import write_report
+    from tracking.search_results import load_search
+
+    def configs(n: int) -> list[tuple[dict, list[dict]]]:
+        planted = []
+        for i in range(n):
+            config = {"lr": 1e-5 * 2 ** i, "batch_size": [32, 64, 128][i % 3], "margin": 0.05 + 0.02 * (i % 4)}
+            planted.append((config, planted_lines("finished", 100.0 + 5 * (i % 3) + i % 4, 10.0 * i)))
+        return planted + [({"lr": 1e-5 * 3 ** i, "batch_size": 64, "margin": 0.1},
+                            planted_lines("stopped", 90.0 + i, 500.0 + i)) for i in range(4)]
+
+    plant(tmp_path, "nine", configs(9))
+    paths = write_report(load_search(str(tmp_path), "nine"), tmp_path / "nine-out")
+    text = (tmp_path / "nine-out" / "report.html").read_text()
+    page = Page(text)
+    assert "importances.png" not in {p.name for p in paths} and "importances" not in page.tables
+    assert "importances.png" not in embedded_pngs(page)
+    note = text.split('<p class="note" id="importances-note">', 1)[1].split("</p>", 1)[0]
+    assert note.startswith("too few trials (9 finished; importances need ~10)")
+
+    plant(tmp_path, "ten", configs(10))
+    paths = write_report(load_search(str(tmp_path), "ten"), tmp_path / "ten-out")
+    page = Page((tmp_path / "ten-out" / "report.html").read_text())
+    assert "importances.png" in {p.name for p in paths} and "importances.png" in embedded_pngs(page)
+    rows = page.tables["importances"][1:]
+    assert {name for name, _ in rows} == {"lr", "batch_size", "margin"}
+    values = [float(v) for _, v in rows]
+    assert values == sorted(values, reverse=True) and math.isclose(sum(values), 1.0, abs_tol=1e-2)  # ranked
+    assert 'id="importances-note"' not in (tmp_path / "ten-out" / "report.html").read_text()
+
+
+def sixteen_settings(tmp_path: Path) -> tuple[Path, list[tuple[dict, list[dict]]]]:
+    """14 trials that ran over 16 settings that vary (a plugin's among them, off in some trials) and
+    constant ones, plus a failed and a waiting trial with values of their own (not drawn)."""
+    import random
+
+    rng = random.Random(3)
+    planted = []
+    for i in range(14):
+        config = {"backbone": ["mssl", "gmmformer"][i % 2], "epochs": 3, "seed": 0, "hidden_size": 16,
+                  "lr": 10 ** rng.uniform(-4.3, -3), "batch_size": [32, 64, 128][i % 3],
+                  "hard_negative_start_epoch": i % 3, "weight_decay": rng.uniform(0, 0.05),
+                  "drop": rng.uniform(0, 0.3), "input_drop": rng.uniform(0, 0.3), "margin": rng.uniform(0.05, 0.3),
+                  "alpha": rng.uniform(0.2, 0.8)}
+        if i % 3:
+            config.update({"ral": True, "ral.k": [1, 3, 6, 10, 16][i % 5], "ral.pm_weight": 10 ** rng.uniform(-4, -1.4),
+                           "ral.da_weight": 10 ** rng.uniform(-5, -2),
+                           "ral.da_variant": ["as_released", "clean"][i % 2],
+                           "ral.unit": ["support_set", "per_query"][i % 2 if i < 7 else 1 - i % 2],
+                           "ral.gate_temperature": rng.uniform(0.25, 4.0)})
+        kind = "stopped" if i % 4 == 0 else "finished"
+        planted.append((config, planted_lines(kind, 100.0 + (i * 7) % 23 + 0.1 * i, 10.0 * i)))
+    planted.append(({**planted[1][0], "lr": 0.5, "only_failed": 1}, planted_lines("failed", 0.0, 900.0)))
+    planted.append(({**planted[2][0], "only_waiting": 2}, []))
+    return plant(tmp_path, "wide", planted), planted
+
+
+def test_parallel_coordinates_and_slices_cover_only_the_varied_settings(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from tracking.report import (
+        HIGHLIGHT_TOP,
+        LABEL_WIDTH,
+        abbreviate,
+        parallel_figure,
+        ran_trials,
+        slices_figure,
+        varied_settings,
+        write_report,
+    )
+    from tracking.search_results import load_search
+
+    folder, planted = sixteen_settings(tmp_path)
+    # independently: the trials that ran (not failed, an epoch), and the keys whose value or presence differs
+    ran = [(config, lines) for config, lines in planted if lines and "trial_error" not in lines[-1]]
+    keys = {k for config, _ in ran for k in config}
+    varied = {k for k in keys if len({json.dumps(config.get(k, "<none>")) for config, _ in ran}) > 1}
+    assert len(varied) == 16 and not varied & {"epochs", "seed", "hidden_size", "ral.csa", "only_failed"}
+
+    search = load_search(str(tmp_path), "wide")
+    trials = ran_trials(search)
+    axes = varied_settings(trials)
+    assert [a.name for a in axes] == ["backbone", *sorted(varied - {"backbone"})]
+    labels = abbreviate([a.name for a in axes])
+    assert len(set(labels)) == len(labels) and max(map(len, labels)) <= LABEL_WIDTH
+    assert labels[[a.name for a in axes].index("hard_negative_start_epoch")] == "har_neg_sta_epo"
+
+    write_report(search, tmp_path / "out")
+    text = (tmp_path / "out" / "report.html").read_text()
+    page = Page(text)
+    assert {"parallel.png", "slices.png"} <= set(embedded_pngs(page))
+    assert page.tables["parallel-axes"][1:] == [[label, a.name] for label, a in zip(labels, axes)]
+
+    # the parallel coordinates: one axis per varied setting and the score, readable labels, the top 5 in colour
+    fig = parallel_figure(trials, axes, labels)
+    ax = fig.axes[0]
+    ticks = ax.get_xticklabels()
+    assert [t.get_text() for t in ticks] == [*labels, "best val SumR"] and {t.get_rotation() for t in ticks} == {40}
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in ticks]
+    assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))  # no label runs into its neighbour
+    assert all(fig.bbox.contains(b.x0, b.y0) and fig.bbox.contains(b.x1, b.y1) for b in boxes)  # none cut off
+    best_first = sorted(ran, key=lambda t: -next(line["best_val_sumr"] for line in reversed(t[1])
+                                                 if "best_val_sumr" in line))
+    coloured = [line for line in ax.get_lines() if line.get_linewidth() == 2.0]
+    grey = [line for line in ax.get_lines() if to_hex(line.get_color()) == "#b0b0b0"]
+    assert len(coloured) == HIGHLIGHT_TOP and len(grey) == len(ran) - HIGHLIGHT_TOP
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [entry.split(" ")[1] for entry in legend] == [
+        next(t.trial_id for t in trials if t.config == config) for config, _ in best_first[:HIGHLIGHT_TOP]]
+
+    # the slices: one panel per varied setting, titled with its full name, a point per trial that has it
+    fig = slices_figure(trials, axes)
+    panels = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title().split(" (")[0] for a in panels] == [a.name for a in axes]
+    for panel, axis in zip(panels, axes):
+        points = sum(len(c.get_offsets()) for c in panel.collections)
+        categorical = axis.name in ("backbone", "ral", "ral.da_variant", "ral.unit")
+        assert points == (len(ran) if categorical else sum(axis.name in config for config, _ in ran)), axis.name
+
+    # 2 settings: nothing abbreviated, no axes table; 1 trial that ran: a note instead of the figure
+    plant(tmp_path, "narrow", [({"lr": 1e-4 * (i + 1), "margin": 0.1 * i}, planted_lines("finished", 100.0 + i, i))
+                               for i in range(3)])
+    write_report(load_search(str(tmp_path), "narrow"), tmp_path / "narrow-out")
+    assert "parallel-axes" not in Page((tmp_path / "narrow-out" / "report.html").read_text()).tables
+    plant(tmp_path, "single", [({"lr": 1e-4}, planted_lines("finished", 100.0, 0.0))])
+    write_report(load_search(str(tmp_path), "single"), tmp_path / "single-out")
+    single = (tmp_path / "single-out" / "report.html").read_text()
+    assert "no parallel coordinates" in single and "no slice plots" in single
+
+
+# ---------------------------------------------------------------- the live report
+
+
+def test_live_report_refreshes_the_artifact_throttled_and_warns_once(tmp_path, capsys, monkeypatch):
+    """search/live_report.py against a real MLflow SQLite store and planted staging folders: a burst of
+    trial ends makes one more refresh (of the newest view), trials not ended count as running, the printed
+    path is the artifact, an error is one warning line, and the callback pickles without its thread."""
+    import pickle
+    import time
+
+    from ray.tune.experiment import Trial
+
+    from search.live_report import LiveReport, Seen, snapshot
+    from tracking.mlflow_runs import Tracking, start_parent
+    from tracking.report import report_location
+
+    monkeypatch.chdir(tmp_path)  # the store's default artifact root, ./mlruns, lands here
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracking = start_parent(uri, "prvr", "live", "base", params={}, tags={}, resume=False)
+    staging = tmp_path / "staging"
+    plant(staging, "live", [({"lr": 1e-4 * (i + 1)}, planted_lines(kind, 100.0 + i, i))
+                            for i, kind in enumerate(["finished", "stopped", "finished"])])
+    folders = sorted(str(f) for f in (staging / "live").glob("trial_*"))
+    configs = [json.loads((Path(f) / "params.json").read_text()) for f in folders]
+
+    def seen(*statuses: str) -> list[Seen]:
+        return [Seen(f"t{i}", status, configs[i], folders[i], None) for i, status in enumerate(statuses)]
+
+    def logged_summary() -> str:
+        client = tracking.client()
+        page = Path(client.download_artifacts(tracking.parent_run_id, "report/report.html", str(tmp_path / "dl")))
+        return page.read_text().split('<span id="summary">', 1)[1].split("</span>", 1)[0]
+
+    live = LiveReport(tracking, str(tmp_path / "results" / "live"), min_interval_s=3.0)
+    assert live.refresh(seen(Trial.TERMINATED, Trial.RUNNING, Trial.RUNNING)[1:2]) is False  # none finished yet
+    began = time.monotonic()
+    live.request(seen(Trial.TERMINATED, Trial.RUNNING, Trial.RUNNING))  # t2's final report is in: finished
+    live.wait()
+    assert live.refreshes == 1
+    assert logged_summary() == "3 trials: 2 finished, 0 stopped early by the scheduler, 0 failed, 1 running"
+    for statuses in ([Trial.TERMINATED, Trial.TERMINATED, Trial.RUNNING], [Trial.TERMINATED] * 2 + [Trial.ERROR],
+                     [Trial.TERMINATED] * 3):  # a burst: one refresh, of the last
+        live.request(seen(*statuses))
+    live.wait()
+    assert live.refreshes == 2 and time.monotonic() - began >= 3.0
+    assert logged_summary() == "3 trials: 2 finished, 1 stopped early by the scheduler, 0 failed"
+    out = capsys.readouterr()
+    where = report_location(uri, tracking.parent_run_id)
+    assert out.out.splitlines() == [f"report of search live (rewritten as trials end): {where}"]  # printed once
+    assert Path(where).is_file() and Path(where).is_relative_to(tmp_path) and "warning" not in out.err
+
+    # a trial Tune ended on an error is failed; the ended trial's status is the callback's, not Tune's yet
+    trial = Trial("trainable", config={"lr": 1.0}, stub=True, trial_id="x1")
+    (entry,) = snapshot([trial], trial, Trial.ERROR)
+    assert (entry.trial_id, entry.status, entry.folder, entry.config) == ("x1", Trial.ERROR, None, {"lr": 1.0})
+    assert snapshot([trial], None, None)[0].status == Trial.PENDING
+    failed = seen(Trial.TERMINATED, Trial.TERMINATED, Trial.ERROR)
+    failed[1] = dataclasses.replace(failed[1], error="RayActorError: the actor died")
+    live.refresh(failed)
+    assert logged_summary() == "3 trials: 2 finished, 0 stopped early by the scheduler, 1 failed"
+
+    # pickled by Tune for a restore: no thread nor lock; the copy refreshes alike
+    copy = pickle.loads(pickle.dumps(live))
+    assert copy.refreshes == 0 and copy.tracking == tracking and copy.refresh(seen(*[Trial.TERMINATED] * 3))
+
+    broken = LiveReport(Tracking(uri, tracking.experiment_id, "no-such-run", "live", "base"), "x", min_interval_s=0.0)
+    for _ in range(3):
+        broken.request(seen(Trial.TERMINATED, Trial.RUNNING, Trial.RUNNING))
+        broken.wait()
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]  # not MLflow's progress
+    assert len(err) == 1 and err[0].startswith("warning: the live report of search live was not refreshed (the "
+                                               "search goes on): "), err
+
+
+def test_report_location_on_a_tracking_server(tmp_path):
+    """With a tracking server (artifacts proxied to S3, the real moto and mlflow servers) the printed place
+    is the MLflow UI's page of report/report.html in the parent run; the server serves that file."""
+    import urllib.parse
+    import urllib.request
+
+    from servers import mlflow_server, moto_server
+
+    from tracking.mlflow_runs import start_parent
+    from tracking.report import log_report, report_location, write_report
+    from tracking.search_results import load_search
+
+    plant(tmp_path / "results", "srv", [({"lr": 1e-4 * (i + 1)}, planted_lines("finished", 100.0 + i, i))
+                                        for i in range(2)])
+    paths = write_report(load_search(str(tmp_path / "results"), "srv"), tmp_path / "out")
+    with moto_server() as s3:
+        bucket = s3.make_bucket("tracking")
+        with mlflow_server(tmp_path, s3, bucket) as server:
+            tracking = start_parent(server.uri, "prvr", "srv", "base", params={}, tags={}, resume=False)
+            log_report(server.uri, tracking.parent_run_id, paths)
+            where = report_location(server.uri, tracking.parent_run_id)
+            assert where == (f"{server.uri}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
+                             f"/artifacts/report/report.html")
+            query = urllib.parse.urlencode({"path": "report/report.html", "run_uuid": tracking.parent_run_id})
+            with urllib.request.urlopen(f"{server.uri}/get-artifact?{query}", timeout=30) as response:
+                assert response.read() == (tmp_path / "out" / "report.html").read_bytes()
+
+
+def test_a_search_rewrites_its_report_before_it_ends(tmp_path):
+    """A real search (3 trials, one at a time): report.html is in the parent run's artifacts, and changes,
+    while the search still runs; its end replaces it with the final one. The space it records and samples
+    has hard_negative_start_epoch below --max-epochs."""
+    import time
+
+    name = "live"
+    command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--space", "base", "--backbones", "mssl",
+               "--trials", "3", "--max-epochs", "2", "--scheduler", "none", "--concurrency", "1", "--set",
+               "hidden_size=16", "n_heads=2", "--validate-samples", "20", "--storage", str(tmp_path / "results"),
+               "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--name", name, "--confirm-top", "0"]
+    log = tmp_path / "search.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=sink, stderr=subprocess.STDOUT)
+        seen_running: list[str] = []
+        deadline = time.monotonic() + 420
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                for page in tmp_path.glob("mlruns/*/*/artifacts/report/report.html"):
+                    try:
+                        text = page.read_text()
+                    except OSError:
+                        continue
+                    if process.poll() is None and '<span id="summary">' in text:  # read while it still runs
+                        summary = text.split('<span id="summary">', 1)[1].split("</span>", 1)[0]
+                        if summary not in seen_running:
+                            seen_running.append(summary)
+                time.sleep(0.3)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    output = log.read_text()
+    assert process.returncode == 0, output[-3000:]
+    final_summary = "3 trials: 3 finished, 0 stopped early by the scheduler, 0 failed"
+    # a live one first (fewer trials finished); later, maybe, the final one (the search's end writes it before exiting)
+    assert seen_running, output[-3000:]
+    finished = [int(s.split(" finished")[0].rsplit(" ", 1)[1]) for s in seen_running]
+    assert finished[0] < 3 and finished == sorted(finished), seen_running
+    assert all(s == final_summary for s, n in zip(seen_running, finished) if n == 3), seen_running
+
+    from mlflow.tracking import MlflowClient
+
+    from tracking.report import report_location
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    experiment = client.get_experiment_by_name("prvr")
+    (parent,) = client.search_runs([experiment.experiment_id],
+                                   f"tags.`prvr.kind` = 'parent' and tags.`prvr.search` = '{name}'")
+    where = report_location(f"sqlite:///{tmp_path / 'm.db'}", parent.info.run_id)
+    assert f"report of search {name} (rewritten as trials end): {where}" in output
+    final = Path(where).read_text()
+    assert f'<span id="summary">{final_summary}</span>' in final
+    assert "warning: the live report" not in output and "warning: no report" not in output
+
+    space = json.loads(Path(client.download_artifacts(parent.info.run_id, "space.json", str(tmp_path / "dl")))
+                       .read_text())
+    entry = next(e for e in space["training"]["entries"] if e["name"] == "hard_negative_start_epoch")
+    assert (entry["low"], entry["high"], entry["below"]) == (0, 1, "epochs")
+    for params in (tmp_path / "results" / name).glob("trial_*/params.json"):
+        assert json.loads(params.read_text())["hard_negative_start_epoch"] in (0, 1)
 
 
 # ---------------------------------------------------------------- headless Chromium

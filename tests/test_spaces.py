@@ -128,3 +128,90 @@ def test_a_plugin_registered_in_a_test_alone_is_searched_once_it_has_ranges(tmp_
         assert reports[0].train_loss["toy.toy"] > 0  # the plugin's loss term, named <plugin>.<term>
     finally:
         PLUGINS._classes.pop("toy", None)
+
+
+# ---------------------------------------------------------------- settings counted in epochs (below: epochs)
+
+
+def test_a_setting_counted_in_epochs_is_sampled_below_the_runs_epochs():
+    """hard_negative_start_epoch (0-30 in ranges.yaml) in a 3-epoch run: only starts that act, all of them."""
+    import yaml
+
+    from spaces.ranges import DEFAULT_RANGES
+
+    written = yaml.safe_load(DEFAULT_RANGES.read_text())["training"]["hard_negative_start_epoch"]
+    assert (written["low"], written["high"], written["below"]) == (0, 30, "epochs")
+    for name in ("base", "full"):
+        starts = [c["hard_negative_start_epoch"] for c in build_space(name, fixed={"epochs": 3}).sample(500, seed=4)]
+        assert set(starts) == {0, 1, 2}, name  # epochs 0, 1, 2 exist; a start at 3 or later never acts
+    # the recorded space (the parent run's space.json) is the clipped one
+    import dataclasses
+
+    entry = dataclasses.asdict(build_space("base", fixed={"epochs": 3}).groups["training"]["hard_negative_start_epoch"])
+    assert (entry["low"], entry["high"], entry["below"]) == (0, 2, "epochs")
+    # a run longer than the range: the range as written; no epochs (the backbone's own): as written
+    assert build_space("base", fixed={"epochs": 100}).groups["training"]["hard_negative_start_epoch"].high == 30
+    assert build_space("base").groups["training"]["hard_negative_start_epoch"].high == 30
+
+
+def test_overrides_keep_below_and_an_empty_clipped_range_is_one_line(tmp_path):
+    from trainables.errors import InputError
+
+    kept = tmp_path / "kept.yaml"
+    kept.write_text("training:\n  hard_negative_start_epoch: {type: int, low: 1, high: 10, step: 3}\n")
+    entry = build_space("base", overrides=str(kept), fixed={"epochs": 6}).groups["training"][
+        "hard_negative_start_epoch"]
+    assert (entry.low, entry.high, entry.below) == (1, 4, "epochs")  # 1, 4 (7 and 10 >= 6); on the step grid
+    starts = {c["hard_negative_start_epoch"] for c in build_space("base", overrides=str(kept),
+                                                                  fixed={"epochs": 6}).sample(100)}
+    assert starts == {1, 4}
+    dropped = tmp_path / "dropped.yaml"
+    dropped.write_text("training:\n  hard_negative_start_epoch: {type: int, low: 0, high: 10, below: null}\n")
+    assert build_space("base", overrides=str(dropped), fixed={"epochs": 3}).groups["training"][
+        "hard_negative_start_epoch"].high == 10
+
+    late = tmp_path / "late.yaml"
+    late.write_text("training:\n  hard_negative_start_epoch: {type: int, low: 5, high: 10}\n")
+    with pytest.raises(InputError) as caught:
+        build_space("base", overrides=str(late), fixed={"epochs": 3})
+    assert str(caught.value) == (
+        "range training.hard_negative_start_epoch: low 5 is not below epochs 3 (--max-epochs 3): it could never "
+        "act in so short a run; lower its low or raise --max-epochs")
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("training:\n  lr: {type: float, low: 0.001, high: 0.01, below: epochs}\n")
+    with pytest.raises(InputError, match="range training.lr: unknown key 'below' for type float"):
+        load_ranges(wrong)
+    other = tmp_path / "other.yaml"
+    other.write_text("training:\n  hard_negative_start_epoch: {type: int, low: 0, high: 9, below: patience}\n")
+    with pytest.raises(InputError, match="range training.hard_negative_start_epoch: below must name epochs"):
+        load_ranges(other)
+
+
+def test_a_too_short_run_is_refused_before_ray_and_the_default_run_validates(tmp_path):
+    """search/run.py as a user runs it: --max-epochs 3 with a start range from 5 is one error line (exit 2,
+    before Ray); the default --max-epochs 2 space validates with starts 0-1 only."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    late = tmp_path / "late.yaml"
+    late.write_text("training:\n  hard_negative_start_epoch: {type: int, low: 5, high: 10}\n")
+    done = subprocess.run([sys.executable, "search/run.py", "--overrides", str(late), "--max-epochs", "3",
+                           "--storage", str(tmp_path / "results")], cwd=root, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PRVR_DATA_DIR": str(tmp_path / "data")})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: range training.hard_negative_start_epoch: low 5 is not below epochs 3 (--max-epochs 3): it could "
+        "never act in so short a run; lower its low or raise --max-epochs"]
+    assert not (tmp_path / "results").exists()
+
+    from search.run import _parser, build_preset_space, held_fixed
+
+    args = _parser().parse_args(["--space", "full"])
+    assert args.max_epochs == 2  # the default run
+    fixed = {"epochs": args.max_epochs, "patience": args.patience, "seed": args.seed, **held_fixed(args)}
+    space = build_preset_space(args, {**fixed, "hidden_size": 16, "n_heads": 4})
+    assert space.validate(DIMS, count=args.validate_samples) >= 1
+    assert {c["hard_negative_start_epoch"] for c in space.sample(args.validate_samples)} == {0, 1}

@@ -68,6 +68,10 @@ class TrialRecord:
     config: dict[str, Any]
     results: list[dict[str, Any]]
     checkpoint: str | None  # a folder path on ``FinishedSearch.filesystem``
+    #: set by a live report (``search/live_report.py``) from the driver's view, never read from the storage:
+    #: the trial is still running (its epochs so far look like a stopped trial's), or Tune's error that ended it
+    running: bool = False
+    error: str | None = None
 
     @property
     def last(self) -> dict[str, Any]:
@@ -75,7 +79,8 @@ class TrialRecord:
 
     @property
     def failed(self) -> bool:
-        return is_failed(self.last)
+        """Its own error (``trial_error``), or a Tune error that ended it (``error``)."""
+        return is_failed(self.last) or (self.error is not None and not self.running)
 
     @property
     def finished(self) -> bool:
