@@ -87,7 +87,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
         storage, which a killed driver may have written after that save: a trial the save knows and the storage
         has finished is not told again (its results after the resume are ignored), and a trial the save does not
         know (Tune runs its config again under a new id) is told FAIL, tagged ``ABANDONED_ATTR``, instead of
-        staying RUNNING. An in-memory study is the save's own: nothing to catch up."""
+        staying RUNNING (one that had ended keeps its state: a finished trial cannot be changed). An in-memory
+        study is the save's own: nothing to catch up."""
         super().restore(checkpoint_path)
         self.told_before_restore = set(getattr(self, "told_before_restore", ()))
         if self._ot_study is None:
