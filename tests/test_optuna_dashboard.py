@@ -24,14 +24,14 @@ import pytest
 from benchmarks.local_servers import free_port, stop, wait_http
 from tests.test_search import TINY_MODEL, _command, _env, run_search
 
-#: lr is either sane or diverging (NaN loss in the first epoch: the trial's own failure); ASHA stops the worst
+#: lr is either sane or diverging (a NaN loss: the trial's own failure); ASHA (keeping 1/4 at epoch 1) stops some
 RANGES = """\
 training:
   lr: {type: categorical, choices: [3.0e-4, 1.0e-3, 1.0e+30]}
   weight_decay: {type: fixed, value: 0.0}
 """
 SEARCH_ARGS = ["--space", "base", "--backbones", "mssl", "--trials", "8", "--max-epochs", "3",
-               "--grace-epochs", "1", "--concurrency", "2", *TINY_MODEL]
+               "--grace-epochs", "1", "--reduction-factor", "4", "--concurrency", "2", *TINY_MODEL]
 
 #: the second process: a fresh Python that loads the study from the storage every half second (as
 #: optuna-dashboard opens it: no table creation) and prints what it sees, until the stop file exists; it opens
@@ -204,7 +204,12 @@ def test_a_killed_and_resumed_search_keeps_each_trial_once_in_the_study(tmp_path
         driver = subprocess.Popen(_command(tmp_path, *args), cwd=tmp_path, env=_env(tmp_path), stdout=handle,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     ray_dirs = set(Path(tempfile.gettempdir()).glob("prvr-ray-*"))
-    try:  # killed once 3 trials are told and another has reported an epoch: the study is ahead of Tune's save
+    experiment = tmp_path / "results" / "k"
+    # killed once 3 trials are told and another has reported an epoch. Tune saves its state (the searcher's too)
+    # after nearly every report, so the study is ahead of that save only when the kill lands in between (seen in
+    # 2 of 4 runs: a trial left RUNNING, or killed while being asked); the catch-up itself is tested without
+    # Ray below (test_a_restored_searcher_catches_up_with_its_storage)
+    try:
         deadline = time.time() + 400
         while time.time() < deadline:
             assert driver.poll() is None, log.read_text()[-3000:]
@@ -232,11 +237,11 @@ def test_a_killed_and_resumed_search_keeps_each_trial_once_in_the_study(tmp_path
     for number, (trial_id, state) in before.items():  # what was told before the kill stays as it was
         if state != "RUNNING":
             assert (trials[number].user_attrs.get("trial_id"), trials[number].state.name) == (trial_id, state)
-    known = _tune_trial_ids(tmp_path / "results" / "k")
+    known = _tune_trial_ids(experiment)
     assert len(known) == 8
     by_trial = _by_ray_trial(study)
     assert all(len(by_trial[t]) == 1 for t in known)  # every trial of the resumed search once
-    on_disk = _read_trials(tmp_path / "results" / "k")
+    on_disk = _read_trials(experiment)
     for trial_id in known:  # and in the state its results say (told before or after the kill)
         (ot_trial,) = by_trial[trial_id]
         state, value, _ = _expected(on_disk[trial_id][1])
