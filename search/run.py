@@ -92,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     storage.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: sqlite:///<working folder>/mlflow.db); http://host:port for a "
                         "server")
+    storage.add_argument("--optuna-storage", default=None, metavar="URL",
+                         help="Optuna storage of the search's study, for optuna-dashboard: an RDB URL, a journal file "
+                         "or none (default: sqlite:///.../optuna.db beside a local MLflow store, else in a local "
+                         "--storage)")
     storage.add_argument("--experiment", default="prvr", help="MLflow experiment of the search's runs")
     search.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
     search.add_argument("--confirm-top", type=int, default=CONFIRM_TOP,
@@ -262,7 +266,7 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search import confirmation, tuning
+    from search import confirmation, study_storage, tuning
     from search.driver import driver_session, prepare
     from search.results import best_trials_table, ranked, rows_of
     from search.schedulers import make_scheduler
@@ -297,6 +301,8 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
         parent = recorded_parent(args, tracking_uri)
         check_resume_options(args, given, parent)
         check_resumable_state(args, storage, parent)
+    args.optuna_storage, optuna_storage = study_storage.prepare(args.optuna_storage, name, tracking_uri, storage,
+                                                                parent if args.resume else None, args.resume)
     start = time.perf_counter()
     built = space.validate(Dims(manifest.video_dim, manifest.query_dim), count=args.validate_samples)
     print(f"space {space.name} over {', '.join(space.backbones)}: {args.validate_samples} sampled configs valid, "
@@ -311,7 +317,8 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
                                                             space.groups.items()}, "space.json")
         set_trials_view(tracking, sorted(sampled_keys(space)))
         searcher = PruneAwareOptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=make_sampler(args.sampler,
-                                                                                                      args.seed))
+                                                                                                      args.seed),
+                                          study_name=name, storage=optuna_storage)
         scheduler = make_scheduler(args.scheduler, metric=METRIC, mode=MODE, time_attr=TIME_ATTR,
                                    max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
                                    reduction_factor=args.reduction_factor, searcher=searcher)
@@ -365,6 +372,7 @@ def search(args: argparse.Namespace, given: AbstractSet[str] = frozenset()) -> i
         tracking.client().set_tag(tracking.parent_run_id, INTERRUPTED_TAG, "SIGINT")
     finish_parent(tracking, best, table, "KILLED" if interrupted else "FINISHED" if top else "FAILED")
     print(ui_lines(tracking, args.experiment))
+    print(study_storage.dashboard_line(args.optuna_storage, name))
     if interrupted:
         root = storage.uri.rstrip("/").rsplit("/", 1)[0]
         print(f"interrupted: continue with  python search/run.py --storage {root} --name {name} --resume "
