@@ -97,6 +97,18 @@ def resource_options(group: Any) -> None:
                        help="retries of a trial whose node or worker was lost")
 
 
+def stored_search_options(group: Any) -> None:
+    """The "storage/tracking" options of a command that reads a finished search (export, report): where its
+    results and its MLflow runs are."""
+    group.add_argument("--storage", default="prvr-results",
+                       help="where the search's results are: a local folder or s3://bucket/prefix")
+    group.add_argument("--s3-endpoint", default=None,
+                       help="an S3-compatible endpoint (http://host:port) instead of AWS")
+    group.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI of the search (default: sqlite:///<working folder>/mlflow.db)")
+    group.add_argument("--experiment", default="prvr", help="MLflow experiment of the search")
+
+
 def cluster_options(group: Any) -> None:
     """The options of the "cluster" group (``group``) of a search and an ablation: which Ray runs the trials."""
     from search.ray_target import add_local_option

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from search.cli import parser, program, run_main
+from search.cli import parser, program, run_main, stored_search_options
 from tracking.storage import check_name
 from trainables.data.s3 import StorageSettings, is_s3
 from trainables.errors import InputError
@@ -63,13 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--name", required=True, help="the search's name")
     what.add_argument("--trial", default=None, help="the trial id to export, of the search or its confirmation "
                       "stage (default: the champion's best run; without a confirmation stage, the best trial)")
-    storage.add_argument("--storage", default="prvr-results",
-                         help="where the search's results are: a local folder or s3://bucket/prefix")
-    storage.add_argument("--s3-endpoint", default=None,
-                         help="an S3-compatible endpoint (http://host:port) instead of AWS")
-    storage.add_argument("--tracking-uri", default=None,
-                         help="MLflow tracking URI of the search (default: sqlite:///<working folder>/mlflow.db)")
-    storage.add_argument("--experiment", default="prvr", help="MLflow experiment of the search")
+    stored_search_options(storage)  # --storage, --s3-endpoint, --tracking-uri, --experiment
     what.add_argument("--out", type=Path, default=None,
                       help="the export folder, must not exist (default: exports/<name>-<trial>)")
     what.add_argument("--registered-name", default=None, help="registered model name (default: prvr-<name>)")

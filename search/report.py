@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from search.cli import parser, program, run_main
+from search.cli import parser, program, run_main, stored_search_options
 from tracking.storage import check_name
 from trainables.data.s3 import StorageSettings, is_s3
 from trainables.errors import InputError
@@ -27,13 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p = parser(program("search/report.py"), __doc__)
     what, storage = p.add_argument_group("report"), p.add_argument_group("storage/tracking")
     what.add_argument("--name", required=True, help="the search's name")
-    storage.add_argument("--storage", default="prvr-results",
-                         help="where the search's results are: a local folder or s3://bucket/prefix")
-    storage.add_argument("--s3-endpoint", default=None,
-                         help="an S3-compatible endpoint (http://host:port) instead of AWS")
-    storage.add_argument("--tracking-uri", default=None,
-                         help="MLflow tracking URI of the search (default: sqlite:///<working folder>/mlflow.db)")
-    storage.add_argument("--experiment", default="prvr", help="MLflow experiment of the search")
+    stored_search_options(storage)  # --storage, --s3-endpoint, --tracking-uri, --experiment
     what.add_argument("--out", type=Path, default=None, help="folder of the report (default: ./report-<name>)")
     what.add_argument("--overwrite", action="store_true",
                       help="write into an --out folder that is not empty (the files of an earlier report are replaced)")
