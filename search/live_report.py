@@ -36,8 +36,8 @@ from tracking.mlflow_runs import Tracking
 from trainables.trial_report import FINISHED
 
 #: seconds from the end of a refresh to the start of the next at least (a refresh, report and upload, took
-#: 2-10 s on a shared 2-core machine)
-MIN_INTERVAL_S = 10.0
+#: 2-10 s of CPU on a shared 2-core machine, which the trials need too: the first trial's end refreshes at once)
+MIN_INTERVAL_S = 30.0
 RESULT_FILE = "result.json"  # what Tune's JsonLoggerCallback writes in a trial's staging folder
 ENDED = (Trial.TERMINATED, Trial.ERROR)
 

@@ -64,7 +64,7 @@ def test_a_trial_with_a_stored_end_report_repeats_it_and_does_not_train(tmp_path
     assert {k: stored[0][k] for k in PLANTED} == PLANTED
 
 
-def _trial(tmp_path: Path, remote_lines: list[dict[str, Any]]) -> Any:
+def _trial(tmp_path: Path, remote_lines: list[dict[str, Any]], staged_lines: list[dict[str, Any]] | None = None) -> Any:
     from ray.train._internal.storage import StorageContext
     from ray.tune.experiment import Trial
 
@@ -75,6 +75,8 @@ def _trial(tmp_path: Path, remote_lines: list[dict[str, Any]]) -> Any:
     remote = Path(trial.storage.trial_fs_path)
     remote.mkdir(parents=True)
     (remote / "result.json").write_text("".join(json.dumps(line) + "\n" for line in remote_lines))
+    if staged_lines is not None:  # a killed driver's copy in the same staging folder (a cluster's Ray session)
+        Path(str(trial.local_path), "result.json").write_text("".join(json.dumps(line) + "\n" for line in staged_lines))
     return trial
 
 
@@ -98,8 +100,22 @@ def test_a_replayed_end_report_is_not_written_twice_and_stored_reports_are_kept(
     local = Path(trial.local_path, "result.json")
     assert _lines(local) == [EPOCH_1, PLANTED]
 
-    # an ordinary report is appended as Ray's logger does
-    log.log_trial_result(2, trial, EPOCH_1)
+    # a killed driver's staged copy holds an epoch it never uploaded (the trial runs it again): the storage's wins
+    epoch_2 = epoch_report(2, _metrics(110.0), {"total": 0.9}, 2, 110.0)
+    stale = _trial(tmp_path / "stale", [EPOCH_1], staged_lines=[EPOCH_1, epoch_2])
+    stale_log = ResultLog()
+    stale_log.log_trial_start(stale)
+    stale_log.log_trial_result(2, stale, epoch_2)
+    stale_log.log_trial_end(stale)
+    assert _lines(Path(str(stale.local_path), "result.json")) == [EPOCH_1, epoch_2]
+
+    # an epoch run again from an older checkpoint is not written twice; a new one is appended as Ray's logger does
+    epoch_3 = epoch_report(3, _metrics(120.0), {"total": 0.8}, 3, 120.0)
+    rerun = _trial(tmp_path / "rerun", [EPOCH_1, epoch_2])
+    rerun_log = ResultLog()
+    for report in (epoch_2, epoch_3):
+        rerun_log.log_trial_result(report["epoch"], rerun, report)
+    rerun_log.log_trial_end(rerun)
+    assert _lines(Path(str(rerun.local_path), "result.json")) == [EPOCH_1, epoch_2, epoch_3]
+    assert not has_end_report(Path(str(rerun.local_path), "result.json"))
     log.log_trial_end(trial)
-    assert _lines(local) == [EPOCH_1, PLANTED, EPOCH_1]
-    assert not has_end_report(local)
