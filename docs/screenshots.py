@@ -33,6 +33,7 @@ from trainables.errors import InputError  # noqa: E402
 #: the MLflow UI's model-training views (not its GenAI overview)
 VIEW = "workflowType=machine_learning"
 SIZE = {"width": 1600, "height": 1000}
+SETTLE_MS = 10_000
 
 
 def free_port() -> int:
@@ -57,7 +58,7 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None
 
 
 def pages(tracking_uri: str, experiment: str, name: str, base: str) -> dict[str, str]:
-    """{screenshot name: URL} of the search ``name``: its runs list, parent run, and its best trial's charts."""
+    """{screenshot name: URL} of the search ``name``: its trials table, parent run, and its best trial's charts."""
     from mlflow.tracking import MlflowClient
 
     from tracking.mlflow_runs import parent_runs
@@ -75,7 +76,8 @@ def pages(tracking_uri: str, experiment: str, name: str, base: str) -> dict[str,
                                 order_by=["metrics.best_val_sumr DESC"])
     if not trials:
         raise InputError(f"search {name!r} has no trial runs")
-    out = {"mlflow-runs-list": f"{base}/#/experiments/{eid}/runs?{VIEW}",
+    # the trials table: the view each search stores (its trials, best first, the swept settings as columns)
+    out = {"mlflow-runs-list": f"{base}/#/experiments/{eid}/runs?{VIEW}&viewStateShareKey={parent.info.run_id}",
            "mlflow-parent-run": f"{base}/#/experiments/{eid}/runs/{parent.info.run_id}?{VIEW}",
            "mlflow-trial-charts": f"{base}/#/experiments/{eid}/runs/{trials[0].info.run_id}/model-metrics?{VIEW}"}
     folder = Path(tempfile.mkdtemp(prefix="prvr-screenshots-"))
@@ -99,8 +101,8 @@ def shoot(urls: dict[str, str], out: Path, chromium: str) -> list[Path]:
         try:
             page = browser.new_page(viewport=SIZE)
             for shot, url in urls.items():
-                page.goto(url, wait_until="networkidle", timeout=120_000)
-                page.wait_for_timeout(4000)  # the UI draws its tables and charts after the data arrives
+                page.goto(url, wait_until="load", timeout=120_000)  # the UI polls: the network is never idle
+                page.wait_for_timeout(SETTLE_MS)  # the UI draws its tables and charts after the data arrives
                 for label in ("Close", "Got it", "Dismiss"):  # a first-visit pop-up would cover the page
                     button = page.get_by_role("button", name=label)
                     if button.count():
