@@ -20,7 +20,6 @@ is meaningless until the stage ends.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import threading
@@ -31,14 +30,15 @@ from typing import Any
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
+from ray.tune.result import EXPR_RESULT_FILE
 
+from search.result_log import read_reports
 from tracking.mlflow_runs import Tracking
 from trainables.trial_report import FINISHED
 
 #: seconds from the end of a refresh to the start of the next at least (a refresh, report and upload, took
 #: 2-10 s of CPU on a shared 2-core machine, which the trials need too: the first trial's end refreshes at once)
 MIN_INTERVAL_S = 30.0
-RESULT_FILE = "result.json"  # what Tune's JsonLoggerCallback writes in a trial's staging folder
 ENDED = (Trial.TERMINATED, Trial.ERROR)
 
 
@@ -78,22 +78,6 @@ def _failure(trial: Trial, describe: Any) -> str:
         return "failed (Tune error)"
 
 
-def _results(folder: str | None) -> list[dict[str, Any]]:
-    """The trial's reports so far (a line being written is left out)."""
-    if folder is None:
-        return []
-    path = Path(folder) / RESULT_FILE
-    if not path.is_file():
-        return []
-    results = []
-    for line in path.read_text().splitlines():
-        try:
-            results.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return results
-
-
 def live_search(name: str, storage_uri: str, seen: list[Seen]) -> Any:
     """A ``tracking.search_results.FinishedSearch`` of the trials ``seen``, read from their staging folders."""
     from pyarrow import fs
@@ -103,7 +87,7 @@ def live_search(name: str, storage_uri: str, seen: list[Seen]) -> Any:
 
     records = []
     for trial in seen:
-        results = _results(trial.folder)
+        results = [] if trial.folder is None else read_reports(Path(trial.folder) / EXPR_RESULT_FILE)
         ended = trial.status in ENDED or bool(results and results[-1].get(FINISHED))  # its last report is in
         records.append(TrialRecord(trial.trial_id, trial.config, results, None,
                                    running=not ended and bool(results), error=trial.error))

@@ -34,22 +34,31 @@ from ray.tune.result import EXPR_RESULT_FILE
 from trainables.trial_report import FINISHED, REPLAYED, TIME_ATTR
 
 
-def _reports(result_file: Path) -> list[dict[str, Any]]:
+def read_reports(result_file: Path) -> list[dict[str, Any]]:
+    """The reports in ``result_file`` (Tune's ``result.json`` of a trial; a line being written is left out;
+    [] when there is no file)."""
     try:
-        return [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError):
+        lines = result_file.read_text().splitlines()
+    except OSError:
         return []
+    reports = []
+    for line in lines:
+        try:
+            reports.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return reports
 
 
 def last_epoch(result_file: Path) -> int:
     """The last epoch ``result_file`` (Tune's ``result.json`` of a trial) holds a report of (0: none)."""
-    epochs = [r.get(TIME_ATTR) for r in _reports(result_file)]
+    epochs = [r.get(TIME_ATTR) for r in read_reports(result_file)]
     return max([e for e in epochs if isinstance(e, int)], default=0)
 
 
 def has_end_report(result_file: Path) -> bool:
     """Whether the last report in ``result_file`` (Tune's ``result.json`` of a trial) is an end report."""
-    reports = _reports(result_file)
+    reports = read_reports(result_file)
     return bool(reports) and bool(reports[-1].get(FINISHED))
 
 
@@ -96,4 +105,4 @@ class ResultLog(JsonLoggerCallback):
         super().log_trial_result(iteration, trial, result)
 
 
-__all__ = ["ResultLog", "has_end_report"]
+__all__ = ["ResultLog", "has_end_report", "last_epoch", "read_reports"]
