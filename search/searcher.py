@@ -28,11 +28,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search import ray_version
 from trainables.errors import InputError
-from trainables.trial_report import is_failed, is_finished
+from trainables.trial_report import RAY_TRIAL_ATTR, is_failed, is_finished
 
 SAMPLERS = ("tpe", "random", "cmaes")
-#: user attribute of an Optuna trial: the id of the Ray trial it is (what a dashboard shows beside the number)
-RAY_TRIAL_ATTR = "trial_id"  # as in the study the report rebuilds (tracking/report.py)
 #: user attribute of an Optuna trial asked after Tune's last save of a driver that was killed: Tune runs its
 #: config again under a new trial id, and the study keeps it as FAIL
 ABANDONED_ATTR = "abandoned"

@@ -212,12 +212,18 @@ def _runs(client: MlflowClient, experiment_id: str, query: str) -> list[Any]:
     return list(client.search_runs([experiment_id], filter_string=query, max_results=5000))
 
 
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str | None = None
+               ) -> list[Any]:
+    """The child runs of the search whose parent run is ``parent_run_id`` (of one trial with ``trial_id``,
+    compared here, not in the query: an id may hold quotes)."""
+    query = f"tags.`{TAG_KIND}` = '{CHILD}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    runs = _runs(client, experiment_id, query)
+    return runs if trial_id is None else [r for r in runs if r.data.tags.get(TAG_TRIAL) == trial_id]
+
+
 def children(tracking: Tracking, trial_id: str | None = None) -> list[Any]:
     """The search's child runs (of one trial with ``trial_id``)."""
-    query = f"tags.`{TAG_KIND}` = '{CHILD}' and tags.`mlflow.parentRunId` = '{tracking.parent_run_id}'"
-    if trial_id is not None:
-        query += f" and tags.`{TAG_TRIAL}` = '{trial_id}'"
-    return _runs(tracking.client(), tracking.experiment_id, query)
+    return child_runs(tracking.client(), tracking.experiment_id, tracking.parent_run_id, trial_id)
 
 
 def child_run(tracking: Tracking, trial_id: str, config: dict[str, Any], plugins: list[str],

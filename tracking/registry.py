@@ -41,7 +41,7 @@ import mlflow
 from mlflow.pyfunc import PythonModel  # mypy sees ``mlflow.pyfunc`` as mlflow's LazyLoader, not the module
 from mlflow.tracking import MlflowClient
 
-from tracking.mlflow_runs import CHILD, TAG_KIND, TAG_SEARCH, TAG_TRIAL, scrub
+from tracking.mlflow_runs import TAG_KIND, TAG_SEARCH, TAG_TRIAL, child_runs, scrub
 from trainables.errors import InputError
 
 CHAMPION = "champion"
@@ -162,9 +162,7 @@ def trial_run_id(client: MlflowClient, experiment: str, parent_run_id: str | Non
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = client.search_runs([found.experiment_id], f"tags.`{TAG_KIND}` = '{CHILD}' and "
-                              f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=5000)
-    matching = [r for r in runs if r.data.tags.get(TAG_TRIAL) == trial_id]  # compared here: ids may hold quotes
+    matching = child_runs(client, found.experiment_id, parent_run_id, trial_id)
     return matching[0].info.run_id if matching else None
 
 

@@ -50,7 +50,7 @@ from optuna.trial import TrialState, create_trial  # noqa: E402
 
 from tracking.champion import RULE, interval_text, selection  # noqa: E402
 from tracking.search_results import FinishedSearch, TrialRecord, compact_config, rank_key  # noqa: E402
-from trainables.trial_report import COLUMNS, STOPPED_EARLY, TAG_PREFIX, metric_key  # noqa: E402  (standard library only)
+from trainables.trial_report import COLUMNS, RAY_TRIAL_ATTR, STOPPED_EARLY, TAG_PREFIX, metric_key  # noqa: E402  (standard library only)
 
 TABLE_TOP = 5  # rows of the best-trials table (as search.results.best_trials_table)
 CURVES_TOP = 5  # learning curves drawn
@@ -167,28 +167,24 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(verbosity)
 
 
-def rebuild_study(search: FinishedSearch, trials: list[TrialRecord] | None = None,
-                  all_complete: bool = False) -> optuna.Study:
-    """An in-memory Optuna study (maximize best val SumR) of ``trials`` (default: every trial, in the order
-    they started), params over the distributions inferred from all of the search's configs, val SumR per
-    epoch as intermediate values, the Ray trial id as user attribute ``trial_id``. With ``all_complete``
-    a stopped trial counts as COMPLETE at its score (for plots of the top trials, stopped ones included)."""
+def rebuild_study(search: FinishedSearch) -> optuna.Study:
+    """An in-memory Optuna study (maximize best val SumR) of every trial, in the order they started, params
+    over the distributions inferred from all of the search's configs, val SumR per epoch as intermediate
+    values, the Ray trial id as user attribute ``trial_id``."""
     distributions = infer_distributions([t.config for t in search.trials])
     with _quiet_optuna():
         study = optuna.create_study(direction="maximize", study_name=search.name)
-        for trial in chronological(search) if trials is None else trials:
+        for trial in chronological(search):
             state = trial_state(trial)
             if state is None:
                 continue
-            if all_complete and state == TrialState.PRUNED:
-                state = TrialState.COMPLETE
             study.add_trial(create_trial(
                 state=state, value=trial.score if state != TrialState.FAIL else None,
                 params={k: _param(trial.config[k], d) for k, d in distributions.items() if k in trial.config},
                 distributions={k: d for k, d in distributions.items() if k in trial.config},
                 intermediate_values={int(e["epoch"]): float(e["val_sumr"]) for e in trial.epochs()
                                      if _finite(e.get("val_sumr")) and _number(e.get("epoch"))},
-                user_attrs={"trial_id": trial.trial_id}))
+                user_attrs={RAY_TRIAL_ATTR: trial.trial_id}))
     return study
 
 
@@ -674,7 +670,7 @@ def page_html(search: FinishedSearch, importances: Importances, figures: dict[st
                      "varied (filled: finished; hollow: stopped early by the scheduler)", notes.get(SLICES)),
         "<h2>Learning curves</h2>",
         _figure_html(figures.get(CURVES), f"Val SumR per epoch of the {CURVES_TOP} best trials (dashed: "
-                     "stopped early by the scheduler)"),
+                     "stopped early by the scheduler, or still running)"),
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p) + "\n"

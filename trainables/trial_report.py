@@ -59,6 +59,8 @@ VAL, BEST_VAL, TEST, LOSS = "val", "best_val", "test", "loss"
 #: config keys ``tag.<name>`` are not settings: they become tags of the trial's child run (an ablation's cell)
 TAG_PREFIX = "tag."
 TRIAL_DIR_PREFIX = "trial_"
+#: the Optuna user attribute of a trial's Ray trial id (the search's study and the study the report rebuilds)
+RAY_TRIAL_ATTR = "trial_id"
 
 
 def metric_key(prefix: str, column: str) -> str:
@@ -160,8 +162,8 @@ def split_tags(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 
 
 __all__ = ["BEST_EPOCH", "BEST_VAL", "COLUMNS", "DONE", "EARLIER_EPOCHS", "END_REPORT", "FINISHED", "LOSS", "METRIC",
-           "MODE", "PLACEMENT", "RECALL_KS", "REPLAYED", "STOPPED_AT_EPOCH", "STOPPED_AT_RUNG", "STOPPED_EARLY",
-           "STOPPED_EARLY_TAG", "TAG_PREFIX", "TEST", "TEST_RANKS", "TIME_ATTR", "TRIAL_DIR_PREFIX", "TRIAL_ERROR",
-           "VAL", "epoch_metrics", "epoch_report", "error_report", "final_metrics", "final_report", "flat_metrics",
-           "is_failed", "is_finished", "metric_key", "split_tags", "stop_tags", "stopped_by_scheduler",
+           "MODE", "PLACEMENT", "RAY_TRIAL_ATTR", "RECALL_KS", "REPLAYED", "STOPPED_AT_EPOCH", "STOPPED_AT_RUNG",
+           "STOPPED_EARLY", "STOPPED_EARLY_TAG", "TAG_PREFIX", "TEST", "TEST_RANKS", "TIME_ATTR", "TRIAL_DIR_PREFIX",
+           "TRIAL_ERROR", "VAL", "epoch_metrics", "epoch_report", "error_report", "final_metrics", "final_report",
+           "flat_metrics", "is_failed", "is_finished", "metric_key", "split_tags", "stop_tags", "stopped_by_scheduler",
            "trial_dirname", "trial_status"]
