@@ -3,6 +3,10 @@
     python search/export.py --name ral-1                      # the champion -> exports/ral-1-<trial>
     python search/export.py --name ral-1 --trial 3f2a9c1e --out models/ral-1
     python search/export.py --name ral-1 --storage s3://bucket/prvr --s3-endpoint http://127.0.0.1:9000
+    python search/export.py index --model models:/prvr-ral-1@champion --data tvr-like --out indexes/ral-1
+
+``index`` (``search/export_index.py``, its own ``--help``) encodes a corpus once with an exported model
+into a corpus index, which the registered model serves queries against (docs/serving.md).
 
 By default the export is the search's champion (``tracking/champion.py``): of the configs its
 confirmation stage retrained over several training seeds, the one with the highest mean best-val SumR,
@@ -326,6 +330,11 @@ def export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["index"]:  # the corpus index of an exported model (search/export_index.py)
+        from search.export_index import run_index
+
+        return run_index(argv[1:])
     return export(_parser().parse_args(argv))
 
 

@@ -199,6 +199,9 @@ class LoadedModel:
     config: TrainConfig
     protocol: Protocol
     export: Export
+    #: sha256 of the export's config, weights and protocol files (:func:`export_identity`): what a corpus
+    #: index records and checks (``trainables/retrieval/corpus_index.py``)
+    identity: str = ""
 
     def rank(self, query_tokens: Sequence[Any], video_frames: Sequence[Any], video_ids: Sequence[str],
              top_k: int | None = None) -> list[list[str]]:
@@ -210,11 +213,21 @@ class LoadedModel:
         return iter((self.model, self.config))
 
 
+def export_identity(folder: str | Path) -> str:
+    """sha256 over the export's config, weights and protocol files (what determines its rankings)."""
+    import hashlib
+
+    from trainables.data.manifest import sha256_file
+
+    digests = [f"{name}:{sha256_file(Path(folder) / name)}" for name in (CONFIG, WEIGHTS, PROTOCOL)]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
 def load_folder(folder: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     export = read_export(folder)
     config = config_from_dict(export.config, str(Path(folder) / CONFIG))
     model = build_model(config, export.weights, str(Path(folder) / WEIGHTS), device)
-    return LoadedModel(model, config, export.protocol, export)
+    return LoadedModel(model, config, export.protocol, export, export_identity(folder))
 
 
 def load_exported(source: str | Path, *, tracking_uri: str | None = None,
@@ -319,5 +332,5 @@ def input_example(config: TrainConfig, protocol: Protocol, seed: int = 0) -> dic
 
 
 __all__ = ["CONFIG", "EXPORT_FILES", "METRICS", "PROTOCOL", "PROVENANCE", "WEIGHTS", "Export", "LoadedModel",
-           "build_model", "check_target", "config_from_dict", "input_example", "load_exported", "load_folder",
-           "pin_dims", "rank_videos", "read_export", "request_split", "write_export"]
+           "build_model", "check_target", "config_from_dict", "export_identity", "input_example", "load_exported",
+           "load_folder", "pin_dims", "rank_videos", "read_export", "request_split", "write_export"]

@@ -265,6 +265,18 @@ class Backbone(nn.Module):
                 terms[f"{plugin.name}.{term}"] = value
         return terms
 
+    def retrieval_tokens(self, videos: Tensors) -> torch.Tensor:
+        """(V, T, H) each encoded video's tokens whose best cosine with a query vector is what a corpus
+        index's stage 1 searches (``trainables/retrieval``): the clip tokens (MS-SL's single-clip
+        proposals; GMMFormer's and AMDNet's clip-score tokens), else the one video vector. Stage 2
+        reranks with ``score``, so these only pick candidates."""
+        if "clip_tokens" in videos:
+            return videos["clip_tokens"]
+        if "video" in videos:
+            return videos["video"][:, None]
+        raise NotImplementedError(f"backbone {self.name}: no clip_tokens or video vector to index; "
+                                  f"override retrieval_tokens")
+
     # what each backbone implements ----------------------------------------------------------------
     def _encode_videos(self, inputs: VideoInputs) -> Tensors:
         raise NotImplementedError

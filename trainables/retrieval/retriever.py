@@ -1,0 +1,177 @@
+"""Two-stage text-to-video retrieval over a corpus index, and the exhaustive full score it is checked against.
+
+* **Stage 1** (candidates): a faiss inner-product index over every video's K stage-1 unit vectors
+  (``corpus_index.stage1_vectors``); a query's unit vector (the backbone's ``query`` encoding) scores a
+  video by the max over its vectors. The faiss index is built from a factory string: ``Flat`` (exact, the
+  default) or an approximate one (``HNSW32``, ``HNSW32,SQfp16`` (float16), ``IVF1024,Flat``, ...), with
+  search parameters such as ``efSearch=256`` or ``nprobe=32``. The best ``candidates`` videos go on.
+* **Stage 2** (rerank): the model's own full score (``Backbone.score``'s fused branch: clip and frame
+  scales, plugins included) on the candidates' encodings, read from the index's memory-mapped shards.
+  Only the stage-1 vectors stay in memory.
+
+:meth:`Retriever.exhaustive` scores every video with the full score (shard by shard): the reference the
+two-stage result is measured against (``benchmarks/serving.py``, ``tests/test_retrieval.py``). Equal scores
+rank in index order, in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.data.loader import collate_queries
+from trainables.data.protocol import prepare_query
+from trainables.errors import InputError
+from trainables.models.base import Tensors
+from trainables.retrieval.corpus_index import NORM_EPS, CorpusIndex
+
+#: videos reranked with the full score per query (top-10 identical to exhaustive scoring on the
+#: synthetic test splits at this setting: docs/serving.md)
+DEFAULT_CANDIDATES = 100
+DEFAULT_STAGE1 = "Flat"
+#: at most this many candidate videos' encodings gathered at once while reranking a batch of queries
+RERANK_BLOCK = 512
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One query's answer: video ids from best to worst, with their full (fused) scores."""
+
+    video_ids: list[str]
+    scores: list[float]
+
+
+def check_top_k(top_k: Any) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise InputError(f"top_k must be a whole number >= 1, got {top_k!r}")
+    return int(top_k)
+
+
+def query_batch(query_tokens: Sequence[Any], query_dim: int, protocol: Any) -> dict[str, torch.Tensor]:
+    """Raw query token features, each (tokens x query_dim), as one padded batch through the protocol
+    (L2 norm if it says so, token cap) exactly as the data loader prepares queries."""
+    from trainables.export import _matrix
+
+    if len(query_tokens) == 0:
+        raise InputError("a request needs at least one query")
+    tokens = [prepare_query(_matrix(t, query_dim, f"queries[{i}]"), protocol) for i, t in enumerate(query_tokens)]
+    return collate_queries([{"query_index": i, "tokens": t, "video": 0} for i, t in enumerate(tokens)])
+
+
+class Retriever:
+    """Answers queries against ``index`` with ``loaded`` (a ``trainables.export.LoadedModel``), which must
+    be the model the index was built with."""
+
+    def __init__(self, loaded: Any, index: CorpusIndex, *, candidates: int = DEFAULT_CANDIDATES,
+                 stage1: str = DEFAULT_STAGE1, search_params: str | None = None) -> None:
+        import faiss
+
+        index.check_model(loaded)
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise InputError(f"candidates must be a whole number >= 1, got {candidates!r}")
+        self.loaded, self.index, self.candidates = loaded, index, candidates
+        self.k = index.vectors_per_video
+        vectors = index.stage1()
+        try:
+            self.stage1 = faiss.index_factory(vectors.shape[1], stage1, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise InputError(f"stage-1 index {stage1!r} is not a faiss index factory string "
+                             f"({str(exc).strip().splitlines()[-1][:200]})") from None
+        if not self.stage1.is_trained:
+            self.stage1.train(vectors)
+        self.stage1.add(vectors)
+        self.search_params = search_params
+        if search_params:
+            try:
+                faiss.ParameterSpace().set_index_parameters(self.stage1, search_params)  # type: ignore[arg-type]
+            except RuntimeError as exc:
+                raise InputError(f"stage-1 search parameters {search_params!r}: "
+                                 f"{str(exc).strip().splitlines()[-1][:200]}") from None
+        self.stage1_bytes = int(vectors.nbytes)
+
+    # ------------------------------------------------------------------ queries
+
+    def encode(self, query_tokens: Sequence[Any]) -> Tensors:
+        """The model's query encodings of raw token features (see :func:`query_batch`)."""
+        from trainables.export import inference_mode
+
+        config = self.loaded.config
+        batch = query_batch(query_tokens, config.query_dim, self.loaded.protocol)
+        with inference_mode(self.loaded.model, config) as device:
+            return self.loaded.model.encode_queries(batch["text_feat"].to(device), batch["text_mask"].to(device))
+
+    def _full_scores(self, queries: Tensors, videos: Tensors) -> np.ndarray:
+        from trainables.export import RANKING_BRANCH, inference_mode
+
+        with inference_mode(self.loaded.model, self.loaded.config) as device:
+            videos = {k: v.to(device) for k, v in videos.items()}
+            return self.loaded.model.score(queries, videos)[RANKING_BRANCH].float().cpu().numpy()
+
+    def _ranking(self, rows: np.ndarray, scores: np.ndarray, top_k: int) -> Ranking:
+        order = np.lexsort((rows, -scores))[:top_k]  # best score first, ties in index order
+        return Ranking([self.index.video_ids[r] for r in rows[order]], [float(s) for s in scores[order]])
+
+    # ------------------------------------------------------------------ the two stages
+
+    def stage1_candidates(self, queries: Tensors) -> list[np.ndarray]:
+        """Per query, its ``candidates`` best index rows by stage-1 score (best first)."""
+        q = F.normalize(queries["query"].float(), dim=-1, eps=NORM_EPS).cpu().numpy()
+        wanted = min(self.candidates, self.index.num_videos)
+        # the top wanted*K vectors hold at least `wanted` different videos (a video has K vectors)
+        n = min(wanted * self.k, self.stage1.ntotal)
+        if hasattr(self.stage1, "hnsw"):
+            self.stage1.hnsw.efSearch = max(self.stage1.hnsw.efSearch, n)
+        _, ids = self.stage1.search(np.ascontiguousarray(q), n)
+        out = []
+        for row in ids:
+            videos = row[row >= 0] // self.k
+            _, first = np.unique(videos, return_index=True)
+            out.append(videos[np.sort(first)][:wanted])
+        return out
+
+    def search(self, query_tokens: Sequence[Any], top_k: int = 10) -> list[Ranking]:
+        """Per query, its ``top_k`` videos: stage-1 candidates reranked by the full score."""
+        top_k = check_top_k(top_k)
+        queries = self.encode(query_tokens)
+        candidates = self.stage1_candidates(queries)
+        answers: list[Ranking | None] = [None] * len(candidates)
+        start = 0
+        while start < len(candidates):  # queries in groups whose candidates fit one gather
+            stop, union = start, np.empty(0, dtype=np.int64)
+            while stop < len(candidates):
+                grown = np.union1d(union, candidates[stop])
+                if stop > start and len(grown) > RERANK_BLOCK:
+                    break
+                union, stop = grown, stop + 1
+            scores = self._full_scores({k: v[start:stop] for k, v in queries.items()}, self.index.encodings(union))
+            for i in range(start, stop):
+                own = np.searchsorted(union, candidates[i])
+                answers[i] = self._ranking(candidates[i], scores[i - start, own], top_k)
+            start = stop
+        return [a for a in answers if a is not None]
+
+    def exhaustive(self, query_tokens: Sequence[Any], top_k: int = 10) -> list[Ranking]:
+        """Per query, its ``top_k`` videos by the full score of every video of the index."""
+        top_k = check_top_k(top_k)
+        queries = self.encode(query_tokens)
+        scores = np.concatenate([self._full_scores(queries, self.index.shard_encodings(s))
+                                 for s in range(len(self.index.shards))], axis=1)
+        rows = np.arange(self.index.num_videos)
+        return [self._ranking(rows, row, top_k) for row in scores]
+
+
+def agreement(two_stage: Sequence[Ranking], exhaustive: Sequence[Ranking], k: int) -> dict[str, float]:
+    """How the two-stage answers match the exhaustive ones at ``k``: the share of queries whose top-k
+    ids are identical (in order), and the recall of the exhaustive top-k in the two-stage top-k."""
+    same = [a.video_ids[:k] == b.video_ids[:k] for a, b in zip(two_stage, exhaustive)]
+    recall = [len(set(a.video_ids[:k]) & set(b.video_ids[:k])) / max(1, len(b.video_ids[:k]))
+              for a, b in zip(two_stage, exhaustive)]
+    return {"identical_top_k": float(np.mean(same)), "recall_at_k": float(np.mean(recall)), "queries": len(same)}
+
+
+__all__ = ["DEFAULT_CANDIDATES", "DEFAULT_STAGE1", "Ranking", "Retriever", "agreement", "check_top_k", "query_batch"]
