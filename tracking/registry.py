@@ -18,6 +18,18 @@ The pyfunc ranks videos for queries::
                    "top_k": 2})                         # optional; default: every video
     -> [["b", "a"], ["c", "b"]]                          # per query, ids from best to worst
 
+With a corpus index attached (``trainables/retrieval``, built by ``search/export.py index``), a request
+of queries alone is answered against the whole corpus by the two-stage retriever::
+
+    PRVR_INDEX=indexes/ral-1 mlflow models serve -m models:/prvr-ral-1@champion --env-manager local
+    POST /invocations {"inputs": {"queries": [q0, q1], "top_k": 10}}
+    -> {"predictions": [[...10 ids...], [...]]}          # per query, the best corpus videos
+
+The index is attached through the environment of the process that loads the model (``SERVING_ENV``:
+``PRVR_INDEX``, and the retriever's ``PRVR_CANDIDATES``, ``PRVR_STAGE1``, ``PRVR_STAGE1_PARAMS``; see
+``Retriever``), not through MLflow's ``model_config``, which MLflow would log as the trial run's params.
+An index built with another model or protocol is refused when the model loads.
+
 Raw features go through the dataset's input protocol (clips, frame cap, L2 norms, token cap) and the
 evaluator's encode/score code, so a request holding a split's videos and queries ranks them exactly as
 the trial's evaluation did. Loading needs this project importable (``pip install -e .``). MLflow checks a
@@ -82,14 +94,51 @@ class RankerModel(PythonModel):
     def load_context(self, context: Any) -> None:
         from trainables.export import load_folder
 
-        device = (context.model_config or {}).get("device", "cpu")
-        self.loaded = load_folder(context.artifacts[ARTIFACT_KEY], device)
+        settings = serving_settings()
+        self.loaded = load_folder(context.artifacts[ARTIFACT_KEY], settings.get("device", "cpu"))
+        self.retriever = None
+        if settings.get("index"):
+            from trainables.retrieval.corpus_index import CorpusIndex
+            from trainables.retrieval.retriever import DEFAULT_CANDIDATES, DEFAULT_STAGE1, Retriever
+
+            self.retriever = Retriever(
+                self.loaded, CorpusIndex.open(settings["index"]),
+                candidates=_whole(settings.get("candidates", DEFAULT_CANDIDATES), SERVING_ENV["candidates"]),
+                stage1=settings.get("stage1", DEFAULT_STAGE1), search_params=settings.get("stage1_params"))
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 (see above)
         """Per query of ``model_input``, the ranked video ids (``list[list[str]]``)."""
         request = _request(model_input)
-        return self.loaded.rank(request["query_tokens"], request["video_frames"], request["video_ids"],
-                                _top_k(request.get("top_k")))
+        top_k = _top_k(request.get("top_k"))
+        if not _absent(request.get(QUERIES)):
+            if self.retriever is None:
+                raise InputError(f"a request of {QUERIES!r} alone is answered against a corpus index, and none is "
+                                 f"attached: load or serve the model with PRVR_INDEX=<index folder> set, or send "
+                                 f"query_tokens with video_frames and video_ids")
+            hits = self.retriever.search(request[QUERIES], DEFAULT_TOP_K if top_k is None else top_k)
+            return [h.video_ids for h in hits]
+        return self.loaded.rank(request["query_tokens"], request["video_frames"], request["video_ids"], top_k)
+
+
+#: the request key of queries answered against the attached corpus index, and their default answer size
+QUERIES, DEFAULT_TOP_K = "queries", 10
+#: the environment variables a loading model reads its serving settings from
+SERVING_ENV = {"index": "PRVR_INDEX", "candidates": "PRVR_CANDIDATES", "stage1": "PRVR_STAGE1",
+               "stage1_params": "PRVR_STAGE1_PARAMS", "device": "PRVR_DEVICE"}
+
+
+def serving_settings() -> dict[str, str]:
+    """The serving settings set in the environment (``SERVING_ENV``), by their keys."""
+    import os
+
+    return {key: os.environ[env] for key, env in SERVING_ENV.items() if os.environ.get(env)}
+
+
+def _whole(value: Any, name: str) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise InputError(f"{name} must be a whole number, got {value!r}") from None
 
 
 def _top_k(value: Any) -> Any:
@@ -102,6 +151,11 @@ def _top_k(value: Any) -> Any:
     return value
 
 
+def _absent(value: Any) -> bool:
+    """A request key left out, or filled with None / NaN by MLflow's schema enforcement of an optional column."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _request(model_input: Any) -> dict[str, Any]:
     """The request as a dict; a one-row DataFrame (what some MLflow clients send) is taken as its row."""
     if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):  # pandas, without importing it
@@ -110,9 +164,16 @@ def _request(model_input: Any) -> dict[str, Any]:
             raise InputError(f"a DataFrame request must have one row (got {len(rows)}): pass a dict instead")
         model_input = rows[0]
     if not isinstance(model_input, dict):
-        raise InputError(f"the request must be a dict with query_tokens, video_frames and video_ids, "
-                         f"got {type(model_input).__name__}")
-    missing = [k for k in ("query_tokens", "video_frames", "video_ids") if k not in model_input]
+        raise InputError(f"the request must be a dict with queries (against the attached index), or query_tokens, "
+                         f"video_frames and video_ids, got {type(model_input).__name__}")
+    if not _absent(model_input.get(QUERIES)):
+        extra = sorted(k for k, v in model_input.items() if k not in (QUERIES, "top_k") and not _absent(v))
+        if extra:
+            raise InputError(f"a request of {QUERIES!r} is answered against the attached index and takes only "
+                             f"top_k besides, not {', '.join(extra)}")
+        return model_input
+    model_input = {k: v for k, v in model_input.items() if k != QUERIES}
+    missing = [k for k in ("query_tokens", "video_frames", "video_ids") if _absent(model_input.get(k))]
     if missing:
         raise InputError(f"the request has no {', '.join(missing)} (keys: query_tokens, video_frames, "
                          f"video_ids, optional top_k)")
@@ -171,7 +232,7 @@ def model_signature(folder: str | Path) -> tuple[Any, dict[str, Any]]:
     :func:`trainables.export.input_example`, the signature MLflow's inference from it and the model's own
     ranking of it, with ``top_k`` optional (without it a request ranks every video)."""
     from mlflow.models import infer_signature
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
     from trainables.export import input_example, load_folder
 
@@ -181,8 +242,11 @@ def model_signature(folder: str | Path) -> tuple[Any, dict[str, Any]]:
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
         signature = infer_signature(example, loaded.rank(**example))
     assert signature.inputs is not None  # inferred from a non-empty dict
-    signature.inputs = Schema([ColSpec(c.type, c.name, required=False) if c.name == "top_k" else c
-                               for c in signature.inputs.inputs])
+    # every key is optional: a request is either queries (against the attached corpus index) or
+    # query_tokens + video_frames + video_ids; top_k is optional in both (rank_videos / _request check)
+    columns = {c.name: c for c in signature.inputs.inputs}
+    specs: list[ColSpec | TensorSpec] = [ColSpec(c.type, c.name, required=False) for c in columns.values()]
+    signature.inputs = Schema([*specs, ColSpec(columns["query_tokens"].type, QUERIES, required=False)])
     return signature, example
 
 
@@ -224,7 +288,7 @@ def register_export(folder: str | Path, registered_name: str, tracking_uri: str,
                 artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=source_run_id,
                 model_id=logged.model_id, python_model=str(code), artifacts={ARTIFACT_KEY: str(folder)},
                 registered_model_name=registered_name, pip_requirements=_requirements(), signature=signature,
-                input_example=example)
+                input_example=example, metadata={"request": request_contract(folder)})
         version = str(info.registered_model_version)
         if description is not None:
             client.update_model_version(registered_name, version, description=description)
@@ -239,6 +303,30 @@ def register_export(folder: str | Path, registered_name: str, tracking_uri: str,
     if made_run:
         client.set_terminated(source_run_id, "FINISHED")
     return Registered(registered_name, version, source_run_id, champion_uri(registered_name))
+
+
+def request_contract(folder: str | Path) -> dict[str, str]:
+    """What a caller must send to the exported model in ``folder`` (logged as the MLmodel's metadata):
+    the features of each request key, their dims, and what the server does to them."""
+    from trainables.export import read_export
+
+    export = read_export(folder)
+    config, protocol = export.train_config(), export.protocol
+    norm = ("L2-normalised per row by the server (x / (||x|| + 1e-5)); send the raw extractor features"
+            if protocol.l2_normalize else "used as sent (this dataset's protocol does not L2-normalise)")
+    return {
+        QUERIES: f"list of queries, each a (tokens x {config.query_dim}) float matrix of the text encoder's token "
+                 f"features (the dataset's query features); {norm}; only the first {protocol.max_tokens} tokens are "
+                 f"used. Answered against the attached corpus index (PRVR_INDEX).",
+        "query_tokens": "the same query features, for a request that brings its own videos",
+        "video_frames": f"list of videos, each a (frames x {config.video_dim}) float matrix of per-frame features; "
+                        f"{norm}; pooled into {protocol.map_size} clips, at most {protocol.max_frames} frames kept",
+        "video_ids": "one id per video of video_frames",
+        "top_k": f"answers per query (default: {DEFAULT_TOP_K} against the index, every video otherwise)",
+        "output": "per query, video ids from best to worst full (fused) score",
+        "rest": "mlflow models serve's JSON parser takes no ragged arrays: within one request every query needs "
+                "the same token count and every video the same frame count (group requests by length)",
+    }
 
 
 @contextlib.contextmanager

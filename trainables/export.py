@@ -258,8 +258,8 @@ def request_split(query_tokens: Sequence[Any], video_frames: Sequence[Any], vide
     if len(set(ids)) != len(ids):
         duplicate = next(v for v in ids if ids.count(v) > 1)
         raise InputError(f"video_ids must be unique, {duplicate!r} appears twice")
-    frames = [_matrix(f, dims.video_dim, f"video_frames[{i}]") for i, f in enumerate(video_frames)]
-    tokens = [_matrix(t, dims.query_dim, f"query_tokens[{i}]") for i, t in enumerate(query_tokens)]
+    frames = [feature_matrix(f, dims.video_dim, f"video_frames[{i}]") for i, f in enumerate(video_frames)]
+    tokens = [feature_matrix(t, dims.query_dim, f"query_tokens[{i}]") for i, t in enumerate(query_tokens)]
     raw = RawSplit(
         name="request", video_ids=ids, frames=np.concatenate(frames),
         frame_offsets=np.concatenate([[0], np.cumsum([len(f) for f in frames])]).astype(np.int64),
@@ -269,7 +269,15 @@ def request_split(query_tokens: Sequence[Any], video_frames: Sequence[Any], vide
     return prepare_split(raw, protocol)
 
 
-def _matrix(value: Any, dim: int, where: str) -> np.ndarray:
+def check_top_k(top_k: Any) -> int:
+    """A request's ``top_k`` as an int, or an InputError unless it is a whole number >= 1."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise InputError(f"top_k must be a whole number >= 1, got {top_k!r}")
+    return int(top_k)
+
+
+def feature_matrix(value: Any, dim: int, where: str) -> np.ndarray:
+    """``value`` as a finite float32 (rows >= 1) x ``dim`` matrix, or an InputError naming ``where``."""
     try:
         array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as exc:
@@ -295,8 +303,8 @@ def rank_videos(model: Backbone, config: TrainConfig, protocol: Protocol, query_
     """Per query, the ids of ``video_ids`` from best to worst fused score (the first ``top_k``): videos
     encoded ``eval_video_batch`` at a time and queries scored ``eval_query_chunk`` at a time, as the
     trial's evaluation did. Equal scores keep the request's video order."""
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise InputError(f"top_k must be a whole number >= 1, got {top_k!r}")
+    if top_k is not None:
+        check_top_k(top_k)
     # an export's config: config_from_dict checked the pinned dims, TrainConfig.resolved() filled eval_video_batch
     assert config.video_dim is not None and config.query_dim is not None and config.eval_video_batch is not None
     split = request_split(query_tokens, video_frames, video_ids, Dims(config.video_dim, config.query_dim), protocol)
@@ -332,5 +340,6 @@ def input_example(config: TrainConfig, protocol: Protocol, seed: int = 0) -> dic
 
 
 __all__ = ["CONFIG", "EXPORT_FILES", "METRICS", "PROTOCOL", "PROVENANCE", "WEIGHTS", "Export", "LoadedModel",
-           "build_model", "check_target", "config_from_dict", "export_identity", "input_example", "load_exported",
-           "load_folder", "pin_dims", "rank_videos", "read_export", "request_split", "write_export"]
+           "build_model", "check_target", "check_top_k", "config_from_dict", "export_identity", "feature_matrix",
+           "input_example", "load_exported", "load_folder", "pin_dims", "rank_videos", "read_export", "request_split",
+           "write_export"]

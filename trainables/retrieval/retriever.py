@@ -46,20 +46,15 @@ class Ranking:
     scores: list[float]
 
 
-def check_top_k(top_k: Any) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise InputError(f"top_k must be a whole number >= 1, got {top_k!r}")
-    return int(top_k)
-
-
 def query_batch(query_tokens: Sequence[Any], query_dim: int, protocol: Any) -> dict[str, torch.Tensor]:
     """Raw query token features, each (tokens x query_dim), as one padded batch through the protocol
     (L2 norm if it says so, token cap) exactly as the data loader prepares queries."""
-    from trainables.export import _matrix
+    from trainables.export import feature_matrix
 
     if len(query_tokens) == 0:
         raise InputError("a request needs at least one query")
-    tokens = [prepare_query(_matrix(t, query_dim, f"queries[{i}]"), protocol) for i, t in enumerate(query_tokens)]
+    tokens = [prepare_query(feature_matrix(t, query_dim, f"queries[{i}]"), protocol)
+              for i, t in enumerate(query_tokens)]
     return collate_queries([{"query_index": i, "tokens": t, "video": 0} for i, t in enumerate(tokens)])
 
 
@@ -136,6 +131,8 @@ class Retriever:
 
     def search(self, query_tokens: Sequence[Any], top_k: int = 10) -> list[Ranking]:
         """Per query, its ``top_k`` videos: stage-1 candidates reranked by the full score."""
+        from trainables.export import check_top_k
+
         top_k = check_top_k(top_k)
         queries = self.encode(query_tokens)
         candidates = self.stage1_candidates(queries)
@@ -157,6 +154,8 @@ class Retriever:
 
     def exhaustive(self, query_tokens: Sequence[Any], top_k: int = 10) -> list[Ranking]:
         """Per query, its ``top_k`` videos by the full score of every video of the index."""
+        from trainables.export import check_top_k
+
         top_k = check_top_k(top_k)
         queries = self.encode(query_tokens)
         scores = np.concatenate([self._full_scores(queries, self.index.shard_encodings(s))
@@ -174,4 +173,4 @@ def agreement(two_stage: Sequence[Ranking], exhaustive: Sequence[Ranking], k: in
     return {"identical_top_k": float(np.mean(same)), "recall_at_k": float(np.mean(recall)), "queries": len(same)}
 
 
-__all__ = ["DEFAULT_CANDIDATES", "DEFAULT_STAGE1", "Ranking", "Retriever", "agreement", "check_top_k", "query_batch"]
+__all__ = ["DEFAULT_CANDIDATES", "DEFAULT_STAGE1", "Ranking", "Retriever", "agreement", "query_batch"]
