@@ -1,8 +1,7 @@
 """``search/export.py index``: encode a corpus once with an exported model into a corpus index.
 
     python search/export.py index --model models:/prvr-ral-1@champion --data tvr-like --out indexes/ral-1
-    python search/export.py index --model exports/ral-1-3f2a9c1e --data /data/tvr --split val \
-        --out indexes/ral-1 --append
+    python search/export.py index --model exports/ral-1-3f2a9c1e --data /data/tvr --split val --out idx --append
 
 The index (``trainables/retrieval/corpus_index.py``) holds every video's encodings in checksummed shards,
 the stage-1 vectors the two-stage retriever searches, the video ids, the model's identity (export hash,
@@ -24,7 +23,7 @@ from trainables.errors import InputError
 
 
 def index_parser() -> argparse.ArgumentParser:
-    from trainables.retrieval.corpus_index import DEFAULT_SHARD_VIDEOS, DEFAULT_STAGE1_VECTORS
+    from trainables.retrieval.defaults import DEFAULT_SHARD_VIDEOS, DEFAULT_STAGE1_VECTORS
 
     p = parser(program("search/export.py index"), __doc__)
     what = p.add_argument_group("index")
@@ -96,10 +95,10 @@ def load_corpus(spec: str, split: str, protocol: Any, s3_endpoint: str | None) -
 
 
 def run_index(argv: list[str]) -> int:
+    args = index_parser().parse_args(argv)  # before torch is imported: --help and usage errors are fast
     from trainables.export import check_target
     from trainables.retrieval.corpus_index import CorpusIndex, append_to_index, build_index, model_identity
 
-    args = index_parser().parse_args(argv)
     if args.append:
         existing = CorpusIndex.open(args.out)  # an index, before the model and the corpus are loaded
     else:

@@ -25,7 +25,8 @@ from tests.test_retrieval import ci_split, make_export, queries_of
 from trainables.errors import InputError
 from trainables.export import load_folder
 from trainables.retrieval.corpus_index import CorpusIndex
-from trainables.retrieval.retriever import DEFAULT_CANDIDATES, Retriever
+from trainables.retrieval.defaults import DEFAULT_CANDIDATES
+from trainables.retrieval.retriever import Retriever
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "prvr-served"

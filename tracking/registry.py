@@ -99,7 +99,8 @@ class RankerModel(PythonModel):
         self.retriever = None
         if settings.get("index"):
             from trainables.retrieval.corpus_index import CorpusIndex
-            from trainables.retrieval.retriever import DEFAULT_CANDIDATES, DEFAULT_STAGE1, Retriever
+            from trainables.retrieval.defaults import DEFAULT_CANDIDATES, DEFAULT_STAGE1
+            from trainables.retrieval.retriever import Retriever
 
             self.retriever = Retriever(
                 self.loaded, CorpusIndex.open(settings["index"]),

@@ -46,16 +46,12 @@ from trainables.data.manifest import sha256_file
 from trainables.data.protocol import Protocol
 from trainables.errors import InputError
 from trainables.models.base import Tensors
+from trainables.retrieval.defaults import DEFAULT_SHARD_VIDEOS, DEFAULT_STAGE1_VECTORS
 
 FORMAT, VERSION = "prvr-corpus-index", 1
 MANIFEST = "index.json"
 LOCK = "index.lock"
 IDS, STAGE1, ENCODING_PREFIX = "video_ids.json", "stage1.npy", "enc."
-#: stage-1 vectors per video: every one of the 32 clip tokens (averaging them into fewer groups shrinks
-#: stage 1 but loses recall: 8 groups reach 89.5% identical top-10 where 32 tokens reach 99.1%, MS-SL on
-#: `small` at 100 candidates; docs/serving.md)
-DEFAULT_STAGE1_VECTORS = 32
-DEFAULT_SHARD_VIDEOS = 1024
 NORM_EPS = 1e-12
 
 
@@ -432,6 +428,6 @@ class CorpusIndex:
         return {"total": sum(e["bytes"] for e in self.manifest["shards"]), "stage1": stage1}
 
 
-__all__ = ["DEFAULT_STAGE1_VECTORS", "MANIFEST", "Chunk", "CorpusIndex", "ModelIdentity", "append_chunks",
+__all__ = ["MANIFEST", "Chunk", "CorpusIndex", "ModelIdentity", "append_chunks",
            "append_to_index", "build_index", "encode_corpus", "encoded_chunks", "model_identity", "pad_cat",
            "stage1_vectors", "write_index"]

@@ -29,11 +29,8 @@ from trainables.data.protocol import prepare_query
 from trainables.errors import InputError
 from trainables.models.base import Tensors
 from trainables.retrieval.corpus_index import NORM_EPS, CorpusIndex
+from trainables.retrieval.defaults import DEFAULT_CANDIDATES, DEFAULT_STAGE1
 
-#: videos reranked with the full score per query (top-10 identical to exhaustive scoring on the
-#: synthetic test splits at this setting: docs/serving.md)
-DEFAULT_CANDIDATES = 100
-DEFAULT_STAGE1 = "Flat"
 #: at most this many candidate videos' encodings gathered at once while reranking a batch of queries
 RERANK_BLOCK = 512
 
@@ -173,4 +170,4 @@ def agreement(two_stage: Sequence[Ranking], exhaustive: Sequence[Ranking], k: in
     return {"identical_top_k": float(np.mean(same)), "recall_at_k": float(np.mean(recall)), "queries": len(same)}
 
 
-__all__ = ["DEFAULT_CANDIDATES", "DEFAULT_STAGE1", "Ranking", "Retriever", "agreement", "query_batch"]
+__all__ = ["Ranking", "Retriever", "agreement", "query_batch"]
