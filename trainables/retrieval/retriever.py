@@ -1,10 +1,11 @@
 """Two-stage text-to-video retrieval over a corpus index, and the exhaustive full score it is checked against.
 
-* **Stage 1** (candidates): a faiss inner-product index over every video's K stage-1 unit vectors
+* **Stage 1** (candidates): inner products with every video's K stage-1 unit vectors
   (``corpus_index.stage1_vectors``); a query's unit vector (the backbone's ``query`` encoding) scores a
-  video by the max over its vectors. The faiss index is built from a factory string: ``Flat`` (exact, the
-  default) or an approximate one (``HNSW32``, ``HNSW32,SQfp16`` (float16), ``IVF1024,Flat``, ...), with
-  search parameters such as ``efSearch=256`` or ``nprobe=32``. The best ``candidates`` videos go on.
+  video by the max over its vectors. ``Flat`` (the default) is exact: one BLAS product per block of videos;
+  any other faiss index factory string builds an approximate faiss index (``HNSW32``, ``HNSW32,SQfp16``
+  (float16), ``IVF1024,Flat``, ...), with search parameters such as ``efSearch=256`` or ``nprobe=32``
+  (``Flat`` with parameters is faiss's own flat index). The best ``candidates`` videos go on.
 * **Stage 2** (rerank): the model's own full score (``Backbone.score``'s fused branch: clip and frame
   scales, plugins included) on the candidates' encodings, read from the index's memory-mapped shards.
   Only the stage-1 vectors stay in memory.
@@ -33,6 +34,11 @@ from trainables.retrieval.defaults import DEFAULT_CANDIDATES, DEFAULT_STAGE1
 
 #: at most this many candidate videos' encodings gathered at once while reranking a batch of queries
 RERANK_BLOCK = 512
+#: the exact stage 1 (``Flat``) scores this many videos' vectors per BLAS product
+STAGE1_BLOCK = 4096
+#: an approximate stage 1 asks for this many vectors per wanted video (at most K)
+APPROXIMATE_OVERSAMPLE = 4
+EXACT = "Flat"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,14 @@ class Retriever:
         self.loaded, self.index, self.candidates = loaded, index, candidates
         self.k = index.vectors_per_video
         vectors = index.stage1()
+        self.stage1_bytes = int(vectors.nbytes)
+        self.search_params = search_params
+        self.exact: np.ndarray | None = None
+        if stage1 == EXACT and not search_params:
+            # exact: one BLAS product per block of videos and a max over each video's vectors (a faiss flat
+            # index would copy the vectors, and must return every vector of a video to rank videos)
+            self.exact = vectors.reshape(index.num_videos, self.k, -1)
+            return
         try:
             self.stage1 = faiss.index_factory(vectors.shape[1], stage1, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
@@ -77,14 +91,12 @@ class Retriever:
         if not self.stage1.is_trained:
             self.stage1.train(vectors)
         self.stage1.add(vectors)
-        self.search_params = search_params
         if search_params:
             try:
                 faiss.ParameterSpace().set_index_parameters(self.stage1, search_params)  # type: ignore[arg-type]
             except RuntimeError as exc:
                 raise InputError(f"stage-1 search parameters {search_params!r}: "
                                  f"{str(exc).strip().splitlines()[-1][:200]}") from None
-        self.stage1_bytes = int(vectors.nbytes)
 
     # ------------------------------------------------------------------ queries
 
@@ -111,14 +123,24 @@ class Retriever:
     # ------------------------------------------------------------------ the two stages
 
     def stage1_candidates(self, queries: Tensors) -> list[np.ndarray]:
-        """Per query, its ``candidates`` best index rows by stage-1 score (best first)."""
-        q = F.normalize(queries["query"].float(), dim=-1, eps=NORM_EPS).cpu().numpy()
+        """Per query, its ``candidates`` best index rows by stage-1 score (best first, ties in index order)."""
+        q = np.ascontiguousarray(F.normalize(queries["query"].float(), dim=-1, eps=NORM_EPS).cpu().numpy())
         wanted = min(self.candidates, self.index.num_videos)
-        # the top wanted*K vectors hold at least `wanted` different videos (a video has K vectors)
-        n = min(wanted * self.k, self.stage1.ntotal)
+        if self.exact is not None:
+            blocks = np.array_split(self.exact, max(1, len(self.exact) // STAGE1_BLOCK))
+            scores = np.concatenate([(b.reshape(-1, b.shape[2]) @ q.T).reshape(len(b), self.k, -1).max(axis=1)
+                                     for b in blocks]).T  # (Nq, videos)
+            out = []
+            for row in scores:
+                top = np.argpartition(-row, wanted - 1)[:wanted] if wanted < len(row) else np.arange(len(row))
+                out.append(top[np.lexsort((top, -row[top]))])
+            return out
+        # an approximate index: the best vectors, a video counted at its best one; videos have K vectors,
+        # so a few times `wanted` vectors hold `wanted` videos in practice (fewer when not: see search)
+        n = min(wanted * min(self.k, APPROXIMATE_OVERSAMPLE), self.stage1.ntotal)
         if hasattr(self.stage1, "hnsw"):
             self.stage1.hnsw.efSearch = max(self.stage1.hnsw.efSearch, n)
-        _, ids = self.stage1.search(np.ascontiguousarray(q), n)
+        _, ids = self.stage1.search(q, n)
         out = []
         for row in ids:
             videos = row[row >= 0] // self.k
