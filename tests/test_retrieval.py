@@ -111,8 +111,18 @@ def test_amdnets_stage_one_is_its_full_score_so_few_candidates_give_the_exact_to
     top, _ = evaluator_top(loaded, split, 5)
     two_stage = Retriever(loaded, index, candidates=5).search(queries_of(split), 5)
     assert [r.video_ids for r in two_stage] == top
-    # MS-SL's is not (its clip score is over 528 spans and a frame branch): few candidates lose some
+    # MS-SL's exact stage 1 scores each video by its best span (its 528 proposals over the 32 clip tokens,
+    # from the tokens, their norms and the span norms): MS-SL's own clip score
     mssl = load_folder(exports["mssl"])
+    spans_index = CorpusIndex.open(build_index(mssl, split, tmp_path / "spans", model_identity(mssl)))
+    assert spans_index.manifest["stage1"]["spans"] is True
+    retriever = Retriever(mssl, spans_index)
+    queries = retriever.encode(queries_of(split))
+    with inference_mode(mssl.model, mssl.config) as device:
+        clip = mssl.model.score(queries, encode_videos(mssl.model, split, device, 64))["clip"].float().numpy()
+    q = torch.nn.functional.normalize(queries["query"], dim=-1).numpy()
+    np.testing.assert_allclose(retriever._exact_scores(q), clip, atol=1e-5)
+    # without spans (tokens averaged into 4 groups) it is not, nor is the fused score: few candidates lose some
     mssl_index = CorpusIndex.open(build_index(mssl, split, tmp_path / "mssl", model_identity(mssl), stage1_groups=4))
     retriever = Retriever(mssl, mssl_index, candidates=10)
     measured = agreement(retriever.search(queries_of(split), 10), retriever.exhaustive(queries_of(split), 10), 10)

@@ -277,6 +277,12 @@ class Backbone(nn.Module):
         raise NotImplementedError(f"backbone {self.name}: no clip_tokens or video vector to index; "
                                   f"override retrieval_tokens")
 
+    def retrieval_spans(self) -> torch.Tensor | None:
+        """(P, T) fixed averaging weights over ``retrieval_tokens`` when the backbone's clip score is the
+        best cosine over such spans of them (MS-SL's proposals), else None (each token is its own span).
+        With it the exact stage 1 scores a video by its best span cosine: its clip score."""
+        return None
+
     # what each backbone implements ----------------------------------------------------------------
     def _encode_videos(self, inputs: VideoInputs) -> Tensors:
         raise NotImplementedError

@@ -311,6 +311,11 @@ class MSSL(Backbone):
                                                  distance_dtype=torch.float32).medoids)
             return torch.cat(parts)
 
+    def retrieval_spans(self) -> torch.Tensor:
+        """(P, M) the averaging weights of every proposal over the clip tokens (MS-SL++ keeps a subset per
+        video: the best of all P spans bounds its kept ones from above)."""
+        return self.span_weights
+
     def _weights(self, clip_tokens: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """(B, P', M) averaging weights of the kept proposals of each video."""
         if index is None:

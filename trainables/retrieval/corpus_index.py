@@ -10,6 +10,9 @@ Layout of an index folder::
         stage1.npy       (V, K, H) float32 unit vectors: the stage-1 search vectors of each video
                          (``Backbone.retrieval_tokens`` L2-normalised, averaged over K contiguous groups,
                          L2-normalised again)
+        stage1_token_norms.npy, stage1_span_norms.npy   (V, T), (V, P): for a backbone whose tokens have
+                         spans (MS-SL's 528 proposals over its 32 clips), with every token kept: what the
+                         exact stage 1 needs to score a video by its best span (``stage1_arrays``)
         enc.<key>.npy    (V, ...) the backbone's video encoding ``key`` (``Backbone.encode_videos``),
                          frame-level tensors zero-padded to the shard's longest video
 
@@ -52,6 +55,8 @@ FORMAT, VERSION = "prvr-corpus-index", 1
 MANIFEST = "index.json"
 LOCK = "index.lock"
 IDS, STAGE1, ENCODING_PREFIX = "video_ids.json", "stage1.npy", "enc."
+#: a shard's stage-1 arrays (``stage1_arrays``), each in ``<key>.npy``
+STAGE1_KEY, TOKEN_NORMS, SPAN_NORMS = "stage1", "stage1_token_norms", "stage1_span_norms"
 NORM_EPS = 1e-12
 
 
@@ -76,6 +81,19 @@ def model_identity(loaded: Any, registered_name: str | None = None,
     """The identity of ``loaded`` (a ``trainables.export.LoadedModel``)."""
     return ModelIdentity(loaded.identity, loaded.config.backbone, tuple(sorted(loaded.config.plugins)),
                          registered_name, registered_version)
+
+
+def stage1_arrays(tokens: torch.Tensor, groups: int, spans: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A video batch's stage-1 arrays from its (V, T, H) retrieval ``tokens``: ``stage1`` (V, K, H)
+    (:func:`stage1_vectors`), and, for a backbone whose tokens have ``spans`` (a (P, T) averaging matrix:
+    MS-SL's proposals) with every token kept, ``stage1_token_norms`` (V, T) and ``stage1_span_norms`` (V, P),
+    with which the exact stage 1 scores each video by its best span cosine without storing the spans."""
+    arrays = {STAGE1_KEY: stage1_vectors(tokens, groups)}
+    if spans is not None and groups >= tokens.shape[1]:
+        raw = tokens.float()
+        arrays[TOKEN_NORMS] = raw.norm(dim=-1)
+        arrays[SPAN_NORMS] = torch.matmul(spans.float(), raw).norm(dim=-1).clamp_min(NORM_EPS)
+    return arrays
 
 
 def stage1_vectors(tokens: torch.Tensor, groups: int) -> torch.Tensor:
@@ -105,15 +123,16 @@ def pad_cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ build
 
 
-def encode_corpus(loaded: Any, split: PreparedSplit, rows: range, stage1_groups: int) -> tuple[Tensors, torch.Tensor]:
-    """(encodings of ``rows`` of ``split`` padded to their longest video, (V, K, H) stage-1 vectors), the
+def encode_corpus(loaded: Any, split: PreparedSplit, rows: range, stage1_groups: int) -> tuple[Tensors, Tensors]:
+    """(encodings of ``rows`` of ``split`` padded to their longest video, their stage-1 arrays), the
     videos encoded ``eval_video_batch`` at a time as the evaluator does."""
     from trainables.export import inference_mode
 
     model, config = loaded.model, loaded.config
     longest = int(max(split.frame_offsets[i + 1] - split.frame_offsets[i] for i in rows))
     parts: dict[str, list[torch.Tensor]] = {}
-    vectors = []
+    vectors: dict[str, list[torch.Tensor]] = {}
+    spans = model.retrieval_spans()
     with inference_mode(model, config) as device:
         for start in range(rows.start, rows.stop, config.eval_video_batch):
             items = [{"video_index": i, "clips": split.clips[i], "frames": split.video_frames(i),
@@ -123,17 +142,19 @@ def encode_corpus(loaded: Any, split: PreparedSplit, rows: range, stage1_groups:
             encoded = model.encode_videos(batch["clip_video_features"], batch["frame_video_features"],
                                           batch["videos_mask"], batch.get("frame_scales"))
             encoded = {k: v.float().cpu() for k, v in encoded.items()}
-            vectors.append(stage1_vectors(model.retrieval_tokens(encoded), stage1_groups))
+            for key, value in stage1_arrays(model.retrieval_tokens(encoded), stage1_groups, spans).items():
+                vectors.setdefault(key, []).append(value)
             for key, value in encoded.items():
                 parts.setdefault(key, []).append(value)
-    return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(vectors)
+    return {k: torch.cat(v) for k, v in parts.items()}, {k: torch.cat(v) for k, v in vectors.items()}
 
 
-def _write_shard(folder: Path, video_ids: Sequence[str], encodings: Tensors, vectors: torch.Tensor) -> dict[str, Any]:
+def _write_shard(folder: Path, video_ids: Sequence[str], encodings: Tensors, stage1: Tensors) -> dict[str, Any]:
     """Write one shard into the new folder ``folder``; its manifest entry."""
     folder.mkdir()
     (folder / IDS).write_text(json.dumps(list(video_ids)))
-    np.save(folder / STAGE1, vectors.numpy().astype(np.float32, copy=False), allow_pickle=False)
+    for key, value in stage1.items():
+        np.save(folder / f"{key}.npy", value.numpy().astype(np.float32, copy=False), allow_pickle=False)
     for key, value in encodings.items():
         np.save(folder / f"{ENCODING_PREFIX}{key}.npy", value.numpy(), allow_pickle=False)
     files = sorted(p.name for p in folder.iterdir())
@@ -141,8 +162,9 @@ def _write_shard(folder: Path, video_ids: Sequence[str], encodings: Tensors, vec
             "bytes": sum((folder / name).stat().st_size for name in files)}
 
 
-#: one shard's content: (video ids, their encodings (V, ...) each, their (V, K, H) stage-1 vectors)
-Chunk = tuple[list[str], Tensors, torch.Tensor]
+#: one shard's content: (video ids, their encodings (V, ...) each, their stage-1 arrays (``stage1_arrays``;
+#: a tensor: the (V, K, H) stage-1 vectors alone))
+Chunk = tuple[list[str], Tensors, "Tensors | torch.Tensor"]
 
 
 def encoded_chunks(loaded: Any, split: PreparedSplit, stage1_groups: int, shard_videos: int = DEFAULT_SHARD_VIDEOS,
@@ -161,24 +183,25 @@ def encoded_chunks(loaded: Any, split: PreparedSplit, stage1_groups: int, shard_
                 runs.append(range(i, i + 1))
         encoded = [encode_corpus(loaded, split, r, stage1_groups) for r in runs]
         yield ([split.video_ids[i] for i in chunk], {k: pad_cat([e[0][k] for e in encoded]) for k in encoded[0][0]},
-               torch.cat([e[1] for e in encoded]))
+               {k: torch.cat([e[1][k] for e in encoded]) for k in encoded[0][1]})
 
 
 def _store_shards(chunks: Iterable[Chunk], into: Path, keys: Sequence[str] | None) -> list[dict[str, Any]]:
     """Write each chunk as a shard under ``into`` (a hidden name until complete); their manifest entries.
     Every chunk must hold the encoding ``keys`` (the first chunk's when None)."""
     entries = []
-    for ids, encodings, vectors in chunks:
+    for ids, encodings, stage1 in chunks:
+        stage1 = stage1 if isinstance(stage1, dict) else {STAGE1_KEY: stage1}
         if keys is None:
             keys = sorted(encodings)
         if sorted(encodings) != list(keys):
             raise InputError(f"encodings with keys {sorted(encodings)} cannot join an index of keys {list(keys)}")
-        if len(ids) != len(vectors) or any(len(v) != len(ids) for v in encodings.values()):
+        if any(len(v) != len(ids) for v in (*encodings.values(), *stage1.values())):
             raise InputError(f"a chunk of {len(ids)} video ids has encodings of other lengths")
         name = f"shard-{uuid.uuid4().hex[:12]}"
         staging = into / f".{name}.tmp"
         try:
-            entry = _write_shard(staging, ids, encodings, vectors)
+            entry = _write_shard(staging, ids, encodings, stage1)
             os.rename(staging, into / name)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -229,7 +252,8 @@ def write_index(chunks: Iterable[Chunk], target: str | Path, identity: ModelIden
             "format": FORMAT, "version": VERSION, "model": dataclasses.asdict(identity),
             "protocol": dataclasses.asdict(protocol), "encoding_keys": keys,
             "stage1": {"vectors_per_video": _vectors_per_video(staging / shards[0]["name"]),
-                       "groups": stage1_groups, "metric": "max inner product of unit vectors"},
+                       "groups": stage1_groups, "metric": "max inner product of unit vectors",
+                       "spans": f"{SPAN_NORMS}.npy" in shards[0]["files"]},
             "num_videos": len(ids), "shards": shards,
             "sources": [{"source": source, "videos": len(ids), "at": _now()}]})
         if target.exists():
@@ -326,8 +350,8 @@ class Shard:
         return {key: np.load(self.folder / f"{ENCODING_PREFIX}{key}.npy", mmap_mode="r", allow_pickle=False)
                 for key in self.keys}
 
-    def stage1(self) -> np.ndarray:
-        return np.load(self.folder / STAGE1, allow_pickle=False)
+    def stage1(self, key: str = STAGE1_KEY) -> np.ndarray:
+        return np.load(self.folder / f"{key}.npy", allow_pickle=False)
 
     def rows(self, rows: np.ndarray) -> Tensors:
         """The encodings of rows ``rows`` (ascending) of this shard, copied out of the memory maps."""
@@ -402,6 +426,14 @@ class CorpusIndex:
         parts = [s.stage1() for s in self.shards]
         return np.concatenate([p.reshape(-1, p.shape[-1]) for p in parts]).astype(np.float32, copy=False)
 
+    def stage1_spans(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(token norms (N, T), span norms (N, P)) of every video when the index has them (see
+        :func:`stage1_arrays`), else None."""
+        if not self.manifest["stage1"].get("spans"):
+            return None
+        return (np.concatenate([s.stage1(TOKEN_NORMS) for s in self.shards]),
+                np.concatenate([s.stage1(SPAN_NORMS) for s in self.shards]))
+
     def encodings(self, videos: np.ndarray) -> Tensors:
         """The encodings of index rows ``videos`` (any order), in that order, padded to one frame length."""
         videos = np.asarray(videos, dtype=np.int64)
@@ -424,10 +456,11 @@ class CorpusIndex:
 
     def size_bytes(self) -> dict[str, int]:
         """Bytes on disk: the whole index, and its stage-1 vectors (what a retriever holds in memory)."""
-        stage1 = sum((self.folder / e["name"] / STAGE1).stat().st_size for e in self.manifest["shards"])
+        stage1 = sum((self.folder / e["name"] / name).stat().st_size for e in self.manifest["shards"]
+                     for name in e["files"] if name.startswith(STAGE1_KEY))
         return {"total": sum(e["bytes"] for e in self.manifest["shards"]), "stage1": stage1}
 
 
 __all__ = ["MANIFEST", "Chunk", "CorpusIndex", "ModelIdentity", "append_chunks",
            "append_to_index", "build_index", "encode_corpus", "encoded_chunks", "model_identity", "pad_cat",
-           "stage1_vectors", "write_index"]
+           "stage1_arrays", "stage1_vectors", "write_index"]

@@ -34,8 +34,8 @@ from trainables.retrieval.defaults import DEFAULT_CANDIDATES, DEFAULT_STAGE1
 
 #: at most this many candidate videos' encodings gathered at once while reranking a batch of queries
 RERANK_BLOCK = 512
-#: the exact stage 1 (``Flat``) scores this many videos' vectors per BLAS product
-STAGE1_BLOCK = 4096
+#: the exact stage 1 (``Flat``) scores at most this many videos, and about this many floats, per block
+STAGE1_BLOCK, STAGE1_FLOATS = 4096, 1 << 22
 #: an approximate stage 1 asks for this many vectors per wanted video (at most K)
 APPROXIMATE_OVERSAMPLE = 4
 EXACT = "Flat"
@@ -78,10 +78,16 @@ class Retriever:
         self.stage1_bytes = int(vectors.nbytes)
         self.search_params = search_params
         self.exact: np.ndarray | None = None
+        self.spans: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if stage1 == EXACT and not search_params:
             # exact: one BLAS product per block of videos and a max over each video's vectors (a faiss flat
             # index would copy the vectors, and must return every vector of a video to rank videos)
             self.exact = vectors.reshape(index.num_videos, self.k, -1)
+            weights, norms = loaded.model.retrieval_spans(), index.stage1_spans()
+            if weights is not None and norms is not None and tuple(weights.shape) == (norms[1].shape[1], self.k):
+                # (P, T) span weights, token norms (N, T), 1 / span norms (N, P): the best span cosine
+                self.spans = (weights.float().cpu().numpy(), norms[0], 1.0 / norms[1])
+                self.stage1_bytes += int(norms[0].nbytes + norms[1].nbytes)
             return
         try:
             self.stage1 = faiss.index_factory(vectors.shape[1], stage1, faiss.METRIC_INNER_PRODUCT)
@@ -127,9 +133,7 @@ class Retriever:
         q = np.ascontiguousarray(F.normalize(queries["query"].float(), dim=-1, eps=NORM_EPS).cpu().numpy())
         wanted = min(self.candidates, self.index.num_videos)
         if self.exact is not None:
-            blocks = np.array_split(self.exact, max(1, len(self.exact) // STAGE1_BLOCK))
-            scores = np.concatenate([(b.reshape(-1, b.shape[2]) @ q.T).reshape(len(b), self.k, -1).max(axis=1)
-                                     for b in blocks]).T  # (Nq, videos)
+            scores = self._exact_scores(q)
             out = []
             for row in scores:
                 top = np.argpartition(-row, wanted - 1)[:wanted] if wanted < len(row) else np.arange(len(row))
@@ -147,6 +151,24 @@ class Retriever:
             _, first = np.unique(videos, return_index=True)
             out.append(videos[np.sort(first)][:wanted])
         return out
+
+    def _exact_scores(self, q: np.ndarray) -> np.ndarray:
+        """(Nq, N) every video's stage-1 score for unit queries ``q`` (Nq, H): its best vector's inner product,
+        or with spans its best span's cosine, (W (s * (U q)))_p / |W_p C| for unit tokens U and norms s."""
+        assert self.exact is not None
+        n, out = len(self.exact), []
+        per_video = self.k * len(q) if self.spans is None else self.spans[0].shape[0] * len(q)
+        step = max(1, min(STAGE1_BLOCK, STAGE1_FLOATS // per_video))
+        for start in range(0, n, step):
+            block = self.exact[start:start + step]
+            dots = (block.reshape(-1, block.shape[2]) @ q.T).reshape(len(block), self.k, len(q))  # (b, K, Nq)
+            if self.spans is None:
+                out.append(dots.max(axis=1))
+            else:
+                weights, token_norms, inverse_span_norms = self.spans
+                spans = np.matmul(weights, dots * token_norms[start:start + step, :, None])  # (b, P, Nq)
+                out.append((spans * inverse_span_norms[start:start + step, :, None]).max(axis=1))
+        return np.concatenate(out).T
 
     def search(self, query_tokens: Sequence[Any], top_k: int = 10) -> list[Ranking]:
         """Per query, its ``top_k`` videos: stage-1 candidates reranked by the full score."""
