@@ -118,6 +118,23 @@ def check_target(target: str | Path) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def staged_folder(target: Path, what: str = "export") -> Iterator[Path]:
+    """A new hidden folder next to ``target`` to write into; renamed to ``target`` when the block ends
+    (refused if ``target`` appeared meanwhile: never replaced), removed if the block raises."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        if target.exists():  # appeared while writing: never replace it
+            raise InputError(f"{what} target {target} already exists; choose another --out or remove it")
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def write_export(export: Export, target: str | Path) -> Path:
     """Write ``export`` into the new folder ``target`` (temp folder next to it, then one rename)."""
     from safetensors.torch import save_file
@@ -125,10 +142,7 @@ def write_export(export: Export, target: str | Path) -> Path:
     target = check_target(target)
     config = export.train_config()  # refuse a config that would not rebuild, before any write
     build_model(config, export.weights, "export")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_folder(target) as staging:
         (staging / CONFIG).write_text(yaml.safe_dump(export.config, sort_keys=True))
         # own contiguous storage per tensor: safetensors refuses shared or strided tensors
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in export.weights.items()},
@@ -136,12 +150,6 @@ def write_export(export: Export, target: str | Path) -> Path:
         (staging / PROTOCOL).write_text(_json(dataclasses.asdict(export.protocol)))
         (staging / METRICS).write_text(_json(export.metrics))
         (staging / PROVENANCE).write_text(_json(export.provenance))
-        if target.exists():  # appeared while writing: never replace it
-            raise InputError(f"export target {target} already exists; choose another --out or remove it")
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
@@ -342,4 +350,4 @@ def input_example(config: TrainConfig, protocol: Protocol, seed: int = 0) -> dic
 __all__ = ["CONFIG", "EXPORT_FILES", "METRICS", "PROTOCOL", "PROVENANCE", "WEIGHTS", "Export", "LoadedModel",
            "build_model", "check_target", "check_top_k", "config_from_dict", "export_identity", "feature_matrix",
            "input_example", "load_exported", "load_folder", "pin_dims", "rank_videos", "read_export", "request_split",
-           "write_export"]
+           "staged_folder", "write_export"]

@@ -235,13 +235,10 @@ def _unique(ids: Sequence[str], present: set[str], where: str) -> None:
 def write_index(chunks: Iterable[Chunk], target: str | Path, identity: ModelIdentity, protocol: Protocol,
                 stage1_groups: int, source: str | None = None) -> Path:
     """A new index folder ``target`` of ``chunks`` (staged next to it, renamed into place when complete)."""
-    from trainables.export import check_target
+    from trainables.export import check_target, staged_folder
 
     target = check_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_folder(target, "index") as staging:
         shards = _store_shards(chunks, staging, None)
         if not shards:
             raise InputError(f"{target}: no videos to index")
@@ -256,12 +253,6 @@ def write_index(chunks: Iterable[Chunk], target: str | Path, identity: ModelIden
                        "spans": f"{SPAN_NORMS}.npy" in shards[0]["files"]},
             "num_videos": len(ids), "shards": shards,
             "sources": [{"source": source, "videos": len(ids), "at": _now()}]})
-        if target.exists():
-            raise InputError(f"index target {target} already exists; choose another --out or remove it")
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
