@@ -2,10 +2,13 @@
 
 * **Stage 1** (candidates): inner products with every video's K stage-1 unit vectors
   (``corpus_index.stage1_vectors``); a query's unit vector (the backbone's ``query`` encoding) scores a
-  video by the max over its vectors. ``Flat`` (the default) is exact: one BLAS product per block of videos;
+  video by the max over its vectors (with every token kept and a backbone with ``retrieval_spans``, MS-SL:
+  by its best proposal span, its clip score). ``Flat`` (the default) is exact: one BLAS product per block of videos;
   any other faiss index factory string builds an approximate faiss index (``HNSW32``, ``HNSW32,SQfp16``
-  (float16), ``IVF1024,Flat``, ...), with search parameters such as ``efSearch=256`` or ``nprobe=32``
-  (``Flat`` with parameters is faiss's own flat index). The best ``candidates`` videos go on.
+  (float16), ``IVF1024,Flat``, ...), with search parameters such as ``efSearch=256`` or ``nprobe=32``.
+  The exact stage 1 is not faiss's flat index, which would copy the vectors and return vectors, not videos:
+  a video's score needs its best vector (or span), so every vector is scored anyway. The best
+  ``candidates`` videos go on.
 * **Stage 2** (rerank): the model's own full score (``Backbone.score``'s fused branch: clip and frame
   scales, plugins included) on the candidates' encodings, read from the index's memory-mapped shards.
   Only the stage-1 vectors stay in memory.
@@ -79,7 +82,9 @@ class Retriever:
         self.search_params = search_params
         self.exact: np.ndarray | None = None
         self.spans: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        if stage1 == EXACT and not search_params:
+        if stage1 == EXACT:
+            if search_params:
+                raise InputError(f"the exact stage 1 ({EXACT}) takes no search parameters, got {search_params!r}")
             # exact: one BLAS product per block of videos and a max over each video's vectors (a faiss flat
             # index would copy the vectors, and must return every vector of a video to rank videos)
             self.exact = vectors.reshape(index.num_videos, self.k, -1)
