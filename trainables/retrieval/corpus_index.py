@@ -344,6 +344,12 @@ class Shard:
     def stage1(self, key: str = STAGE1_KEY) -> np.ndarray:
         return np.load(self.folder / f"{key}.npy", allow_pickle=False)
 
+    @cached_property
+    def stage1_maps(self) -> dict[str, np.ndarray]:
+        """This shard's stage-1 arrays, memory-mapped (an approximate stage 1 rescores its pool from them)."""
+        return {key: np.load(self.folder / f"{key}.npy", mmap_mode="r", allow_pickle=False)
+                for key in (STAGE1_KEY, TOKEN_NORMS, SPAN_NORMS) if (self.folder / f"{key}.npy").is_file()}
+
     def rows(self, rows: np.ndarray) -> Tensors:
         """The encodings of rows ``rows`` (ascending) of this shard, copied out of the memory maps."""
         return {key: torch.from_numpy(np.ascontiguousarray(array[rows])) for key, array in self.arrays.items()}
@@ -425,8 +431,19 @@ class CorpusIndex:
         return (np.concatenate([s.stage1(TOKEN_NORMS) for s in self.shards]),
                 np.concatenate([s.stage1(SPAN_NORMS) for s in self.shards]))
 
+    def stage1_rows(self, videos: np.ndarray) -> dict[str, np.ndarray]:
+        """The stage-1 arrays (``stage1_arrays``' keys) of index rows ``videos``, in that order."""
+        return {k: v.numpy() for k, v in self._gather(videos, lambda shard, rows: {
+            key: torch.from_numpy(np.ascontiguousarray(array[rows])) for key, array in shard.stage1_maps.items()
+        }).items()}
+
     def encodings(self, videos: np.ndarray) -> Tensors:
         """The encodings of index rows ``videos`` (any order), in that order, padded to one frame length."""
+        return self._gather(videos, lambda shard, rows: shard.rows(rows))
+
+    def _gather(self, videos: np.ndarray, read: Callable[[Shard, np.ndarray], Tensors]) -> Tensors:
+        """``read(shard, its ascending local rows)`` over the shards holding index rows ``videos``, put back
+        in the order of ``videos`` (padded to one frame length)."""
         videos = np.asarray(videos, dtype=np.int64)
         order = np.argsort(videos, kind="stable")
         sorted_rows = videos[order]
@@ -434,7 +451,7 @@ class CorpusIndex:
         parts: dict[str, list[torch.Tensor]] = {}
         for s in np.unique(shard_of):
             local = sorted_rows[shard_of == s] - self.shard_starts[s]
-            for key, value in self.shards[s].rows(local).items():
+            for key, value in read(self.shards[s], local).items():
                 parts.setdefault(key, []).append(value)
         gathered = {k: pad_cat(v) for k, v in parts.items()}
         inverse = torch.from_numpy(np.argsort(order, kind="stable"))

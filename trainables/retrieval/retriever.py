@@ -7,8 +7,9 @@
   any other faiss index factory string builds an approximate faiss index (``HNSW32``, ``HNSW32,SQfp16``
   (float16), ``IVF1024,Flat``, ...), with search parameters such as ``efSearch=256`` or ``nprobe=32``.
   The exact stage 1 is not faiss's flat index, which would copy the vectors and return vectors, not videos:
-  a video's score needs its best vector (or span), so every vector is scored anyway. The best
-  ``candidates`` videos go on.
+  a video's score needs its best vector (or span), so every vector is scored anyway. An approximate index
+  finds a pool of ``POOL`` x ``candidates`` videos, rescored with the exact stage-1 score (float32, from the
+  shards' stage-1 arrays). The best ``candidates`` videos go on.
 * **Stage 2** (rerank): the model's own full score (``Backbone.score``'s fused branch: clip and frame
   scales, plugins included) on the candidates' encodings, read from the index's memory-mapped shards.
   Only the stage-1 vectors stay in memory.
@@ -32,15 +33,16 @@ from trainables.data.loader import collate_queries
 from trainables.data.protocol import prepare_query
 from trainables.errors import InputError
 from trainables.models.base import Tensors
-from trainables.retrieval.corpus_index import NORM_EPS, CorpusIndex
+from trainables.retrieval.corpus_index import NORM_EPS, SPAN_NORMS, STAGE1_KEY, TOKEN_NORMS, CorpusIndex
 from trainables.retrieval.defaults import DEFAULT_CANDIDATES, DEFAULT_STAGE1
 
 #: at most this many candidate videos' encodings gathered at once while reranking a batch of queries
 RERANK_BLOCK = 512
 #: the exact stage 1 (``Flat``) scores at most this many videos, and about this many floats, per block
 STAGE1_BLOCK, STAGE1_FLOATS = 4096, 1 << 22
-#: an approximate stage 1 asks for this many vectors per wanted video (at most K)
-APPROXIMATE_OVERSAMPLE = 4
+#: an approximate stage 1 pools this many times the candidates, rescored exactly, and asks faiss for this
+#: many vectors per pooled video (at most K)
+POOL, APPROXIMATE_OVERSAMPLE = 4, 4
 EXACT = "Flat"
 
 
@@ -138,42 +140,43 @@ class Retriever:
         q = np.ascontiguousarray(F.normalize(queries["query"].float(), dim=-1, eps=NORM_EPS).cpu().numpy())
         wanted = min(self.candidates, self.index.num_videos)
         if self.exact is not None:
-            scores = self._exact_scores(q)
-            out = []
-            for row in scores:
-                top = np.argpartition(-row, wanted - 1)[:wanted] if wanted < len(row) else np.arange(len(row))
-                out.append(top[np.lexsort((top, -row[top]))])
-            return out
-        # an approximate index: the best vectors, a video counted at its best one; videos have K vectors,
-        # so a few times `wanted` vectors hold `wanted` videos in practice (fewer when not: see search)
-        n = min(wanted * min(self.k, APPROXIMATE_OVERSAMPLE), self.stage1.ntotal)
+            rows = np.arange(self.index.num_videos)
+            return [_best(rows, row, wanted) for row in self._exact_scores(q)]
+        # an approximate index: its best vectors, a video counted at its best one, give a pool of POOL x
+        # `wanted` videos (videos have K vectors: a few vectors per pooled video hold them in practice), which
+        # the exact stage-1 score (best vector or span, float32 from the shards) cuts to `wanted`
+        pool = min(self.index.num_videos, wanted * POOL)
+        n = min(pool * min(self.k, APPROXIMATE_OVERSAMPLE), self.stage1.ntotal)
         if hasattr(self.stage1, "hnsw"):
             self.stage1.hnsw.efSearch = max(self.stage1.hnsw.efSearch, n)
         _, ids = self.stage1.search(q, n)
         out = []
-        for row in ids:
+        for query, row in zip(q, ids):
             videos = row[row >= 0] // self.k
             _, first = np.unique(videos, return_index=True)
-            out.append(videos[np.sort(first)][:wanted])
+            out.append(self._rescored(query, videos[np.sort(first)][:pool], wanted))
         return out
 
     def _exact_scores(self, q: np.ndarray) -> np.ndarray:
-        """(Nq, N) every video's stage-1 score for unit queries ``q`` (Nq, H): its best vector's inner product,
-        or with spans its best span's cosine, (W (s * (U q)))_p / |W_p C| for unit tokens U and norms s."""
+        """(Nq, N) every video's exact stage-1 score for unit queries ``q`` (Nq, H), block by block."""
         assert self.exact is not None
         n, out = len(self.exact), []
-        per_video = self.k * len(q) if self.spans is None else self.spans[0].shape[0] * len(q)
+        per_video = len(q) * (self.k if self.spans is None else self.spans[0].shape[0])
         step = max(1, min(STAGE1_BLOCK, STAGE1_FLOATS // per_video))
         for start in range(0, n, step):
-            block = self.exact[start:start + step]
-            dots = (block.reshape(-1, block.shape[2]) @ q.T).reshape(len(block), self.k, len(q))  # (b, K, Nq)
-            if self.spans is None:
-                out.append(dots.max(axis=1))
-            else:
-                weights, token_norms, inverse_span_norms = self.spans
-                spans = np.matmul(weights, dots * token_norms[start:start + step, :, None])  # (b, P, Nq)
-                out.append((spans * inverse_span_norms[start:start + step, :, None]).max(axis=1))
-        return np.concatenate(out).T
+            rows = slice(start, start + step)
+            out.append(stage1_scores(q, self.exact[rows], *(() if self.spans is None else
+                                     (self.spans[0], self.spans[1][rows], self.spans[2][rows]))))
+        return np.concatenate(out, axis=1)
+
+    def _rescored(self, q: np.ndarray, pool: np.ndarray, wanted: int) -> np.ndarray:
+        """The ``wanted`` best of the ``pool`` rows an approximate stage 1 found for unit query ``q`` (H,), by
+        their exact stage-1 score, read from the index's stage-1 arrays (best first, ties in index order)."""
+        arrays = self.index.stage1_rows(pool)
+        weights = self.loaded.model.retrieval_spans()
+        spans = () if weights is None or TOKEN_NORMS not in arrays else (
+            weights.float().cpu().numpy(), arrays[TOKEN_NORMS], 1.0 / arrays[SPAN_NORMS])
+        return _best(pool, stage1_scores(q[None], arrays[STAGE1_KEY], *spans)[0], wanted)
 
     def search(self, query_tokens: Sequence[Any], top_k: int = 10) -> list[Ranking]:
         """Per query, its ``top_k`` videos: stage-1 candidates reranked by the full score."""
@@ -208,6 +211,25 @@ class Retriever:
                                  for s in range(len(self.index.shards))], axis=1)
         rows = np.arange(self.index.num_videos)
         return [self._ranking(rows, row, top_k) for row in scores]
+
+
+def stage1_scores(q: np.ndarray, unit: np.ndarray, weights: np.ndarray | None = None,
+                  token_norms: np.ndarray | None = None, inverse_span_norms: np.ndarray | None = None) -> np.ndarray:
+    """(Nq, V) stage-1 scores of unit queries ``q`` (Nq, H) for videos of unit stage-1 vectors ``unit``
+    (V, K, H): each video's best inner product; with span ``weights`` (P, K) and the videos' token norms
+    (V, K) and inverse span norms (V, P), its best span cosine (W (s * (U q)))_p / |W_p C|."""
+    dots = (unit.reshape(-1, unit.shape[2]) @ q.T).reshape(len(unit), unit.shape[1], len(q))  # (V, K, Nq)
+    if weights is None:
+        return dots.max(axis=1).T
+    assert token_norms is not None and inverse_span_norms is not None
+    spans = np.matmul(weights, dots * token_norms[:, :, None])  # (V, P, Nq)
+    return (spans * inverse_span_norms[:, :, None]).max(axis=1).T
+
+
+def _best(rows: np.ndarray, scores: np.ndarray, wanted: int) -> np.ndarray:
+    """The ``wanted`` rows of best ``scores`` (best first, ties in row order)."""
+    top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))
+    return rows[top[np.lexsort((rows[top], -scores[top]))]]
 
 
 def agreement(two_stage: Sequence[Ranking], exhaustive: Sequence[Ranking], k: int) -> dict[str, float]:
