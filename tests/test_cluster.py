@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from servers import listening_hosts
+from test_optuna_dashboard import assert_the_resumed_study_keeps_each_trial_once, study_at_kill
 from test_search import TINY_MODEL, failures, mlflow_runs, tracking_uri, trial_dirs
 
 from search.ray_session import LOCAL_RAY_ENV
@@ -239,6 +240,10 @@ def test_killed_driver_resumes_on_the_cluster_and_counts_every_trial_once(tmp_pa
     experiment = tmp_path / "results" / "r"
     assert not all((t / "result.json").is_file() and '"finished": true' in (t / "result.json").read_text()
                    for t in trial_dirs(experiment)), "search ended before the kill"
+    # its Optuna study (beside the MLflow store): the trials that ran at the kill are RUNNING in it
+    study_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    at_kill = study_at_kill(study_url, "r")
+    assert any(state == "RUNNING" for _, state in at_kill.values()), at_kill
     # epochs on record at the kill; each of these trials has a whole checkpoint on storage
     before = {t: epochs(experiment / f"trial_{t}") for t in trials}
 
@@ -254,6 +259,9 @@ def test_killed_driver_resumes_on_the_cluster_and_counts_every_trial_once(tmp_pa
     parent, children = mlflow_runs(tmp_path, "r")
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
     assert parent.info.status == "FINISHED"
+    # each trial once in the study, as its results say, none left RUNNING (a killed driver's searcher
+    # state may be behind the study: tests/test_optuna_dashboard.py)
+    assert_the_resumed_study_keeps_each_trial_once(study_url, "r", experiment, resumed.stdout, at_kill, trials=4)
 
 
 
