@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 import torch
 
 from trainables.data.writer import DatasetWriter
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The suite never joins a Ray cluster it did not start (another developer's on this machine, a RAY_ADDRESS
 # in the shell): every search and ablation it runs, in this process or in a child process (whose environment
@@ -157,3 +161,134 @@ def run_cli_without_ray(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
         return CliResult(code, out.out, out.err)
 
     return run
+
+
+#: the search of ``finished_search``: 4 trials x 3 epochs, no scheduler (every trial finishes: fANOVA has 4
+#: complete trials), and a confirmation stage retraining the best config with 1 more seed
+FINISHED_SEARCH_NAME = "s"
+FINISHED_SEARCH_TRIALS = 4
+
+
+@dataclass
+class FinishedSearchRun:
+    base: Path  # the working folder: results/, m.db, mlruns/, data/
+    output: str  # the search's stdout + stderr
+    live_summaries: list[str]  # the summaries of its report.html in the parent run's artifacts, read while it ran
+
+
+@pytest.fixture(scope="session")
+def finished_search(tmp_path_factory: pytest.TempPathFactory) -> FinishedSearchRun:
+    """A finished search made once with ``python search/run.py`` from its own folder (MLflow's artifacts
+    land there), shared by tests/test_export.py and tests/test_report.py (neither changes what the other
+    reads): 4 trials x 3 epochs with no scheduler, its report made by the search's end hook, and a
+    confirmation stage that retrains the best trial with 1 more seed. While it runs, the report the search
+    rewrites as trials end (``search/live_report.py``) is read in ./mlruns."""
+    import time
+
+    base = tmp_path_factory.mktemp("finished-search")
+    command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--space", "base", "--backbones",
+               "mssl", "--trials", str(FINISHED_SEARCH_TRIALS), "--max-epochs", "3", "--scheduler", "none", "--set",
+               "hidden_size=16", "n_heads=2", "--validate-samples", "20", "--storage", str(base / "results"),
+               "--tracking-uri", f"sqlite:///{base / 'm.db'}", "--name", FINISHED_SEARCH_NAME, "--confirm-top", "1",
+               "--confirm-seeds", "1"]
+    env = {**os.environ, "PRVR_DATA_DIR": str(base / "data"), "OMP_NUM_THREADS": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    log = base / "search.log"
+    live: list[str] = []
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, cwd=base, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 420
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                for page in base.glob("mlruns/*/*/artifacts/report/report.html"):
+                    try:
+                        text = page.read_text()
+                    except OSError:
+                        continue
+                    if process.poll() is None and '<span id="summary">' in text:  # read while it still runs
+                        summary = text.split('<span id="summary">', 1)[1].split("</span>", 1)[0]
+                        if summary not in live:
+                            live.append(summary)
+                time.sleep(0.3)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    output = log.read_text()
+    assert process.returncode == 0, output[-6000:]
+    return FinishedSearchRun(base, output, live)
+
+
+#: the second process of ``watched_search``: a fresh Python that loads the study from the storage every half second
+#: (as optuna-dashboard opens it: no table creation) and prints what it sees, until the stop file exists; it opens
+#: the file with Optuna once the search has created the study (else Optuna would create the tables itself)
+WATCHER = r"""
+import json, sqlite3, sys, time
+from pathlib import Path
+import optuna
+from optuna.storages import RDBStorage
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+url, name, stop = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+path = url[len("sqlite:///"):]
+while not stop.exists():
+    trials = None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            assert db.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchall()
+        storage = RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True)
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = [[t.user_attrs.get("trial_id"), t.state.name, len(t.intermediate_values)]
+                  for t in study.get_trials(deepcopy=False)]
+    except Exception as exc:  # before the search created the file, its tables or the study
+        trials = None
+    print(json.dumps({"time": time.time(), "trials": trials}), flush=True)
+    time.sleep(0.5)
+"""
+#: the search of ``watched_search``
+WATCHED_SEARCH_NAME = "s"
+WATCHED_SEARCH_TRIALS = 8
+
+
+@dataclass
+class WatchedSearchRun:
+    base: Path  # the search's working folder (results/, mlflow.db, optuna.db, mlruns/, data/)
+    returncode: int
+    stdout: str
+    stderr: str
+    seen: list[dict]  # the watcher's reads: {"time": time.time(), "trials": [[trial id, state, epochs], ...] or None}
+    ended: float  # when the driver was seen to have exited (time.time())
+
+
+@pytest.fixture(scope="session")
+def watched_search(tmp_path_factory: pytest.TempPathFactory) -> WatchedSearchRun:
+    """A real search made once with ``python search/run.py`` (tests/test_search.py's: 8 trials of the full
+    space over mssl and gmmformer x 3 epochs, ASHA stopping some), while a second process reads its Optuna
+    study (tests/test_optuna_dashboard.py); shared by those two modules, neither of which changes it."""
+    import json
+    import signal
+    import time
+
+    from test_search import TINY_MODEL, _command, _env
+
+    base = tmp_path_factory.mktemp("watched-search")
+    name = WATCHED_SEARCH_NAME
+    url, stop_file = f"sqlite:///{base / 'optuna.db'}", base / "stop-watching"
+    args = ["--space", "full", "--backbones", "mssl", "gmmformer", "--trials", str(WATCHED_SEARCH_TRIALS),
+            "--max-epochs", "3", "--name", name, *TINY_MODEL]
+    with open(base / "driver.out", "w") as out_file, open(base / "driver.err", "w") as err_file:
+        driver = subprocess.Popen(_command(base, *args), cwd=base, env=_env(base), stdout=out_file, stderr=err_file,
+                                  start_new_session=True)
+    watcher = subprocess.Popen([sys.executable, "-c", WATCHER, url, name, str(stop_file)], cwd=base, env=_env(base),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        returncode = driver.wait(timeout=500)
+        ended = time.time()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=60)
+        stop_file.touch()
+        out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, err[-2000:]
+    return WatchedSearchRun(base, returncode, (base / "driver.out").read_text(), (base / "driver.err").read_text(),
+                            [json.loads(line) for line in out.splitlines()], ended)

@@ -13,10 +13,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from servers import listening_hosts
+from test_optuna_dashboard import assert_the_resumed_study_keeps_each_trial_once, study_at_kill
 from test_search import TINY_MODEL, failures, mlflow_runs, tracking_uri, trial_dirs
 
 from search.ray_session import LOCAL_RAY_ENV
@@ -41,10 +43,10 @@ def remove_leftover_temps() -> Iterator[None]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture
-def make_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., object]]:
-    """``make_cluster(head, *workers)``: a Ray cluster on 127.0.0.1 with the given node resources, in a
-    private temp folder, shut down (only its own processes) after the test."""
+@contextmanager
+def cluster_maker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., object]]:
+    """``make(head, *workers)``: a Ray cluster on 127.0.0.1 with the given node resources, in a private temp
+    folder, shut down (only its own processes) on leaving."""
     import ray._private.ray_constants
     import ray._private.utils
     from ray.cluster_utils import Cluster
@@ -79,6 +81,23 @@ def make_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., obje
                 break
             time.sleep(0.25)
         LEFTOVER_TEMPS.append(temp)  # removed again at the module's end (a no-op if it is gone)
+
+
+@pytest.fixture
+def make_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., object]]:
+    """``make_cluster(head, *workers)``: a Ray cluster on 127.0.0.1 with the given node resources, in a
+    private temp folder, shut down (only its own processes) after the test."""
+    with cluster_maker(monkeypatch) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def two_worker_cluster() -> Iterator[object]:
+    """One cluster for the module's last two tests (each started its own, alike): a head that runs no trial
+    and 2 worker nodes of 2 CPUs. The lost-node test replaces one worker node by a new one of 2 CPUs, so
+    the killed-driver test after it finds the same shape (2 live workers of 2 CPUs)."""
+    with pytest.MonkeyPatch.context() as monkeypatch, cluster_maker(monkeypatch) as make:
+        yield make({"num_cpus": 0}, {"num_cpus": 2}, {"num_cpus": 2})
 
 
 def driver_command(tmp_path: Path, cluster: object, *args: str) -> tuple[list[str], dict]:
@@ -175,88 +194,6 @@ def test_gpu_fractions_pack_four_trials_on_one_gpu_and_a_fifth_waits(tmp_path, m
     assert fifth[0] >= min(end for _, end in first_four), spans  # the fifth started only when one had ended
 
 
-def test_trials_survive_a_lost_node_and_a_killed_worker_and_resume_from_their_checkpoints(tmp_path, make_cluster):
-    cluster = make_cluster({"num_cpus": 0}, {"num_cpus": 2}, {"num_cpus": 2})  # the driver's head runs no trial
-    _, *workers = cluster.list_all_nodes()
-    # 16 epochs (a few seconds each trial at this size): the test must see every node's trials running
-    # patience at the epoch count: no trial may end early on its own training's luck
-    driver = start_driver(tmp_path, cluster, "--trials", "4", "--concurrency", "4", "--max-epochs", str(LONG_EPOCHS),
-                          "--patience", str(LONG_EPOCHS), "--max-failures", "3", "--name", "n")
-    log = tmp_path / "driver.log"
-    try:
-        # all 4 placed: the test must know which trials the lost node takes with it
-        trials = wait_for(lambda: on_every_node(tmp_path, "n", workers, placed=4), "a checkpointed trial on each node",
-                          driver, log)
-        lost, kept = workers
-        on_lost = {t for t, tags in trials.items() if tags["ray.node_id"] == lost.node_id}
-        killed = next(t for t, tags in trials.items() if tags["ray.node_id"] == kept.node_id)
-        everywhere = running_trials(tmp_path, "n")
-        os.kill(int(trials[killed]["ray.pid"]), signal.SIGKILL)  # a worker process dies (its node lives on)
-        cluster.remove_node(lost, allow_graceful=False)  # the node dies with its trials' workers
-        cluster.add_node(num_cpus=2, object_store_memory=80 * MB)  # the autoscaler's replacement
-        driver.wait(timeout=420)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
-    out = log.read_text()
-    assert driver.returncode == 0, out[-4000:]
-    assert "4 trials: 4 ran, 0 failed" in out, out[-4000:]
-    experiment = tmp_path / "results" / "n"
-    assert len(trial_dirs(experiment)) == 4
-    retried = failures(experiment)
-    for trial in trial_dirs(experiment):  # in order; a restarted trial went on from its last registered checkpoint
-        seen = epochs(trial)
-        assert sorted(set(seen)) == list(range(1, LONG_EPOCHS + 1)) and seen[0] == 1, (trial.name, seen)
-        assert all(b - a in (0, 1) for a, b in zip(seen, seen[1:])), (trial.name, seen)  # never back to epoch 1
-        # an epoch's result can be on record before Tune registers its checkpoint: a worker lost in between
-        # repeats that one epoch from the checkpoint before it (seen once in CI), at most once per failure
-        assert len(seen) - len(set(seen)) <= retried[trial.name.removeprefix("trial_")], (trial.name, seen, retried)
-    parent, children = mlflow_runs(tmp_path, "n")
-    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
-    assert parent.info.status == "FINISHED"
-    now = {r.data.tags["prvr.trial_id"]: r.data.tags for r in children}
-    assert all(now[t]["ray.node_id"] != lost.node_id for t in on_lost)  # restarted on a live node
-    assert now[killed]["ray.pid"] != trials[killed]["ray.pid"]  # restarted in a new worker
-    # Ray retried exactly the trials that lost their node or worker
-    interrupted = {t for t, tags in everywhere.items() if tags["ray.node_id"] == lost.node_id} | {killed}
-    assert on_lost | {killed} <= {t for t, n in retried.items() if n} <= interrupted, retried
-    assert set(retried.values()) <= {0, 1}, retried
-
-
-def test_killed_driver_resumes_on_the_cluster_and_counts_every_trial_once(tmp_path, make_cluster):
-    cluster = make_cluster({"num_cpus": 0}, {"num_cpus": 2}, {"num_cpus": 2})
-    _, *workers = cluster.list_all_nodes()
-    args = ["--trials", "4", "--concurrency", "4", "--max-epochs", "6", "--name", "r"]
-    driver = start_driver(tmp_path, cluster, *args)
-    log = tmp_path / "driver.log"
-    try:
-        trials = wait_for(lambda: on_every_node(tmp_path, "r", workers), "checkpointed trials on both nodes",
-                          driver, log)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver only: the cluster's processes are not in its group
-        driver.wait(timeout=60)
-    experiment = tmp_path / "results" / "r"
-    assert not all((t / "result.json").is_file() and '"finished": true' in (t / "result.json").read_text()
-                   for t in trial_dirs(experiment)), "search ended before the kill"
-    # epochs on record at the kill; each of these trials has a whole checkpoint on storage
-    before = {t: epochs(experiment / f"trial_{t}") for t in trials}
-
-    resumed = run_driver(tmp_path, cluster, *args, "--resume")
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "4 trials: 4 ran, 0 failed" in resumed.stdout, resumed.stdout[-3000:]
-    assert len(trial_dirs(experiment)) == 4
-    for trial, recorded in before.items():  # resumed from its checkpoint: epoch 1 never again
-        seen = epochs(experiment / f"trial_{trial}")
-        after = seen[len(recorded):]
-        assert seen[:len(recorded)] == recorded and 1 not in after, (trial, recorded, seen)
-        assert not after or after == list(range(after[0], after[0] + len(after))), (trial, seen)  # in order
-    parent, children = mlflow_runs(tmp_path, "r")
-    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
-    assert parent.info.status == "FINISHED"
-
-
-
 #: what a search does first, with search/run.py's own options: the Ray it decides on (here ``--local``), its session
 PRIVATE_SESSION = """
 from search.ray_session import ray_session
@@ -318,3 +255,92 @@ def test_a_search_joins_the_cluster_it_finds_and_local_keeps_it_private(tmp_path
     assert sizes.split() == ["auto", cluster.address, "2"]  # ray.init read the same file
     # the cluster's own record of its drivers: the joined search and this one, never the private session
     assert joined.pid in json.loads(pids) and private.pid not in json.loads(pids), pids
+
+
+def test_trials_survive_a_lost_node_and_a_killed_worker_and_resume_from_their_checkpoints(tmp_path,
+                                                                                           two_worker_cluster):
+    cluster = two_worker_cluster  # the driver's head runs no trial
+    _, *workers = cluster.list_all_nodes()
+    # 16 epochs (a few seconds each trial at this size): the test must see every node's trials running
+    # patience at the epoch count: no trial may end early on its own training's luck
+    driver = start_driver(tmp_path, cluster, "--trials", "4", "--concurrency", "4", "--max-epochs", str(LONG_EPOCHS),
+                          "--patience", str(LONG_EPOCHS), "--max-failures", "3", "--name", "n")
+    log = tmp_path / "driver.log"
+    try:
+        # all 4 placed: the test must know which trials the lost node takes with it
+        trials = wait_for(lambda: on_every_node(tmp_path, "n", workers, placed=4), "a checkpointed trial on each node",
+                          driver, log)
+        lost, kept = workers
+        on_lost = {t for t, tags in trials.items() if tags["ray.node_id"] == lost.node_id}
+        killed = next(t for t, tags in trials.items() if tags["ray.node_id"] == kept.node_id)
+        everywhere = running_trials(tmp_path, "n")
+        os.kill(int(trials[killed]["ray.pid"]), signal.SIGKILL)  # a worker process dies (its node lives on)
+        cluster.remove_node(lost, allow_graceful=False)  # the node dies with its trials' workers
+        cluster.add_node(num_cpus=2, object_store_memory=80 * MB)  # the autoscaler's replacement
+        driver.wait(timeout=420)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    out = log.read_text()
+    assert driver.returncode == 0, out[-4000:]
+    assert "4 trials: 4 ran, 0 failed" in out, out[-4000:]
+    experiment = tmp_path / "results" / "n"
+    assert len(trial_dirs(experiment)) == 4
+    retried = failures(experiment)
+    for trial in trial_dirs(experiment):  # in order; a restarted trial went on from its last registered checkpoint
+        seen = epochs(trial)
+        assert sorted(set(seen)) == list(range(1, LONG_EPOCHS + 1)) and seen[0] == 1, (trial.name, seen)
+        assert all(b - a in (0, 1) for a, b in zip(seen, seen[1:])), (trial.name, seen)  # never back to epoch 1
+        # an epoch's result can be on record before Tune registers its checkpoint: a worker lost in between
+        # repeats that one epoch from the checkpoint before it (seen once in CI), at most once per failure
+        assert len(seen) - len(set(seen)) <= retried[trial.name.removeprefix("trial_")], (trial.name, seen, retried)
+    parent, children = mlflow_runs(tmp_path, "n")
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+    now = {r.data.tags["prvr.trial_id"]: r.data.tags for r in children}
+    assert all(now[t]["ray.node_id"] != lost.node_id for t in on_lost)  # restarted on a live node
+    assert now[killed]["ray.pid"] != trials[killed]["ray.pid"]  # restarted in a new worker
+    # Ray retried exactly the trials that lost their node or worker
+    interrupted = {t for t, tags in everywhere.items() if tags["ray.node_id"] == lost.node_id} | {killed}
+    assert on_lost | {killed} <= {t for t, n in retried.items() if n} <= interrupted, retried
+    assert set(retried.values()) <= {0, 1}, retried
+
+
+def test_killed_driver_resumes_on_the_cluster_and_counts_every_trial_once(tmp_path, two_worker_cluster):
+    cluster = two_worker_cluster  # 2 live worker nodes of 2 CPUs (one may be the lost-node test's replacement)
+    _, *workers = cluster.list_all_nodes()
+    args = ["--trials", "4", "--concurrency", "4", "--max-epochs", "6", "--name", "r"]
+    driver = start_driver(tmp_path, cluster, *args)
+    log = tmp_path / "driver.log"
+    try:
+        trials = wait_for(lambda: on_every_node(tmp_path, "r", workers), "checkpointed trials on both nodes",
+                          driver, log)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver only: the cluster's processes are not in its group
+        driver.wait(timeout=60)
+    experiment = tmp_path / "results" / "r"
+    assert not all((t / "result.json").is_file() and '"finished": true' in (t / "result.json").read_text()
+                   for t in trial_dirs(experiment)), "search ended before the kill"
+    # its Optuna study (beside the MLflow store): the trials that ran at the kill are RUNNING in it
+    study_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    at_kill = study_at_kill(study_url, "r")
+    assert any(state == "RUNNING" for _, state in at_kill.values()), at_kill
+    # epochs on record at the kill; each of these trials has a whole checkpoint on storage
+    before = {t: epochs(experiment / f"trial_{t}") for t in trials}
+
+    resumed = run_driver(tmp_path, cluster, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "4 trials: 4 ran, 0 failed" in resumed.stdout, resumed.stdout[-3000:]
+    assert len(trial_dirs(experiment)) == 4
+    for trial, recorded in before.items():  # resumed from its checkpoint: epoch 1 never again
+        seen = epochs(experiment / f"trial_{trial}")
+        after = seen[len(recorded):]
+        assert seen[:len(recorded)] == recorded and 1 not in after, (trial, recorded, seen)
+        assert not after or after == list(range(after[0], after[0] + len(after))), (trial, seen)  # in order
+    parent, children = mlflow_runs(tmp_path, "r")
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+    # each trial once in the study, as its results say, none left RUNNING (a killed driver's searcher
+    # state may be behind the study: tests/test_optuna_dashboard.py)
+    assert_the_resumed_study_keeps_each_trial_once(study_url, "r", experiment, resumed.stdout, at_kill, trials=4)

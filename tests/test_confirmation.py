@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from tests.test_optuna_dashboard import assert_the_resumed_study_keeps_each_trial_once, study_at_kill
 from tests.test_search import TINY_MODEL, _command, _env, mlflow_runs, run_search, tracking_uri
 
 CONFIRMATION_ARGS = ["--data", "ci", "--space", "base", "--backbones", "mssl", "--trials", "3", "--max-epochs", "3",
@@ -147,6 +148,9 @@ def test_confirmation_crowns_the_seed_mean_survives_a_killed_driver_and_is_expor
         for orphan in set(Path(tempfile.gettempdir()).glob("prvr-ray-*")) - ray_dirs:
             shutil.rmtree(orphan, ignore_errors=True)
     done_before = {t: json.dumps(results) for t, (_, results) in _trials(confirmation).items() if _finished(results)}
+    study_url = f"sqlite:///{tmp_path / 'optuna.db'}"  # the search's Optuna study, beside its MLflow store
+    at_kill = study_at_kill(study_url, "c")
+    assert sorted(state for _, state in at_kill.values()) == ["COMPLETE"] * 3, at_kill  # the search's, all told
     assert 1 <= len(done_before) < 4, "the kill did not land during the confirmation stage"
     # the search's 3 trials had ended: the commands below may only have been printed since the search ended
     assert "confirmation: the 2 best configs of the search (--confirm-top 2), each retrained with 2 more" \
@@ -157,6 +161,8 @@ def test_confirmation_crowns_the_seed_mean_survives_a_killed_driver_and_is_expor
     resumed = run_search(tmp_path, *CONFIRMATION_ARGS[:at], "3", *CONFIRMATION_ARGS[at + 1:], "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "confirmation: continuing the stage in" in resumed.stdout
+    # the study keeps the search's trials as told before the kill, each once (tests/test_optuna_dashboard.py)
+    assert_the_resumed_study_keeps_each_trial_once(study_url, "c", experiment, resumed.stdout, at_kill, trials=3)
 
     # the plan, computed here: the 2 best distinct finished configs of the search, seeds 1 and 2 each
     search = _trials(experiment)

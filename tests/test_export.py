@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import FINISHED_SEARCH_NAME, FINISHED_SEARCH_TRIALS
 
 ROOT = Path(__file__).resolve().parents[1]
-NAME = "s"
+NAME = FINISHED_SEARCH_NAME
 REGISTERED = f"prvr-{NAME}"
 
 
@@ -86,25 +87,18 @@ class Exported:
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory: pytest.TempPathFactory) -> Search:
-    """A finished search of 2 trials x 3 epochs (no scheduler: both finish) and a confirmation stage that
-    retrains the best one with 1 more seed, run from its own folder so MLflow's artifacts land there."""
-    base = tmp_path_factory.mktemp("export")
-    command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--space", "base", "--backbones",
-               "mssl", "--trials", "2", "--max-epochs", "3", "--scheduler", "none", "--set", "hidden_size=16",
-               "n_heads=2", "--validate-samples", "20", "--storage", str(base / "results"),
-               "--tracking-uri", f"sqlite:///{base / 'm.db'}", "--name", NAME, "--confirm-top", "1",
-               "--confirm-seeds", "1"]
-    done = subprocess.run(command, cwd=base, env=_env(base), capture_output=True, text=True, timeout=420)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return Search(base)
+def search(finished_search) -> Search:
+    """The session's finished search (tests/conftest.py: 4 trials x 3 epochs, no scheduler: every one
+    finishes; a confirmation stage that retrains the best one with 1 more seed), shared with
+    tests/test_report.py, which does not change what these tests read."""
+    return Search(finished_search.base)
 
 
 def _best(search: Search) -> str:
     """The best search trial by an independent reading of the final reports: finished, highest best val SumR."""
     finals = {t: search.final(t) for t in search.trial_ids()}
     finished = {t: f for t, f in finals.items() if f.get("finished") and "trial_error" not in f}
-    assert len(finished) == 2, finals
+    assert len(finished) == FINISHED_SEARCH_TRIALS, finals
     return max(finished, key=lambda t: finished[t]["best_val_sumr"])
 
 
@@ -479,16 +473,18 @@ def test_export_to_an_existing_folder_fails_and_changes_nothing(search, first):
 
 
 def _fake_unfinished_search(search: Search, name: str) -> dict[str, str]:
-    """A copy of the search under ``name`` where one trial failed and the other was stopped by the
-    scheduler before its final report: no finished trial. Returns {failed|stopped: trial id}."""
+    """A copy of the search under ``name`` where one trial failed and the others were stopped by the
+    scheduler before their final report: no finished trial. Returns {failed|stopped: trial id} (the first
+    stopped one)."""
     shutil.copytree(search.storage / NAME, search.storage / name)
-    failed, stopped = search.trial_ids()
+    failed, *stopped = search.trial_ids()
     for trial, last in ((failed, {"trial_error": "NonFiniteLoss: epoch 1, batch 1: loss term 'nce' is nan",
-                                  "finished": True, "best_val_sumr": float("-inf")}), (stopped, None)):
+                                  "finished": True, "best_val_sumr": float("-inf")}),
+                        *((trial, None) for trial in stopped)):
         path = search.storage / name / f"trial_{trial}" / "result.json"
         lines = path.read_text().splitlines()[:-1]
         path.write_text("\n".join(lines + ([json.dumps(last)] if last else [])) + "\n")
-    return {"failed": failed, "stopped": stopped}
+    return {"failed": failed, "stopped": stopped[0]}
 
 
 def test_bad_inputs_are_one_line_before_any_write(search, first, tmp_path, capsys, monkeypatch):

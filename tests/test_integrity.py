@@ -123,41 +123,9 @@ def test_credentials_that_cannot_be_moved_are_refused_without_echoing_them(tmp_p
     assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_a_search_with_credentials_in_the_tracking_uri_logs_none_and_authenticates(s3_server, tmp_path):
-    """A real search against a tracking server (behind a proxy that records the Authorization header),
-    with recognisable credentials in --tracking-uri: they are in no output, no MLflow param or tag, no
-    file of the results folder (tuner.pkl included), not in the server's store or its S3 bucket; every
-    request to the server carried them as HTTP basic auth (driver and trial workers)."""
-    import base64
-
-    from mlflow.tracking import MlflowClient
-    from servers import FlakyProxy, mlflow_server
-
-    from tests.test_search import TINY_MODEL, run_search
-
-    bucket = s3_server.make_bucket("creds-redacted")
-    with mlflow_server(tmp_path, s3_server, bucket) as server, FlakyProxy(server.uri, fail_every=0) as proxy:
-        host = proxy.endpoint.removeprefix("http://")
-        result = run_search(tmp_path, "--name", "creds", "--space", "base", "--backbones", "mssl", "--trials", "1",
-                            "--max-epochs", "1", *TINY_MODEL,
-                            "--tracking-uri", f"http://{USER}:{PASSWORD}@{host}", timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        client = MlflowClient(tracking_uri=server.uri)
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        logged = repr([(r.data.params, r.data.tags, r.info.run_name) for r in runs])
-    expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    assert proxy.authorization and set(proxy.authorization) == {expected}, set(proxy.authorization)
-    parent = [r for r in runs if "command" in r.data.params]
-    assert parent and parent[0].data.params["tracking_uri"] == proxy.endpoint, parent[0].data.params
-    assert len(runs) >= 2  # the parent and the trial's child run, created through the proxy
-    found = [("stdout/stderr", result.stdout + result.stderr), ("mlflow params/tags", logged)]
-    for path in [*(tmp_path / "results").rglob("*"), server.database, tmp_path / "mlflow-server.log"]:
-        if path.is_file():
-            found.append((str(path), path.read_bytes().decode("latin-1")))
-    found += [(f"s3://{bucket}/{key}", data.decode("latin-1")) for key, data in s3_server.objects(bucket).items()]
-    assert any(name.endswith("tuner.pkl") for name, _ in found)
-    leaks = [name for name, text in found if PASSWORD in text or USER in text]
-    assert not leaks, leaks
+# a real search (killed and resumed) with credentials in --tracking-uri, through a proxy that records the
+# Authorization header: tests/test_remote_search.py::test_search_on_s3_and_a_tracking_server_survives_a_killed_driver
+# checks they are in no output, param, tag, file, object, store or server log, and that every request carried them
 
 
 def test_a_failed_parent_runs_error_tag_carries_no_uri_credentials(tmp_path):

@@ -41,7 +41,7 @@ def _interrupt_when_training(command: list[str], tmp_path: Path, results: Path,
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def test_an_interrupted_search_exits_130_says_so_and_resumes(tmp_path):
+def test_an_interrupted_search_exits_130_says_so_and_resumes(tmp_path, run_cli_without_ray):
     options = ["--name", "c1", "--trials", "2", "--max-epochs", str(EPOCHS), "--patience", "1000",
                "--scheduler", "none", "--backbones", "mssl", *TINY_MODEL]
     stopped = _interrupt_when_training(_command(tmp_path, *options), tmp_path, tmp_path / "results", group=False)
@@ -59,7 +59,12 @@ def test_an_interrupted_search_exits_130_says_so_and_resumes(tmp_path):
     recorded = (folder / "tuner.pkl").read_bytes()
     (folder / "tuner.pkl").write_bytes(pickle.dumps(Planted(tmp_path / "code-ran")))
     before = sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
-    refused = run_search(tmp_path, "--name", "c1", "--resume")
+    # search/run.py's main in this process, as its __main__ runs it (faster than a subprocess): the refusal must
+    # come before any Ray session (run_cli_without_ray fails the test otherwise)
+    from search.run import main
+
+    refusal = run_cli_without_ray(main, *_command(tmp_path, "--name", "c1", "--resume")[2:], cwd=tmp_path)
+    refused = subprocess.CompletedProcess(["search/run.py"], refusal.code, refusal.stdout, refusal.stderr)
     assert_one_line_error(refused, "c1/tuner.pkl changed since the search wrote it", "--trust-storage")
     assert not (tmp_path / "code-ran").exists()
     assert sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*")) == before

@@ -1,63 +1,31 @@
 """The search's Optuna study in an Optuna storage beside the MLflow store (search/study_storage.py): a second
 process reads it while the search runs and after, with the states, values and per-epoch values checked
 against what the trials left on disk (``result.json``, read here, not through the project's readers);
-optuna-dashboard serves it; a driver killed mid-search and resumed leaves each trial in the study once."""
+optuna-dashboard serves it; a driver killed mid-search and resumed leaves each trial in the study once.
+
+The searches are other tests' (each search costs ~20 s of the suite's budget): the watched one is
+tests/test_search.py's (tests/conftest.py ``watched_search``), the failed trials those of its search of
+failures, the killed ones those of tests/test_cluster.py and tests/test_confirmation.py (helpers below)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import WATCHED_SEARCH_NAME, WATCHED_SEARCH_TRIALS
 
 from benchmarks.local_servers import free_port, stop, wait_http
-from tests.test_search import TINY_MODEL, _command, _env, run_search
+from tests.test_search import _command
 
-#: lr is either sane or diverging (a NaN loss: the trial's own failure); ASHA (keeping 1/4 at epoch 1) stops some
-RANGES = """\
-training:
-  lr: {type: categorical, choices: [3.0e-4, 1.0e-3, 1.0e+30]}
-  weight_decay: {type: fixed, value: 0.0}
-"""
-SEARCH_ARGS = ["--space", "base", "--backbones", "mssl", "--trials", "8", "--max-epochs", "3",
-               "--grace-epochs", "1", "--reduction-factor", "4", "--concurrency", "2", *TINY_MODEL]
-
-#: the second process: a fresh Python that loads the study from the storage every half second (as
-#: optuna-dashboard opens it: no table creation) and prints what it sees, until the stop file exists; it opens
-#: the file with Optuna once the search has created the study (else Optuna would create the tables itself)
-WATCHER = r"""
-import json, sqlite3, sys, time
-from pathlib import Path
-import optuna
-from optuna.storages import RDBStorage
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-url, name, stop = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-path = url[len("sqlite:///"):]
-while not stop.exists():
-    trials = None
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            assert db.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchall()
-        storage = RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True)
-        study = optuna.load_study(study_name=name, storage=storage)
-        trials = [[t.user_attrs.get("trial_id"), t.state.name, len(t.intermediate_values)]
-                  for t in study.get_trials(deepcopy=False)]
-    except Exception as exc:  # before the search created the file, its tables or the study
-        trials = None
-    print(json.dumps({"time": time.time(), "trials": trials}), flush=True)
-    time.sleep(0.5)
-"""
+#: the watched search (tests/conftest.py's ``watched_search``, tests/test_search.py's search)
+NAME = WATCHED_SEARCH_NAME
 
 
 def _read_trials(experiment: Path) -> dict[str, tuple[dict, list[dict]]]:
@@ -111,33 +79,16 @@ class Watched:
     def url(self) -> str:
         return f"sqlite:///{self.tmp / 'optuna.db'}"
 
-    def study(self, name: str = "d") -> optuna.Study:
+    def study(self, name: str = NAME) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=self.url)
 
 
 @pytest.fixture(scope="module")
-def watched(tmp_path_factory: pytest.TempPathFactory) -> Watched:
-    """A real search (8 trials: complete, ASHA-stopped and diverging ones) watched by a second process."""
-    tmp = tmp_path_factory.mktemp("dashboard")
-    (tmp / "ranges.yaml").write_text(RANGES)
-    url, stop_file, log = f"sqlite:///{tmp / 'optuna.db'}", tmp / "stop-watching", tmp / "driver.log"
-    with open(log, "w") as handle:
-        driver = subprocess.Popen(_command(tmp, *SEARCH_ARGS, "--overrides", str(tmp / "ranges.yaml"), "--name", "d"),
-                                  cwd=tmp, env=_env(tmp), stdout=handle, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    watcher = subprocess.Popen([sys.executable, "-c", WATCHER, url, "d", str(stop_file)], cwd=tmp, env=_env(tmp),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        returncode = driver.wait(timeout=500)
-        ended = time.time()
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait(timeout=60)
-        stop_file.touch()
-        out, err = watcher.communicate(timeout=60)
-    assert watcher.returncode == 0, err[-2000:]
-    return Watched(tmp, returncode, log.read_text(), [json.loads(line) for line in out.splitlines()], ended)
+def watched(watched_search) -> Watched:
+    """A real search (tests/conftest.py: tests/test_search.py's 8 trials, complete and ASHA-stopped ones) watched
+    by a second process. Trials that fail on their own: test_a_search_of_failed_trials_has_them_failed_in_the_study."""
+    return Watched(watched_search.base, watched_search.returncode, watched_search.stdout + watched_search.stderr,
+                   watched_search.seen, watched_search.ended)
 
 
 def test_a_second_process_sees_the_trials_appear_while_the_search_runs(watched):
@@ -149,14 +100,15 @@ def test_a_second_process_sees_the_trials_appear_while_the_search_runs(watched):
     assert any(state == "RUNNING" and epochs > 0 for trials in during for _, state, epochs in trials), \
         "no epoch value was seen before its trial ended"
     assert any(state in ("COMPLETE", "PRUNED", "FAIL") for trials in during for _, state, _ in trials)
-    assert len(watched.seen[-1]["trials"]) == 8  # after the search: all of them
+    assert len(watched.seen[-1]["trials"]) == WATCHED_SEARCH_TRIALS  # after the search: all of them
 
 
-def test_after_the_search_the_study_holds_what_the_searcher_told_each_trial(watched):
-    assert watched.returncode == 0, watched.stdout[-3000:]
-    assert f"optuna study (search d): optuna-dashboard {watched.url}\n" in watched.stdout
-    on_disk = _read_trials(watched.tmp / "results" / "d")
-    study = watched.study()
+def assert_the_study_holds_what_the_searcher_told(url: str, name: str, experiment: Path, stdout: str) -> list[str]:
+    """After a search (results in ``experiment``): its printed study (``url``) holds each trial once, in the state,
+    with the value, the per-epoch values and the params its files say; returns the trials' states."""
+    assert f"optuna study (search {name}): optuna-dashboard {url}\n" in stdout
+    on_disk = _read_trials(experiment)
+    study = optuna.load_study(study_name=name, storage=url)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE and study.metric_names == ["best_val_sumr"]
     by_trial = _by_ray_trial(study)
     assert sorted(by_trial) == sorted(on_disk) and all(len(t) == 1 for t in by_trial.values())  # each once
@@ -170,75 +122,73 @@ def test_after_the_search_the_study_holds_what_the_searcher_told_each_trial(watc
             assert ot_trial.value == value
         assert ot_trial.intermediate_values == epochs
         assert ot_trial.params and all(params[k] == v for k, v in ot_trial.params.items())
-    assert {"COMPLETE", "PRUNED", "FAIL"} <= set(states), states  # the search made one of each
+    return states
+
+
+def test_after_the_search_the_study_holds_what_the_searcher_told_each_trial(watched):
+    assert watched.returncode == 0, watched.stdout[-3000:]
+    states = assert_the_study_holds_what_the_searcher_told(watched.url, NAME, watched.tmp / "results" / NAME,
+                                                           watched.stdout)
+    # the search made both; trials that fail on their own (FAIL): tests/test_search.py's search of failures
+    assert {"COMPLETE", "PRUNED"} <= set(states), states
+
+
+def dashboard_states(url: str, name: str, cwd: Path) -> dict[str, str]:
+    """{Ray trial id: state} of study ``name`` as optuna-dashboard, serving ``url``, shows it."""
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("optuna-dashboard")), url, "--host", "127.0.0.1",
+               "--port", str(port)]
+    server = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/studies", 60, server)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as response:
+            (summary,) = [s for s in json.load(response)["study_summaries"] if s["study_name"] == name]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=30) as r:
+            detail = json.load(r)
+    finally:
+        stop(server)
+    return {next(a["value"] for a in t["user_attrs"] if a["key"] == "trial_id"): t["state"].upper()
+            for t in detail["trials"]}
 
 
 def test_optuna_dashboard_serves_the_study(watched):
     pytest.importorskip("optuna_dashboard")
     assert watched.returncode == 0, watched.stdout[-3000:]
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("optuna-dashboard")), watched.url, "--host", "127.0.0.1",
-               "--port", str(port)]
-    server = subprocess.Popen(command, cwd=watched.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/api/studies", 60, server)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as response:
-            (summary,) = [s for s in json.load(response)["study_summaries"] if s["study_name"] == "d"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=30) as r:
-            detail = json.load(r)
-    finally:
-        stop(server)
-    shown = {next(a["value"] for a in t["user_attrs"] if a["key"] == "trial_id"): t["state"].upper()
-             for t in detail["trials"]}
-    on_disk = _read_trials(watched.tmp / "results" / "d")
+    shown = dashboard_states(watched.url, NAME, watched.tmp)
+    on_disk = _read_trials(watched.tmp / "results" / NAME)
     assert shown == {trial_id: _expected(results)[0] for trial_id, (_, results) in on_disk.items()}
 
 
-def test_a_killed_and_resumed_search_keeps_each_trial_once_in_the_study(tmp_path):
-    (tmp_path / "ranges.yaml").write_text(RANGES)
-    args = [*SEARCH_ARGS, "--overrides", str(tmp_path / "ranges.yaml"), "--name", "k"]
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    log = tmp_path / "driver.log"
-    with open(log, "w") as handle:
-        driver = subprocess.Popen(_command(tmp_path, *args), cwd=tmp_path, env=_env(tmp_path), stdout=handle,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    ray_dirs = set(Path(tempfile.gettempdir()).glob("prvr-ray-*"))
-    experiment = tmp_path / "results" / "k"
-    # killed once 3 trials are told and another has reported an epoch. Tune saves its state (the searcher's too)
-    # after nearly every report, so the study is ahead of that save only when the kill lands in between (seen in
-    # 2 of 4 runs: a trial left RUNNING, or killed while being asked); the catch-up itself is tested without
-    # Ray below (test_a_restored_searcher_catches_up_with_its_storage)
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            assert driver.poll() is None, log.read_text()[-3000:]
-            trials = _study_trials(url, "k")
-            told = [t for t in trials if t.state.is_finished()]
-            if len(told) >= 3 and any(t.state.name == "RUNNING" and t.intermediate_values for t in trials):
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError("the search did not get far enough in time")
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, nothing else
-        driver.wait(timeout=60)
-        for orphan in set(Path(tempfile.gettempdir()).glob("prvr-ray-*")) - ray_dirs:
-            shutil.rmtree(orphan, ignore_errors=True)
-    before = {t.number: (t.user_attrs.get("trial_id"), t.state.name) for t in _study_trials(url, "k")}
-    assert any(state == "RUNNING" for _, state in before.values())
+# ------------------------------------------------------------------ a driver killed mid-search and resumed
+# (SIGKILL: the study can be ahead of Tune's last save of the searcher). Checked on the killed-and-resumed searches
+# other tests run already, with the helpers below:
+# tests/test_cluster.py::test_killed_driver_resumes_on_the_cluster_and_counts_every_trial_once (killed while every
+# trial runs: RUNNING in the study at the kill) and
+# tests/test_confirmation.py::test_confirmation_crowns_the_seed_mean_survives_a_killed_driver_and_is_exported
+# (killed after the search's trials were told: they stay as told); the catch-up itself is tested without Ray below
+# (test_a_restored_searcher_catches_up_with_its_storage).
 
-    resumed = run_search(tmp_path, "--name", "k", "--resume")
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"optuna study (search k): optuna-dashboard {url}\n" in resumed.stdout
-    study = optuna.load_study(study_name="k", storage=url)
-    trials = study.get_trials(deepcopy=False)
-    assert not [t.number for t in trials if not t.state.is_finished()]  # nothing left RUNNING
+
+def study_at_kill(url: str, name: str) -> dict[int, tuple[str | None, str]]:
+    """{trial number: (Ray trial id, state)} of the study right after its driver was killed."""
+    return {t.number: (t.user_attrs.get("trial_id"), t.state.name) for t in _study_trials(url, name)}
+
+
+def assert_the_resumed_study_keeps_each_trial_once(url: str, name: str, experiment: Path, stdout: str,
+                                                   before: dict[int, tuple[str | None, str]], trials: int) -> None:
+    """After a killed search was resumed to its end: its study (``url``) holds every trial of Tune's run in
+    ``experiment`` once, in the state and with the value its results say, nothing RUNNING, and what was told
+    before the kill (``before``: ``study_at_kill``) as it was."""
+    assert f"optuna study (search {name}): optuna-dashboard {url}\n" in stdout
+    study = optuna.load_study(study_name=name, storage=url)
+    found = study.get_trials(deepcopy=False)
+    assert not [t.number for t in found if not t.state.is_finished()]  # nothing left RUNNING
     for number, (trial_id, state) in before.items():  # what was told before the kill stays as it was
         if state != "RUNNING":
-            assert (trials[number].user_attrs.get("trial_id"), trials[number].state.name) == (trial_id, state)
+            assert (found[number].user_attrs.get("trial_id"), found[number].state.name) == (trial_id, state)
     known = _tune_trial_ids(experiment)
-    assert len(known) == 8
+    assert len(known) == trials
     by_trial = _by_ray_trial(study)
     assert all(len(by_trial[t]) == 1 for t in known)  # every trial of the resumed search once
     on_disk = _read_trials(experiment)

@@ -5,6 +5,7 @@ from S3; then every run, artifact and object is checked, and grepped for the tes
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -14,10 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
-from servers import TEST_ACCESS_KEY, TEST_SECRET_KEY, mlflow_server, s3_env
+from servers import TEST_ACCESS_KEY, TEST_SECRET_KEY, FlakyProxy, mlflow_server, s3_env
+from test_integrity import PASSWORD, USER
 
 from trainables.data.manifest import read_manifest
 from trainables.data.remote import upload_dataset
@@ -63,13 +67,18 @@ def uploaded(s3_server, tmp_path_factory):
 
 
 def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, uploaded, tmp_path):
+    """Both drivers reach the tracking server through a proxy that records each request's Authorization header,
+    with recognisable credentials in --tracking-uri (issue 21, tests/test_integrity.py): they are in no output,
+    no MLflow param or tag, no object of the bucket (tuner.pkl included), not in the server's store or log;
+    every request to the server carried them as HTTP basic auth (drivers and trial workers)."""
     args = ["--space", "base", "--backbones", "mssl", "--trials", "4", "--max-epochs", "6", "--scheduler", "none",
             "--name", "r", *TINY_MODEL]
-    with mlflow_server(tmp_path, s3_server, BUCKET, "mlflow") as server:
+    with mlflow_server(tmp_path, s3_server, BUCKET, "mlflow") as server, FlakyProxy(server.uri, fail_every=0) as proxy:
+        tracking_uri = f"http://{USER}:{PASSWORD}@{proxy.endpoint.removeprefix('http://')}"
         first, second = tmp_path / "driver1", tmp_path / "driver2"  # two machines: nothing local is shared
         first.mkdir(), second.mkdir()
         log1 = open(first / "driver.log", "w")
-        driver = subprocess.Popen(_search(s3_server.endpoint, server.uri, *args), cwd=first,
+        driver = subprocess.Popen(_search(s3_server.endpoint, tracking_uri, *args), cwd=first,
                                   env=_env(s3_server.endpoint, first / "cache"), stdout=log1,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         ray_dirs = set(Path(tempfile.gettempdir()).glob("prvr-ray-*"))
@@ -91,7 +100,7 @@ def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, 
         done = sum('"finished": true' in v.decode() for k, v in before.items() if k.endswith("result.json"))
         assert done < 4, "the search ended before the kill"
 
-        resumed = subprocess.run(_search(s3_server.endpoint, server.uri, *args, "--resume"), cwd=second,
+        resumed = subprocess.run(_search(s3_server.endpoint, tracking_uri, *args, "--resume"), cwd=second,
                                  env=_env(s3_server.endpoint, second / "cache"), capture_output=True, text=True,
                                  timeout=600)
         (second / "driver.log").write_text(resumed.stdout + resumed.stderr)
@@ -149,6 +158,9 @@ def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, 
             assert metrics_from_ranks(ranks["ranks"])["SumR"] == pytest.approx(run.data.metrics["test_sumr"])
 
         assert parent.data.tags["data_manifest_sha256"] == uploaded.sha256()
+        assert parent.data.params["tracking_uri"] == proxy.endpoint  # the credentials moved out of the URI
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert len(runs) >= 2  # the parent and the trials' child runs, created through the proxy
         assert re.fullmatch(r"[0-9a-f]{40}|unknown", parent.data.tags["git_commit"])
         assert "search/run.py" in parent.data.params["command"] and parent.data.params["space"] == "base"
         assert parent.data.tags["best_trial_id"] in trials
@@ -158,17 +170,36 @@ def test_search_on_s3_and_a_tracking_server_survives_a_killed_driver(s3_server, 
         artifacts = s3_server.objects(BUCKET, "mlflow/")
         assert any(k.endswith("/best_trials.txt") for k in artifacts)
         assert sum(k.endswith("/config.json") for k in artifacts) == 4
+        # the report's place on a tracking server is the MLflow UI's page of report/report.html in the parent run
+        # (tracking/report.py), and the server serves that file: the one the search logged to the bucket
+        from tracking.report import report_location
 
-        logged = {**{f"s3:{k}": v for k, v in s3_server.objects(BUCKET, "results/").items()},
-                  **{f"s3:{k}": v for k, v in artifacts.items()},
+        where = report_location(server.uri, parent.info.run_id)
+        assert where == (f"{server.uri}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+                         f"/artifacts/report/report.html")
+        (stored,) = [v for k, v in artifacts.items()
+                     if parent.info.run_id in k.split("/") and k.endswith("/report/report.html")]
+        query = urllib.parse.urlencode({"path": "report/report.html", "run_uuid": parent.info.run_id})
+        with urllib.request.urlopen(f"{server.uri}/get-artifact?{query}", timeout=30) as response:
+            assert response.read() == stored and b'<span id="summary">' in stored
+
+        logged = {**{f"s3:{k}": v for k, v in s3_server.objects(BUCKET).items()},  # results/, mlflow/, data/
                   "mlflow.db": server.database.read_bytes(),
+                  "mlflow params/tags": repr([(r.data.params, r.data.tags, r.info.run_name) for r in runs]).encode(),
                   }
         for folder in (first, second):
             logged.update({str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file() and "cache" not in p.parts})
+    logged["mlflow-server.log"] = (tmp_path / "mlflow-server.log").read_bytes()
+    assert any(where.endswith("tuner.pkl") for where in logged)
+    assert any(where.endswith("driver.log") for where in logged)  # both drivers' output
     leaks = [where for where,
              blob in logged.items() if TEST_ACCESS_KEY.encode() in blob or TEST_SECRET_KEY.encode() in blob]
     assert not leaks, f"test credentials found in {leaks}"
+    leaks = [where for where, blob in logged.items() if PASSWORD.encode() in blob or USER.encode() in blob]
+    assert not leaks, f"--tracking-uri credentials found in {leaks}"
     assert len(logged) > 20
+    expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert proxy.authorization and set(proxy.authorization) == {expected}, set(proxy.authorization)
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

@@ -18,9 +18,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import FINISHED_SEARCH_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
-NAME = "s"
+NAME = FINISHED_SEARCH_NAME
 #: the figures of the module's search: 4 finished trials are too few for importances (a note instead)
 FIGURES = {"history.png", "parallel.png", "slices.png", "curves.png"}
 CHROMIUM_TIMEOUT = 90
@@ -38,6 +39,7 @@ def _env(base: Path) -> dict[str, str]:
 class Search:
     base: Path
     output: str
+    live_summaries: list[str]  # of report.html in the parent run's artifacts, read while the search ran
 
     @property
     def storage(self) -> Path:
@@ -58,17 +60,12 @@ class Search:
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory: pytest.TempPathFactory) -> Search:
-    """A finished search of 4 trials x 3 epochs (no scheduler: every trial finishes, so fANOVA has 4
-    complete trials), with its report made by the search's end hook."""
-    base = tmp_path_factory.mktemp("report")
-    command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--space", "base", "--backbones", "mssl",
-               "--trials", "4", "--max-epochs", "3", "--scheduler", "none", "--set", "hidden_size=16", "n_heads=2",
-               "--validate-samples", "20", "--storage", str(base / "results"),
-               "--tracking-uri", f"sqlite:///{base / 'm.db'}", "--name", NAME, "--confirm-top", "0"]
-    done = subprocess.run(command, cwd=base, env=_env(base), capture_output=True, text=True, timeout=420)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return Search(base, done.stdout + done.stderr)
+def search(finished_search) -> Search:
+    """The session's finished search (tests/conftest.py: 4 trials x 3 epochs, no scheduler: every trial
+    finishes, so fANOVA has 4 complete trials; its confirmation stage is beside them, in confirmation/),
+    with its report made by the search's end hook; shared with tests/test_export.py, which does not change
+    what these tests read."""
+    return Search(finished_search.base, finished_search.output, finished_search.live_summaries)
 
 
 def results(trial: Path) -> list[dict]:
@@ -692,85 +689,30 @@ def test_live_report_refreshes_the_artifact_throttled_and_warns_once(tmp_path, c
                                                "search goes on): "), err
 
 
-def test_report_location_on_a_tracking_server(tmp_path):
-    """With a tracking server (artifacts proxied to S3, the real moto and mlflow servers) the printed place
-    is the MLflow UI's page of report/report.html in the parent run; the server serves that file."""
-    import urllib.parse
-    import urllib.request
-
-    from servers import mlflow_server, moto_server
-
-    from tracking.mlflow_runs import start_parent
-    from tracking.report import log_report, report_location, write_report
-    from tracking.search_results import load_search
-
-    plant(tmp_path / "results", "srv", [({"lr": 1e-4 * (i + 1)}, planted_lines("finished", 100.0 + i, i))
-                                        for i in range(2)])
-    paths = write_report(load_search(str(tmp_path / "results"), "srv"), tmp_path / "out")
-    with moto_server() as s3:
-        bucket = s3.make_bucket("tracking")
-        with mlflow_server(tmp_path, s3, bucket) as server:
-            tracking = start_parent(server.uri, "prvr", "srv", "base", params={}, tags={}, resume=False)
-            log_report(server.uri, tracking.parent_run_id, paths)
-            where = report_location(server.uri, tracking.parent_run_id)
-            assert where == (f"{server.uri}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
-                             f"/artifacts/report/report.html")
-            query = urllib.parse.urlencode({"path": "report/report.html", "run_uuid": tracking.parent_run_id})
-            with urllib.request.urlopen(f"{server.uri}/get-artifact?{query}", timeout=30) as response:
-                assert response.read() == (tmp_path / "out" / "report.html").read_bytes()
+# the report's place on a tracking server (artifacts proxied to S3, the real moto and mlflow servers: the MLflow
+# UI's page of report/report.html in the parent run, which the server serves):
+# tests/test_remote_search.py::test_search_on_s3_and_a_tracking_server_survives_a_killed_driver, on its search's report
 
 
-def test_a_search_rewrites_its_report_before_it_ends(tmp_path):
-    """A real search (3 trials, one at a time): report.html is in the parent run's artifacts, and changes,
-    while the search still runs; its end replaces it with the final one. The space it records and samples
-    has hard_negative_start_epoch below --max-epochs."""
-    import time
-
-    name = "live"
-    command = [sys.executable, str(ROOT / "search/run.py"), "--data", "tiny", "--space", "base", "--backbones", "mssl",
-               "--trials", "3", "--max-epochs", "2", "--scheduler", "none", "--concurrency", "1", "--set",
-               "hidden_size=16", "n_heads=2", "--validate-samples", "20", "--storage", str(tmp_path / "results"),
-               "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--name", name, "--confirm-top", "0"]
-    log = tmp_path / "search.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=sink, stderr=subprocess.STDOUT)
-        seen_running: list[str] = []
-        deadline = time.monotonic() + 420
-        try:
-            while process.poll() is None and time.monotonic() < deadline:
-                for page in tmp_path.glob("mlruns/*/*/artifacts/report/report.html"):
-                    try:
-                        text = page.read_text()
-                    except OSError:
-                        continue
-                    if process.poll() is None and '<span id="summary">' in text:  # read while it still runs
-                        summary = text.split('<span id="summary">', 1)[1].split("</span>", 1)[0]
-                        if summary not in seen_running:
-                            seen_running.append(summary)
-                time.sleep(0.3)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-    output = log.read_text()
-    assert process.returncode == 0, output[-3000:]
-    final_summary = "3 trials: 3 finished, 0 stopped early by the scheduler, 0 failed"
+def test_a_search_rewrites_its_report_before_it_ends(search, tmp_path):
+    """The module's search (4 trials, 2 at a time, then its confirmation stage): report.html is in the parent
+    run's artifacts, and changes, while the search still runs; its end replaces it with the final one. The
+    space it records and samples has hard_negative_start_epoch below --max-epochs."""
+    output = search.output
+    trials = len(search.trial_dirs())
+    final_summary = f"{trials} trials: {trials} finished, 0 stopped early by the scheduler, 0 failed"
     # a live one first (fewer trials finished); later, maybe, the final one (the search's end writes it before exiting)
+    seen_running = search.live_summaries
     assert seen_running, output[-3000:]
     finished = [int(s.split(" finished")[0].rsplit(" ", 1)[1]) for s in seen_running]
-    assert finished[0] < 3 and finished == sorted(finished), seen_running
-    assert all(s == final_summary for s, n in zip(seen_running, finished) if n == 3), seen_running
-
-    from mlflow.tracking import MlflowClient
+    assert finished[0] < trials and finished == sorted(finished), seen_running
+    assert all(s == final_summary for s, n in zip(seen_running, finished) if n == trials), seen_running
 
     from tracking.report import report_location
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
-    experiment = client.get_experiment_by_name("prvr")
-    (parent,) = client.search_runs([experiment.experiment_id],
-                                   f"tags.`prvr.kind` = 'parent' and tags.`prvr.search` = '{name}'")
-    where = report_location(f"sqlite:///{tmp_path / 'm.db'}", parent.info.run_id)
-    assert f"report of search {name} (rewritten as trials end): {where}" in output
+    client, parent = parent_run(search)
+    where = report_location(search.tracking_uri, parent.info.run_id)
+    assert f"report of search {NAME} (rewritten as trials end): {where}" in output
     final = Path(where).read_text()
     assert f'<span id="summary">{final_summary}</span>' in final
     assert "warning: the live report" not in output and "warning: no report" not in output
@@ -778,9 +720,9 @@ def test_a_search_rewrites_its_report_before_it_ends(tmp_path):
     space = json.loads(Path(client.download_artifacts(parent.info.run_id, "space.json", str(tmp_path / "dl")))
                        .read_text())
     entry = next(e for e in space["training"]["entries"] if e["name"] == "hard_negative_start_epoch")
-    assert (entry["low"], entry["high"], entry["below"]) == (0, 1, "epochs")
-    for params in (tmp_path / "results" / name).glob("trial_*/params.json"):
-        assert json.loads(params.read_text())["hard_negative_start_epoch"] in (0, 1)
+    assert (entry["low"], entry["high"], entry["below"]) == (0, 2, "epochs")  # the search's --max-epochs 3
+    for params in (search.storage / NAME).glob("trial_*/params.json"):
+        assert json.loads(params.read_text())["hard_negative_start_epoch"] in (0, 1, 2)
 
 
 # ---------------------------------------------------------------- headless Chromium

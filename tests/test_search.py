@@ -3,6 +3,7 @@ ASHA, checkpoints, resume after the driver is killed, and one-line errors before
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -110,9 +111,10 @@ def check_progress_lines(out: str, err: str, trials: list[Path], concurrency: in
     assert "tensorboard --logdir" not in out + err and "To visualize your results with TensorBoard" not in out + err
 
 
-def test_search_runs_trials_prunes_and_checkpoints(tmp_path):
-    result = run_search(tmp_path, "--space", "full", "--backbones", "mssl", "gmmformer", "--trials", "8",
-                        "--max-epochs", "3", "--name", "s", *TINY_MODEL)
+def test_search_runs_trials_prunes_and_checkpoints(watched_search):
+    # tests/conftest.py's search: --space full --backbones mssl gmmformer --trials 8 --max-epochs 3 --name s
+    # (its Optuna study is watched meanwhile: tests/test_optuna_dashboard.py)
+    tmp_path, result = watched_search.base, watched_search
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "best trials of search s" in out and re.search(r"^#\s+trial\s+epochs\s+val R@1", out, re.M)
@@ -209,6 +211,19 @@ def test_trials_that_fail_on_their_own_are_failed_once_with_their_error_and_a_se
     _, children = mlflow_runs(tmp_path, "f")
     assert len(children) == 2 and {r.info.status for r in children} == {"FAILED"}
     assert {r.data.tags["error"] for r in children} == set(errors)
+    # its Optuna study (beside the MLflow store): each trial once, FAIL, as its files say; optuna-dashboard shows it
+    from test_optuna_dashboard import (
+        _expected,
+        _read_trials,
+        assert_the_study_holds_what_the_searcher_told,
+        dashboard_states,
+    )
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert assert_the_study_holds_what_the_searcher_told(url, "f", experiment, result.stdout) == ["FAIL", "FAIL"]
+    if importlib.util.find_spec("optuna_dashboard"):  # the dashboard extra (installed with the test extra)
+        assert dashboard_states(url, "f", tmp_path) == {
+            trial_id: _expected(results)[0] for trial_id, (_, results) in _read_trials(experiment).items()}
 
 
 @pytest.mark.parametrize(("args", "fragments"), [
