@@ -16,8 +16,8 @@ built from its default config at tvr-like dims 3072/768, random init seeded by `
   1x encodings has its rows permuted and one random signed permutation of the hidden dimension applied to
   every tensor whose last dim is the hidden size (an orthogonal map: norms, Gram matrices and products
   between a video's own tokens are unchanged, so each replica is a new set of plausible videos for the same
-  queries); its stage-1 vectors are ``stage1_vectors(model.retrieval_tokens(encodings), 32)``. Replica 0 is
-  the 1x corpus itself. Every file is written (no hard links).
+  queries); its stage-1 arrays are ``stage1_arrays(model.retrieval_tokens(encodings), 32,
+  model.retrieval_spans())``. Replica 0 is the 1x corpus itself. Every file is written (no hard links).
 
 Queries: random token features (10-20 tokens x 768, standard normal), top 10. Methods, timed in one process
 in interleaved rounds (the method order reversed every round, so the shared machine's drift hits all alike):
@@ -93,7 +93,7 @@ from trainables.retrieval.corpus_index import (  # noqa: E402
     CorpusIndex,
     build_index,
     model_identity,
-    stage1_vectors,
+    stage1_arrays,
     write_index,
 )
 from trainables.retrieval.retriever import Ranking, Retriever, agreement  # noqa: E402
@@ -218,7 +218,8 @@ def replica_chunks(base: CorpusIndex, loaded: LoadedModel, factor: int, shard_vi
             for key, value in encodings.items():
                 part = value[take]
                 chunk[key] = part[..., dims] * signs if part.shape[-1] == hidden else part.clone()
-            vectors = stage1_vectors(loaded.model.retrieval_tokens(chunk), DEFAULT_STAGE1_VECTORS)
+            vectors = stage1_arrays(loaded.model.retrieval_tokens(chunk), DEFAULT_STAGE1_VECTORS,
+                                    loaded.model.retrieval_spans())
             yield [f"r{r:03d}_{base.video_ids[i]}" for i in take.tolist()], chunk, vectors
 
 
@@ -235,6 +236,7 @@ class LeanRetriever(Retriever):
         index.check_model(loaded)
         self.loaded, self.index, self.candidates = loaded, index, candidates
         self.k = index.vectors_per_video
+        self.exact, self.spans = None, None  # an approximate stage 1 (its pool is rescored from the shards)
         maps = [np.load(s.folder / STAGE1, mmap_mode="r", allow_pickle=False) for s in index.shards]
         dim = int(maps[0].shape[-1])
         self.stage1 = faiss.index_factory(dim, stage1, faiss.METRIC_INNER_PRODUCT)
