@@ -419,9 +419,27 @@ class CorpusIndex:
         _check_protocol(loaded.protocol, self.protocol, str(self.folder))
 
     def stage1(self) -> np.ndarray:
-        """(N x K, H) float32: every video's stage-1 vectors, video-major (row r belongs to video r // K)."""
-        parts = [s.stage1() for s in self.shards]
-        return np.concatenate([p.reshape(-1, p.shape[-1]) for p in parts]).astype(np.float32, copy=False)
+        """(N x K, H) float32: every video's stage-1 vectors, video-major (row r belongs to video r // K),
+        filled from the shards' memory maps (one copy in memory)."""
+        maps = [s.stage1_maps[STAGE1_KEY] for s in self.shards]
+        out = np.empty((sum(m.shape[0] * m.shape[1] for m in maps), maps[0].shape[-1]), dtype=np.float32)
+        start = 0
+        for m in maps:
+            out[start:start + m.shape[0] * m.shape[1]] = m.reshape(-1, m.shape[-1])
+            start += m.shape[0] * m.shape[1]
+        return out
+
+    def stage1_sample(self, count: int, seed: int = 0) -> np.ndarray:
+        """(<= count, H) float32: stage-1 vectors drawn evenly from every shard (what an approximate faiss
+        index is trained on)."""
+        share = max(1, count // len(self.shards))
+        rng = np.random.default_rng(seed)
+        parts = []
+        for shard in self.shards:
+            vectors = shard.stage1_maps[STAGE1_KEY].reshape(-1, shard.stage1_maps[STAGE1_KEY].shape[-1])
+            pick = np.sort(rng.choice(len(vectors), size=min(share, len(vectors)), replace=False))
+            parts.append(np.asarray(vectors[pick], dtype=np.float32))
+        return np.ascontiguousarray(np.concatenate(parts))
 
     def stage1_spans(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(token norms (N, T), span norms (N, P)) of every video when the index has them (see

@@ -43,6 +43,8 @@ STAGE1_BLOCK, STAGE1_FLOATS = 4096, 1 << 22
 #: an approximate stage 1 pools this many times the candidates, rescored exactly, and asks faiss for this
 #: many vectors per pooled video (at most K)
 POOL, APPROXIMATE_OVERSAMPLE = 4, 4
+#: an approximate index that needs training (IVF, PQ) is trained on at most this many stage-1 vectors
+TRAIN_SAMPLE = 200_000
 EXACT = "Flat"
 
 
@@ -79,8 +81,6 @@ class Retriever:
             raise InputError(f"candidates must be a whole number >= 1, got {candidates!r}")
         self.loaded, self.index, self.candidates = loaded, index, candidates
         self.k = index.vectors_per_video
-        vectors = index.stage1()
-        self.stage1_bytes = int(vectors.nbytes)
         self.search_params = search_params
         self.exact: np.ndarray | None = None
         self.spans: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -89,6 +89,8 @@ class Retriever:
                 raise InputError(f"the exact stage 1 ({EXACT}) takes no search parameters, got {search_params!r}")
             # exact: one BLAS product per block of videos and a max over each video's vectors (a faiss flat
             # index would copy the vectors, and must return every vector of a video to rank videos)
+            vectors = index.stage1()
+            self.stage1_bytes = int(vectors.nbytes)
             self.exact = vectors.reshape(index.num_videos, self.k, -1)
             weights, norms = loaded.model.retrieval_spans(), index.stage1_spans()
             if weights is not None and norms is not None and tuple(weights.shape) == (norms[1].shape[1], self.k):
@@ -96,14 +98,20 @@ class Retriever:
                 self.spans = (weights.float().cpu().numpy(), norms[0], 1.0 / norms[1])
                 self.stage1_bytes += int(norms[0].nbytes + norms[1].nbytes)
             return
+        # approximate: faiss holds its own (maybe compressed) copy; it is trained on a sample and filled shard
+        # by shard, so the float32 vectors are never all in memory at once
+        first = index.shards[0].stage1_maps[STAGE1_KEY]
         try:
-            self.stage1 = faiss.index_factory(vectors.shape[1], stage1, faiss.METRIC_INNER_PRODUCT)
+            self.stage1 = faiss.index_factory(first.shape[-1], stage1, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             raise InputError(f"stage-1 index {stage1!r} is not a faiss index factory string "
                              f"({str(exc).strip().splitlines()[-1][:200]})") from None
         if not self.stage1.is_trained:
-            self.stage1.train(vectors)
-        self.stage1.add(vectors)
+            self.stage1.train(index.stage1_sample(TRAIN_SAMPLE))
+        for shard in index.shards:
+            vectors = shard.stage1_maps[STAGE1_KEY]
+            self.stage1.add(np.ascontiguousarray(vectors.reshape(-1, vectors.shape[-1]), dtype=np.float32))
+        self.stage1_bytes = _faiss_bytes(self.stage1)
         if search_params:
             try:
                 faiss.ParameterSpace().set_index_parameters(self.stage1, search_params)  # type: ignore[arg-type]
@@ -211,6 +219,13 @@ class Retriever:
                                  for s in range(len(self.index.shards))], axis=1)
         rows = np.arange(self.index.num_videos)
         return [self._ranking(rows, row, top_k) for row in scores]
+
+
+def _faiss_bytes(index: Any) -> int:
+    """The size of a faiss index in memory (its serialised size)."""
+    import faiss
+
+    return int(faiss.serialize_index(index).nbytes)
 
 
 def stage1_scores(q: np.ndarray, unit: np.ndarray, weights: np.ndarray | None = None,
