@@ -43,12 +43,10 @@ memory-mapped shard pages a phase touched: exhaustive scoring maps every shard),
 not used (it does not see torch's or faiss's memory). Threads: torch 1 (``torch.set_num_threads``), faiss 1
 (``faiss.omp_set_num_threads``), ``OMP_NUM_THREADS=1``.
 
-100x: ``Retriever`` loads every shard's stage-1 vectors (not memory-mapped) and concatenates them
-(two float32 copies: 2 x 10.7 GB at 100x, 32 vectors x 384 per video) before adding them to faiss; that
-does not fit a 24 GiB machine, so 100x runs with ``LeanRetriever`` (this file): the same retriever whose
-stage 1 is trained on a sample and filled shard by shard from the memory-mapped ``stage1.npy`` files, so
-only the faiss index stays in memory (float16 with the default ``IVF1024,SQfp16``, nprobe 32). It runs
-only for ``--backbones-100x`` whose index fits the free disk (``--disk-margin-gb`` kept free); for the
+100x: the exact stage 1 would hold 10.7 GB of float32 vectors (32 x 384 per video), so 100x runs only the
+approximate stage 1, whose faiss index ``Retriever`` trains on a sample and fills shard by shard from the
+memory-mapped ``stage1.npy`` files (float16 with the default ``IVF1024,SQfp16``, nprobe 32). It runs only
+for ``--backbones-100x`` whose index fits the free disk (``--disk-margin-gb`` kept free); for the
 others the disk and memory needs are computed from the 10x index and stated. Scratch indexes are removed
 after each backbone unless ``--keep``.
 """
@@ -59,7 +57,6 @@ import argparse
 import ctypes
 import gc
 import json
-import math
 import os
 import shutil
 import sys
@@ -223,40 +220,6 @@ def replica_chunks(base: CorpusIndex, loaded: LoadedModel, factor: int, shard_vi
             yield [f"r{r:03d}_{base.video_ids[i]}" for i in take.tolist()], chunk, vectors
 
 
-# -- the lean stage 1 (the proposed Retriever change) ---------------------------------------------
-class LeanRetriever(Retriever):
-    """``Retriever`` whose faiss stage 1 is trained on a sample and filled shard by shard from the
-    memory-mapped ``stage1.npy`` files: no float32 copy of all stage-1 vectors is ever held (``Retriever``
-    holds two: the shards' arrays and their concatenation)."""
-
-    def __init__(self, loaded: Any, index: CorpusIndex, *, candidates: int = 100, stage1: str = "Flat",
-                 search_params: str | None = None, train_vectors: int = 262_144, seed: int = 0) -> None:
-        import faiss
-
-        index.check_model(loaded)
-        self.loaded, self.index, self.candidates = loaded, index, candidates
-        self.k = index.vectors_per_video
-        self.exact, self.spans = None, None  # an approximate stage 1 (its pool is rescored from the shards)
-        maps = [np.load(s.folder / STAGE1, mmap_mode="r", allow_pickle=False) for s in index.shards]
-        dim = int(maps[0].shape[-1])
-        self.stage1 = faiss.index_factory(dim, stage1, faiss.METRIC_INNER_PRODUCT)
-        if not self.stage1.is_trained:
-            starts = np.cumsum([0] + [len(m) for m in maps])
-            videos = np.sort(np.random.default_rng(seed).choice(
-                index.num_videos, min(index.num_videos, math.ceil(train_vectors / self.k)), replace=False))
-            shard_of = np.searchsorted(starts, videos, side="right") - 1
-            sample = np.concatenate([maps[s][videos[shard_of == s] - starts[s]].reshape(-1, dim)
-                                     for s in np.unique(shard_of)]).astype(np.float32)
-            self.stage1.train(sample)
-            del sample
-        for array in maps:
-            self.stage1.add(np.ascontiguousarray(array.reshape(-1, dim), dtype=np.float32))
-        self.search_params = search_params
-        if search_params:
-            faiss.ParameterSpace().set_index_parameters(self.stage1, search_params)
-        self.stage1_bytes = int(sum(m.nbytes for m in maps))
-
-
 def faiss_bytes(factory: str, vectors: int, dim: int) -> int:
     """Memory of a faiss stage-1 index (computed: codes + ids; centroids and graphs left out but HNSW's)."""
     code = 2 * dim if "SQfp16" in factory else (dim if "SQ8" in factory else 4 * dim)
@@ -373,7 +336,7 @@ def fits_disk(backbone: str, base: CorpusIndex, scale: int, args: argparse.Names
 
 def fits_memory(backbone: str, base: CorpusIndex, scale: int, args: argparse.Namespace,
                 result: dict[str, Any]) -> bool:
-    """Whether the 100x stage 1 (the lean faiss index) leaves ``--memory-margin-gb`` of MemAvailable."""
+    """Whether the 100x stage 1 (its approximate faiss index) leaves ``--memory-margin-gb`` of MemAvailable."""
     approx, _ = parse_approx(args.approx_100x)
     need = faiss_bytes(approx, base.num_videos * scale * base.vectors_per_video, hidden_size_of(base))
     with open("/proc/meminfo") as handle:
@@ -398,11 +361,10 @@ def needs(size: dict[str, int], base: CorpusIndex, scale: int, args: argparse.Na
     dim = hidden_size_of(base)
     approx, _ = parse_approx(args.approx_100x)
     return {"disk_total_gib": size["total"] * scale / 2**30, "disk_stage1_gib": stage1 / 2**30,
-            "retriever_flat_peak_gib": 3 * stage1 / 2**30,
-            f"retriever_{approx}_peak_gib": (2 * stage1 + faiss_bytes(approx, vectors, dim)) / 2**30,
-            f"lean_{approx}_gib": faiss_bytes(approx, vectors, dim) / 2**30,
-            "note": "Retriever holds every shard's stage-1 array plus their concatenation (2 x float32) while it "
-                    "builds faiss; LeanRetriever holds only the faiss index"}
+            "retriever_flat_gib": stage1 / 2**30,
+            f"retriever_{approx}_gib": faiss_bytes(approx, vectors, dim) / 2**30,
+            "note": "the exact stage 1 holds one float32 copy of the stage-1 vectors; an approximate one only its "
+                    "faiss index (filled shard by shard from the memory maps)"}
 
 
 def run_scale(backbone: str, scale: int, loaded: LoadedModel, index: CorpusIndex, build_s: float, kind: str,
@@ -422,8 +384,7 @@ def run_scale(backbone: str, scale: int, loaded: LoadedModel, index: CorpusIndex
         stage1_options = [(approx, params)] if lean else [("Flat", None), (approx, params)]
         for factory, search_params in stage1_options:
             start = time.perf_counter()
-            cls = LeanRetriever if lean else Retriever
-            retriever = cls(loaded, index, stage1=factory, search_params=search_params)
+            retriever = Retriever(loaded, index, stage1=factory, search_params=search_params)
             retrievers[f"two-stage {factory}" + (f" {search_params}" if search_params else "")] = (
                 retriever, factory, search_params, time.perf_counter() - start)
         reference = next(iter(retrievers.values()))[0]

@@ -35,7 +35,6 @@ def test_quick_run_writes_rows_and_amdnet_two_stage_is_exact(tmp_path: Path) -> 
     # AMDNet's fused score is the max cosine over its 32 clip tokens: exactly its exact stage 1
     for scale in (1, 10):
         assert rows[scale, "two-stage Flat"]["identical_top_k_top10"] == 1.0
-    assert rows[100, approx_100x]["retriever"] == "LeanRetriever"
     indexes = {e["scale"]: e for e in result["indexes"]}
     assert sorted(indexes) == [1, 10, 100]
     for scale, entry in indexes.items():
