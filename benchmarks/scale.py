@@ -54,7 +54,6 @@ the peak-memory growth. Targets, with their reasons:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import math
 import multiprocessing as mp
@@ -77,6 +76,7 @@ if str(ROOT) not in sys.path:  # run as ``python benchmarks/scale.py``
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.process_memory import reset_peak, status_kb, trim_heap  # noqa: E402
 from benchmarks.runs import write_json  # noqa: E402
 from search.cli import run_main  # noqa: E402
 from trainables.data.loader import PreparedSplit  # noqa: E402
@@ -157,29 +157,6 @@ def timed_evaluation(model: Backbone, split: PreparedSplit, video_batch: int | N
 
 
 # -- memory: one fresh process per size ----------------------------------------------------------
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        return int(next(line for line in handle if line.startswith(field + ":")).split()[1])
-
-
-def _trim_heap() -> None:
-    """Give free malloc pages back to the OS (glibc), so an evaluation cannot reuse them unmeasured."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_peak() -> bool:
-    """Restart the kernel's peak-RSS count (VmHWM); False where that is impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure_memory(backbone: str, hidden_size: int, num_videos: int, num_queries: int, seed: int,
                    video_batch: int | None = None) -> dict[str, Any]:
     """Peak memory one evaluation adds over data + model (MB), measured in the calling process (fresh)."""
@@ -188,12 +165,12 @@ def measure_memory(backbone: str, hidden_size: int, num_videos: int, num_queries
     # lazy initialisations happen here, not in the measured evaluation
     evaluate_ranks(model, random_split(8, 8, seed + 1), "cpu", video_batch=video_batch)
     gc.collect()
-    _trim_heap()
-    baseline_kb = _status_kb("VmRSS")
-    if _reset_peak():
+    trim_heap()
+    baseline_kb = status_kb("VmRSS")
+    if reset_peak():
         method = "VmHWM after /proc/self/clear_refs reset, minus VmRSS at the reset"
         evaluate_ranks(model, split, "cpu", video_batch=video_batch)
-        peak_kb = _status_kb("VmHWM")
+        peak_kb = status_kb("VmHWM")
     else:  # ru_maxrss cannot be reset: it also counts earlier peaks (data generation)
         method = "ru_maxrss minus VmRSS before the evaluation (fallback: includes earlier peaks)"
         evaluate_ranks(model, split, "cpu", video_batch=video_batch)

@@ -54,7 +54,6 @@ after each backbone unless ``--keep``.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -75,6 +74,7 @@ if str(ROOT) not in sys.path:  # run as ``python benchmarks/serving.py``
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.process_memory import reset_peak, status_kb, trim_heap  # noqa: E402
 from benchmarks.runs import write_json  # noqa: E402
 from search.cli import run_main  # noqa: E402
 from trainables.data.loader import prepare_split  # noqa: E402
@@ -111,18 +111,6 @@ QUICK = {"videos": 48, "frames": (8, 16), "shard_videos": 16, "queries": 10, "ba
 
 
 # -- memory ---------------------------------------------------------------------------------------
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        return int(next(line for line in handle if line.startswith(field + ":")).split()[1])
-
-
-def _trim_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 class PeakMemory:
     """One phase's peak RSS (VmHWM after a clear_refs reset) and sampled peak RssAnon, in MB."""
 
@@ -133,28 +121,24 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_anon_kb = max(self.peak_anon_kb, _status_kb("RssAnon"))
+            self.peak_anon_kb = max(self.peak_anon_kb, status_kb("RssAnon"))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:
         gc.collect()
-        _trim_heap()
-        self.baseline_kb = _status_kb("VmRSS")
-        self.baseline_anon_kb = _status_kb("RssAnon")
-        try:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")
-            self.method = "VmHWM after a /proc/self/clear_refs reset (includes mapped shard pages)"
-        except OSError:
-            self.method = "ru_maxrss (no reset possible: includes earlier peaks)"
+        trim_heap()
+        self.baseline_kb = status_kb("VmRSS")
+        self.baseline_anon_kb = status_kb("RssAnon")
+        self.method = ("VmHWM after a /proc/self/clear_refs reset (includes mapped shard pages)" if reset_peak()
+                       else "ru_maxrss (no reset possible: includes earlier peaks)")
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_anon_kb = max(self.peak_anon_kb, _status_kb("RssAnon"))
-        self.peak_kb = _status_kb("VmHWM")
+        self.peak_anon_kb = max(self.peak_anon_kb, status_kb("RssAnon"))
+        self.peak_kb = status_kb("VmHWM")
 
     def report(self) -> dict[str, Any]:
         return {"peak_rss_mb": self.peak_kb / 1024, "peak_anon_mb": self.peak_anon_kb / 1024,
