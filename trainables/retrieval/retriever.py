@@ -84,6 +84,10 @@ class Retriever:
         self.search_params = search_params
         self.exact: np.ndarray | None = None
         self.spans: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # (P, T) span weights when the backbone has them and the index stored their norms (every token kept)
+        weights = loaded.model.retrieval_spans()
+        self.span_weights = (weights.float().cpu().numpy() if weights is not None and index.manifest["stage1"].get(
+            "spans") and weights.shape[1] == self.k else None)
         if stage1 == EXACT:
             if search_params:
                 raise InputError(f"the exact stage 1 ({EXACT}) takes no search parameters, got {search_params!r}")
@@ -92,10 +96,10 @@ class Retriever:
             vectors = index.stage1()
             self.stage1_bytes = int(vectors.nbytes)
             self.exact = vectors.reshape(index.num_videos, self.k, -1)
-            weights, norms = loaded.model.retrieval_spans(), index.stage1_spans()
-            if weights is not None and norms is not None and tuple(weights.shape) == (norms[1].shape[1], self.k):
+            norms = index.stage1_spans()
+            if self.span_weights is not None and norms is not None:
                 # (P, T) span weights, token norms (N, T), 1 / span norms (N, P): the best span cosine
-                self.spans = (weights.float().cpu().numpy(), norms[0], 1.0 / norms[1])
+                self.spans = (self.span_weights, norms[0], 1.0 / norms[1])
                 self.stage1_bytes += int(norms[0].nbytes + norms[1].nbytes)
             return
         # approximate: faiss holds its own (maybe compressed) copy; it is trained on a sample and filled shard
@@ -181,9 +185,8 @@ class Retriever:
         """The ``wanted`` best of the ``pool`` rows an approximate stage 1 found for unit query ``q`` (H,), by
         their exact stage-1 score, read from the index's stage-1 arrays (best first, ties in index order)."""
         arrays = self.index.stage1_rows(pool)
-        weights = self.loaded.model.retrieval_spans()
-        spans = () if weights is None or TOKEN_NORMS not in arrays else (
-            weights.float().cpu().numpy(), arrays[TOKEN_NORMS], 1.0 / arrays[SPAN_NORMS])
+        spans = () if self.span_weights is None else (
+            self.span_weights, arrays[TOKEN_NORMS], 1.0 / arrays[SPAN_NORMS])
         return _best(pool, stage1_scores(q[None], arrays[STAGE1_KEY], *spans)[0], wanted)
 
     def search(self, query_tokens: Sequence[Any], top_k: int = 10) -> list[Ranking]:
